@@ -1,0 +1,27 @@
+"""One engine, six methods: which parameters each trains (see `config.METHOD_SPECS`).
+
+linear: head only. full: everything. vpt-shallow / vpt-deep: visual prompts in the first / every
+layer + head. e2vpt-noprune: deep visual + key-value prompts + head. e2vpt: the same, then pruning
+and rewinding. All share the model class, data, loop and logging, so comparisons are fair.
+"""
+
+from __future__ import annotations
+
+from .config import TrainConfig
+from .prompts import PromptedViT
+
+
+def build_model(config: TrainConfig, backbone, num_classes: int) -> PromptedViT:
+    spec = config.spec
+    return PromptedViT(
+        backbone,
+        num_classes=num_classes,
+        prompt_len=config.prompt_len if spec.visual != "none" else 0,
+        visual=spec.visual,
+        kv_len=config.kv_len if spec.kv else 0,
+        kv_shared=config.kv_shared,
+        segments=config.segments,
+        segment_layout=config.segment_layout,
+        prompt_dropout=config.prompt_dropout,
+        train_backbone=spec.train_backbone,
+    )

@@ -1,0 +1,289 @@
+"""`PromptedViT`: a frozen timm VisionTransformer with visual prompts, key-value prompts and a new head.
+
+Why no module surgery: timm's `Block.forward` is two residual lines and `Attention.forward` a dozen.
+We call timm's own sub-modules (patch embedding, norms, qkv, proj, mlp) and only re-state those two
+forwards, so the backbone's state dict and weights stay exactly timm's and nothing is forked or
+patched. Every trainable tensor lives under `self.tuned` (one name prefix: `tuned.`), so "save what
+was tuned" is one filter.
+
+Sequence at layer i (E2VPT-SPEC.md section 1):  [prefix tokens ; P_i (kept tokens only) ; patches]
+- deep: P_i's outputs are dropped after layer i and replaced by P_{i+1};
+- shallow (VPT-shallow): P_0 enters layer 0 and its outputs flow through every later layer.
+Key-value prompts (section 2) are concatenated to each layer's keys and values after the frozen
+projections; queries are unchanged, so no token is added to the residual stream.
+
+Masks (section 4) are buffers: `token_mask` (layers x p) and `segment_mask` (layers x p x R). A
+pruned token is *removed* from the sequence (a layer with every token pruned runs exactly the frozen
+block); pruned segments are zeroed channels of a surviving token. For importance scoring, `forward`
+takes per-image gates that multiply the prompts, so one backward pass yields every image's
+d(loss)/d(gate).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
+from torch import nn
+
+from .errors import BackboneError, ConfigError
+
+
+def segment_of_channel(dim: int, segments: int, layout: str) -> torch.Tensor:
+    """Index of the segment each of the `dim` channels belongs to.
+
+    `interleaved` is the official code's tiling (channel c -> segment c mod R); `contiguous` cuts the
+    channels into R consecutive slices (sizes differ by at most one when R does not divide dim).
+    """
+    channels = torch.arange(dim)
+    if layout == "interleaved":
+        return channels % segments
+    return channels * segments // dim
+
+
+def prompted_attention(attn: Attention, x: torch.Tensor, key_prompt: torch.Tensor | None,
+                       value_prompt: torch.Tensor | None) -> torch.Tensor:
+    """timm `Attention.forward` with learnable keys/values prepended to the real ones.
+
+    Args:
+        attn: the frozen timm attention module (its qkv/proj/norms are used as they are).
+        x: tokens, (B, N, C).
+        key_prompt, value_prompt: (heads, l, head_dim) or None.
+    """
+    B, N, _ = x.shape
+    gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim) each
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if key_prompt is not None:
+        kp = key_prompt.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1)  # (B, heads, l, head_dim)
+        vp = value_prompt.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1)
+        k = torch.cat([kp, k], dim=2)  # prompts first, as in the official code; order is irrelevant
+        v = torch.cat([vp, v], dim=2)
+    dropout = attn.attn_drop.p if attn.training else 0.0
+    x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, N, head_dim)
+    x = x.transpose(1, 2).reshape(B, N, attn.attn_dim)
+    x = attn.norm(x)
+    if gate is not None:
+        x = x * gate
+    return attn.proj_drop(attn.proj(x))
+
+
+def prompted_block(block: Block, x: torch.Tensor, key_prompt, value_prompt) -> torch.Tensor:
+    """timm `Block.forward` with `prompted_attention` in place of `block.attn`."""
+    x = x + block.drop_path1(block.ls1(prompted_attention(block.attn, block.norm1(x), key_prompt, value_prompt)))
+    return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+
+
+class PromptedViT(nn.Module):
+    """A frozen ViT adapted by visual prompts, key-value prompts and a linear head.
+
+    Args:
+        backbone: a timm VisionTransformer without head (num_classes=0).
+        num_classes: classes of the new head.
+        prompt_len: visual prompt tokens per layer (p); 0 for none.
+        visual: `deep` (one set per layer), `shallow` (first layer only) or `none`.
+        kv_len: key-value prompts per layer (l); 0 for none.
+        kv_shared: one tensor serves as both key and value prompt.
+        segments: segments per prompt token (R) for segment-wise pruning.
+        segment_layout: `interleaved` or `contiguous` (see `segment_of_channel`).
+        prompt_dropout: dropout on visual prompts while training.
+        train_backbone: leave the backbone trainable (full fine-tuning); otherwise it is frozen.
+    """
+
+    def __init__(self, backbone: VisionTransformer, num_classes: int, prompt_len: int = 0,
+                 visual: str = "deep", kv_len: int = 0, kv_shared: bool = False, segments: int = 16,
+                 segment_layout: str = "interleaved", prompt_dropout: float = 0.0,
+                 train_backbone: bool = False) -> None:
+        super().__init__()
+        if not isinstance(backbone, VisionTransformer):
+            raise BackboneError(f"PromptedViT needs a timm VisionTransformer, got {type(backbone).__name__}")
+        odd = [i for i, b in enumerate(backbone.blocks) if type(b) is not Block or type(b.attn) is not Attention]
+        if odd:
+            raise BackboneError(f"block {odd[0]} of this backbone is a {type(backbone.blocks[odd[0]]).__name__}; "
+                                "prompts are supported on timm ViTs built from the standard Block and Attention")
+        self.backbone = backbone
+        self.dim = backbone.embed_dim
+        self.num_layers = len(backbone.blocks)
+        self.num_prefix = backbone.num_prefix_tokens
+        attn = backbone.blocks[0].attn
+        self.heads, self.head_dim = attn.num_heads, attn.head_dim
+        if visual == "none":
+            prompt_len = 0
+        if segments > self.dim:
+            raise ConfigError(f"{segments} segments per token is more than the embedding dimension {self.dim} "
+                              "allows; use --segments 16 or fewer than the width")
+        self.prompt_len, self.visual_mode, self.kv_len, self.kv_shared = prompt_len, visual, kv_len, kv_shared
+        self.segments, self.segment_layout = segments, segment_layout
+        self.train_backbone = train_backbone
+        for p in backbone.parameters():
+            p.requires_grad_(train_backbone)
+
+        prompt_layers = self.num_layers if visual == "deep" else 1
+        self.tuned = nn.Module()
+        if prompt_len > 0:
+            self.tuned.visual = nn.Parameter(torch.empty(prompt_layers, prompt_len, self.dim))
+        else:
+            self.tuned.visual = None
+        if kv_len > 0:
+            self.tuned.kv_key = nn.Parameter(torch.empty(self.num_layers, self.heads, kv_len, self.head_dim))
+            self.tuned.kv_value = None if kv_shared else nn.Parameter(torch.empty_like(self.tuned.kv_key))
+        else:
+            self.tuned.kv_key = self.tuned.kv_value = None
+        self.tuned.head = nn.Linear(self.dim, num_classes)
+        self.tuned.register_buffer("token_mask", torch.ones(prompt_layers, max(prompt_len, 1)))
+        self.tuned.register_buffer("segment_mask", torch.ones(prompt_layers, max(prompt_len, 1), segments))
+        self.register_buffer("channel_segment", segment_of_channel(self.dim, segments, segment_layout),
+                             persistent=False)
+        self.prompt_dropout = nn.Dropout(prompt_dropout)
+        self.reset_tuned()
+
+    # ----------------------------------------------------------------------------------------------
+    # Parameters
+    def reset_tuned(self, generator: torch.Generator | None = None) -> None:
+        """(Re)initialise prompts and head: VPT's xavier bound for visual prompts, kaiming-uniform
+        (the official code's choice) for key-value prompts, a small normal head."""
+        t = self.tuned
+        if t.visual is not None:
+            patch = self.backbone.patch_embed.patch_size
+            fan_in = 3 * math.prod(patch) if isinstance(patch, tuple) else 3 * patch * patch
+            bound = math.sqrt(6.0 / (fan_in + self.dim))
+            with torch.no_grad():
+                t.visual.uniform_(-bound, bound, generator=generator)
+        for kv in (t.kv_key, t.kv_value):
+            if kv is not None:
+                with torch.no_grad():
+                    kv.uniform_(-1 / math.sqrt(self.dim), 1 / math.sqrt(self.dim), generator=generator)
+        with torch.no_grad():
+            t.head.weight.normal_(0.0, 0.02, generator=generator)
+            t.head.bias.zero_()
+
+    def trainable_named_parameters(self):
+        """(name, parameter) of everything this method trains."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def tuned_state(self) -> dict[str, torch.Tensor]:
+        """Tensors a run saves: all trainable parameters plus the masks (detached copies)."""
+        names = {n for n, _ in self.trainable_named_parameters()} | {"tuned.token_mask", "tuned.segment_mask"}
+        return {n: t.detach().clone() for n, t in self.state_dict().items() if n in names}
+
+    def load_tuned_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.state_dict()
+        for name, value in state.items():
+            if name not in own:
+                raise BackboneError(f"saved tensor '{name}' does not exist in this model; "
+                                    "the weights were saved for another method or backbone")
+            if own[name].shape != value.shape:
+                raise BackboneError(f"saved tensor '{name}' has shape {tuple(value.shape)}, this model expects "
+                                    f"{tuple(own[name].shape)}; the weights come from another configuration")
+        self.load_state_dict(state, strict=False)
+
+    def train(self, mode: bool = True) -> "PromptedViT":
+        """Backbone dropout/drop-path stay off (eval mode) whatever the phase, as the spec says."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    # ----------------------------------------------------------------------------------------------
+    # Masks
+    def set_masks(self, token_mask: torch.Tensor, segment_mask: torch.Tensor) -> None:
+        """Install pruning masks and zero the pruned prompt values so a pruned prompt stays pruned."""
+        t = self.tuned
+        t.token_mask.copy_(token_mask.to(t.token_mask))
+        t.segment_mask.copy_(segment_mask.to(t.segment_mask))
+        self.zero_pruned()
+
+    @torch.no_grad()
+    def zero_pruned(self) -> None:
+        if self.tuned.visual is not None:
+            self.tuned.visual.mul_(self.channel_mask())
+
+    def channel_mask(self) -> torch.Tensor:
+        """(prompt layers, p, dim) 0/1: token mask times its segments spread onto channels."""
+        seg = self.tuned.segment_mask[:, :, self.channel_segment]
+        return seg * self.tuned.token_mask[:, :, None]
+
+    # ----------------------------------------------------------------------------------------------
+    # Forward
+    def _layer_prompts(self, layer: int, batch: int, token_gate, segment_gate) -> torch.Tensor | None:
+        """The visual prompts layer `layer` reads, (B, kept, dim), or None when it reads none."""
+        t = self.tuned
+        if t.visual is None:
+            return None
+        kept = t.token_mask[layer].nonzero().squeeze(1)
+        if kept.numel() == 0:
+            return None
+        prompts = t.visual[layer, kept]  # (kept, dim)
+        seg = t.segment_mask[layer, kept]  # (kept, R)
+        if not bool(seg.all()):
+            prompts = prompts * seg[:, self.channel_segment]
+        prompts = prompts.unsqueeze(0).expand(batch, -1, -1)  # (B, kept, dim)
+        if token_gate is not None:
+            prompts = prompts * token_gate[:, layer, kept, None]
+        if segment_gate is not None:
+            prompts = prompts * segment_gate[:, layer][:, kept][:, :, self.channel_segment]
+        return self.prompt_dropout(prompts)
+
+    def _kv(self, layer: int):
+        t = self.tuned
+        if t.kv_key is None:
+            return None, None
+        key = t.kv_key[layer]
+        return key, (t.kv_value[layer] if t.kv_value is not None else key)
+
+    def forward_features(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
+                         segment_gate: torch.Tensor | None = None) -> torch.Tensor:
+        """The backbone's pooled representation (B, dim) with prompts in place.
+
+        Args:
+            images: (B, 3, H, W), normalised.
+            token_gate: optional (B, prompt layers, p) multipliers (importance scoring).
+            segment_gate: optional (B, prompt layers, p, R) multipliers (importance scoring).
+        """
+        bb = self.backbone
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_backbone):
+            x = bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(images))))  # (B, prefix + patches, dim)
+        batch, n_prefix = x.shape[0], self.num_prefix
+        carried = 0  # prompt tokens currently in the sequence (shallow prompts are carried along)
+        for i, block in enumerate(bb.blocks):
+            prompts = None
+            if self.visual_mode == "deep" or (self.visual_mode == "shallow" and i == 0):
+                prompts = self._layer_prompts(i if self.visual_mode == "deep" else 0, batch, token_gate, segment_gate)
+            if prompts is not None:
+                x = torch.cat([x[:, :n_prefix], prompts, x[:, n_prefix + carried:]], dim=1)
+                carried = prompts.shape[1]
+            key, value = self._kv(i)
+            x = prompted_block(block, x, key, value)
+            if self.visual_mode == "deep" and carried:
+                x = torch.cat([x[:, :n_prefix], x[:, n_prefix + carried:]], dim=1)  # drop prompt outputs
+                carried = 0
+        if carried:
+            x = torch.cat([x[:, :n_prefix], x[:, n_prefix + carried:]], dim=1)
+        x = bb.norm(x)
+        return bb.forward_head(x, pre_logits=True)
+
+    def forward(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
+                segment_gate: torch.Tensor | None = None) -> torch.Tensor:
+        return self.tuned.head(self.forward_features(images, token_gate, segment_gate))
+
+    # ----------------------------------------------------------------------------------------------
+    # Accounting
+    def tuned_param_count(self, include_head: bool = True) -> int:
+        """Closed-form count of tuned parameters after pruning (E2VPT-SPEC.md section 5)."""
+        t = self.tuned
+        if self.train_backbone:
+            total = sum(p.numel() for p in self.backbone.parameters())
+        else:
+            total = 0
+            if t.visual is not None:
+                total += int(self.channel_mask().sum().item())
+            if t.kv_key is not None:
+                total += t.kv_key.numel() * (1 if t.kv_value is None else 2)
+        if include_head:
+            total += t.head.weight.numel() + t.head.bias.numel()
+        return total
+
+    def backbone_param_count(self) -> int:
+        return sum(p.numel() for p in self.backbone.parameters())

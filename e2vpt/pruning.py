@@ -1,0 +1,148 @@
+"""Prompt pruning and rewinding (E2VPT-SPEC.md section 4).
+
+Importance of a prompt piece = how much the loss depends on a multiplicative mask over it:
+S = E_x |dL(x)/d(mask)| (Michel et al. 2019; Molchanov et al. 2017). The model multiplies its
+prompts by a *per-image* gate of ones, so a single backward pass over a batch (loss summed) gives
+every image's own gradient: image b's loss depends only on gate[b]. Token and segment gates are
+scored in the same pass, as the official code does (one pass over the training set per round).
+
+Selection: with `mask_scope="layer"` the (layer, token) scores are ranked together across layers,
+so a layer can lose all its prompts and then costs exactly the frozen block; with `"shared"` the
+scores are summed over layers and position k is pruned in every layer (the paper). Segments are
+ranked across all surviving tokens, keeping at least `min_segments` per token (official: 4 of 16).
+
+Rewinding: survivors go back to their saved initial values (`init`, lottery-ticket style) or to
+fresh random values (`reinit`, the official code); masks carry over and pruned values stay zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .prompts import PromptedViT
+
+
+@dataclass
+class Importance:
+    """Scores of one scoring pass; entries of already pruned pieces are NaN."""
+
+    token: torch.Tensor  # (prompt layers, p)
+    segment: torch.Tensor  # (prompt layers, p, R)
+    images: int
+
+
+def score_importance(model: PromptedViT, loader: DataLoader, device: torch.device, mode: str = "abs",
+                     autocast=None, progress=None) -> Importance:
+    """Mean (absolute or signed) per-image gradient of the loss w.r.t. token and segment masks.
+
+    The prompts are held fixed (no optimiser step); the model runs in eval mode, as in the official code.
+    """
+    was_training = model.training
+    model.eval()
+    t = model.tuned
+    layers, p, r = t.segment_mask.shape
+    token_sum = torch.zeros(layers, p, dtype=torch.float64, device=device)
+    segment_sum = torch.zeros(layers, p, r, dtype=torch.float64, device=device)
+    seen = 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        b = images.shape[0]
+        token_gate = torch.ones(b, layers, p, device=device, requires_grad=True)
+        segment_gate = torch.ones(b, layers, p, r, device=device, requires_grad=True)
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            logits = model(images, token_gate=token_gate, segment_gate=segment_gate)
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        g_token, g_segment = torch.autograd.grad(loss, [token_gate, segment_gate])
+        if mode == "abs":
+            g_token, g_segment = g_token.abs(), g_segment.abs()
+        token_sum += g_token.double().sum(0)
+        segment_sum += g_segment.double().sum(0)
+        seen += b
+        if progress is not None:
+            progress(b)
+    model.train(was_training)
+    token = (token_sum / max(seen, 1)).float().cpu()
+    segment = (segment_sum / max(seen, 1)).float().cpu()
+    token[t.token_mask.cpu() == 0] = float("nan")
+    segment[model.tuned.segment_mask.cpu() == 0] = float("nan")
+    segment[t.token_mask.cpu() == 0] = float("nan")
+    return Importance(token=token, segment=segment, images=seen)
+
+
+def _count_to_prune(kept: int, ratio: float, keep_at_least: int) -> int:
+    """round(ratio * kept), but never below `keep_at_least` survivors."""
+    return max(0, min(int(round(ratio * kept)), kept - keep_at_least))
+
+
+def prune_tokens(token_mask: torch.Tensor, scores: torch.Tensor, ratio: float, scope: str,
+                 min_tokens: int = 1) -> torch.Tensor:
+    """New token mask with the lowest-scoring `ratio` of the surviving tokens removed."""
+    mask = token_mask.clone()
+    if scope == "shared":
+        alive = mask[0] > 0
+        position_scores = torch.nan_to_num(scores, nan=0.0).sum(0)  # sum over layers = shared gate's gradient
+        n = _count_to_prune(int(alive.sum()), ratio, min_tokens)
+        candidates = alive.nonzero().squeeze(1)
+        order = candidates[torch.argsort(position_scores[candidates], stable=True)]
+        mask[:, order[:n]] = 0
+        return mask
+    alive = (mask > 0).flatten()
+    n = _count_to_prune(int(alive.sum()), ratio, min_tokens)
+    candidates = alive.nonzero().squeeze(1)
+    order = candidates[torch.argsort(scores.flatten()[candidates], stable=True)]
+    flat = mask.flatten()
+    flat[order[:n]] = 0
+    return flat.view_as(mask)
+
+
+def prune_segments(token_mask: torch.Tensor, segment_mask: torch.Tensor, scores: torch.Tensor, ratio: float,
+                   min_segments: int = 1) -> torch.Tensor:
+    """New segment mask with the lowest `ratio` of surviving segments (of surviving tokens) zeroed,
+    keeping at least `min_segments` per token."""
+    mask = segment_mask.clone()
+    mask[token_mask == 0] = 0
+    alive = mask > 0
+    n = _count_to_prune(int(alive.sum()), ratio, 0)
+    if n == 0:
+        return mask
+    flat_scores = torch.nan_to_num(scores, nan=float("inf")).clone()
+    flat_scores[~alive] = float("inf")
+    order = torch.argsort(flat_scores.flatten(), stable=True)
+    layers, p, r = mask.shape
+    left = alive.sum(-1).flatten().clone()  # surviving segments per token
+    flat = mask.flatten()
+    removed = 0
+    for index in order.tolist():
+        if removed >= n or flat_scores.flatten()[index] == float("inf"):
+            break
+        token = index // r
+        if left[token] <= min_segments:
+            continue
+        flat[index] = 0
+        left[token] -= 1
+        removed += 1
+    return flat.view(layers, p, r)
+
+
+@torch.no_grad()
+def rewind(model: PromptedViT, initial_state: dict[str, torch.Tensor], how: str = "init",
+           generator: torch.Generator | None = None) -> None:
+    """Reset prompts and head for retraining; masks are kept and pruned entries stay zero.
+
+    Args:
+        initial_state: the tuned tensors as they were at initialisation (`model.tuned_state()` before training).
+        how: `init` restores those exact values; `reinit` draws fresh random ones.
+    """
+    masks = (model.tuned.token_mask.clone(), model.tuned.segment_mask.clone())
+    if how == "init":
+        own = dict(model.named_parameters())
+        for name, value in initial_state.items():
+            if name in own and name.startswith("tuned."):
+                own[name].copy_(value)
+    else:
+        model.reset_tuned(generator)
+    model.set_masks(*masks)

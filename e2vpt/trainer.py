@@ -1,0 +1,546 @@
+"""The training loop, read top to bottom: phases, epochs, pruning rounds, records.
+
+A run is a list of phases: phase 0 trains the freshly initialised model; for e2vpt each later
+phase r first scores the prompts, prunes, rewinds the survivors and then retrains. Every epoch ends
+with a checkpoint (model, optimiser, schedule, best-so-far) written atomically, and every random
+draw is seeded from (seed, phase, epoch), so `--resume` after a crash continues from the last
+completed epoch and reaches the same result as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .backbones import create_backbone, data_config
+from .config import TrainConfig
+from .errors import RunDirError, UserError
+from .methods import build_model
+from .pruning import prune_segments, prune_tokens, rewind, score_importance
+from .runs import RunDir, append_jsonl, atomic_save_safetensors, atomic_write_json, read_jsonl
+
+
+class Cancelled(Exception):
+    """The user asked the run to stop (Cancel button, SIGTERM, Ctrl-C)."""
+
+
+class NumericsError(UserError):
+    """The loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for CUDA but no GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def _seed_for(seed: int, *parts: int) -> int:
+    value = seed
+    for part in parts:
+        value = (value * 1_000_003 + part + 1) % (2**31 - 1)
+    return value
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int):
+    """Multiplier for LambdaLR: linear warm-up then cosine decay to 0, stepped per batch."""
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+@dataclass
+class Phase:
+    index: int  # 0 = initial training, r = pruning round r
+    epochs: int
+
+    @property
+    def name(self) -> str:
+        return "train" if self.index == 0 else "retrain"
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, autocast=None) -> tuple[float, float]:
+    """(mean loss, accuracy) over a loader."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, total = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        with autocast() if autocast else contextlib.nullcontext():
+            logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        correct += (logits.argmax(1) == labels).sum().item()
+        total += labels.numel()
+    model.train(was_training)
+    return loss_sum / max(total, 1), correct / max(total, 1)
+
+
+def _optimizer_to_tensors(optimizer) -> tuple[dict, dict]:
+    """Split an optimiser state dict into safetensors-able tensors and JSON for the rest."""
+    state = optimizer.state_dict()
+    tensors, plain = {}, {}
+    for pid, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{pid}.{key}"] = value
+            else:
+                plain[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "plain": plain}
+
+
+def _optimizer_from_tensors(optimizer, tensors: dict, meta: dict) -> None:
+    state: dict = {}
+    for name, value in tensors.items():
+        _, pid, key = name.split(".", 2)
+        state.setdefault(int(pid), {})[key] = value
+    for name, value in meta["plain"].items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _importance_to_json(pending) -> dict | None:
+    if not pending:
+        return None
+    importance, score_s = pending
+    return {"token": importance.token, "segment": importance.segment, "images": importance.images,
+            "score_s": score_s}
+
+
+def _importance_from_json(value: dict | None):
+    """Inverse of `_importance_to_json` (JSON null stands for NaN: an already pruned piece)."""
+    if not value:
+        return None
+    from .pruning import Importance
+
+    def tensor(nested) -> torch.Tensor:
+        return torch.tensor(json.loads(json.dumps(nested).replace("null", "NaN")), dtype=torch.float32)
+
+    return Importance(tensor(value["token"]), tensor(value["segment"]), value["images"]), value["score_s"]
+
+
+class Trainer:
+    """Trains one configuration into one run directory.
+
+    Args:
+        config: the run's hyper-parameters.
+        run_dir: where everything is written (None: a throw-away run, nothing written).
+        quiet: no tqdm bars (the app's subprocess still logs its status file).
+    """
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path | None = None, quiet: bool = False) -> None:
+        self.config = config
+        self.run = RunDir(run_dir) if run_dir is not None else None
+        self.quiet = quiet
+        self.stop_requested = False
+        self.device = resolve_device(config.device)
+        self.autocast = None
+        if self.device.type == "cuda" and config.amp:
+            self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        self.rounds: list[dict] = []
+        self.wall_offset = 0.0
+        self._last_status = 0.0
+
+    # ----------------------------------------------------------------------------------------------
+    # setup
+    def setup(self) -> None:
+        """Backbone, data and model: everything before the first step."""
+        from .data import load_splits
+
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        if self.device.type == "cpu":
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights, img_size=cfg.img_size)
+        dc = data_config(backbone)
+        self.splits = load_splits(cfg.dataset, root=cfg.data_root, img_size=dc["input_size"][-1], mean=dc["mean"],
+                                  std=dc["std"], seed=0, download=cfg.download, train_augment=cfg.train_augment)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, backbone, self.splits.num_classes).to(self.device)
+        self.initial_state = self.model.tuned_state()
+        self.phases = [Phase(0, cfg.epochs)] + [Phase(r, cfg.resolved_retrain_epochs) for r in range(1, cfg.rounds + 1)]
+        self.total_units = sum(p.epochs for p in self.phases) + cfg.rounds  # a scoring pass counts as one epoch
+        self.units_done = 0
+        self.backbone_params = self.model.backbone_param_count()
+
+    def _loader(self, split: str, shuffle: bool = False, seed: int = 0) -> DataLoader:
+        dataset = getattr(self.splits, split)
+        generator = torch.Generator().manual_seed(seed)
+        batch = self.config.batch_size if split == "train" else max(self.config.batch_size, 256)
+        return DataLoader(dataset, batch_size=batch, shuffle=shuffle, generator=generator, num_workers=0,
+                          pin_memory=self.device.type == "cuda")
+
+    def _make_optimizer(self, epochs: int):
+        cfg = self.config
+        params = [p for _, p in self.model.trainable_named_parameters()]
+        lr = cfg.resolved_lr
+        if cfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=lr * cfg.batch_size / 256, momentum=0.9, weight_decay=cfg.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+        steps_per_epoch = math.ceil(len(self.splits.train) / cfg.batch_size)
+        schedule = warmup_cosine(epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch)))
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+    # ----------------------------------------------------------------------------------------------
+    # records
+    def _status(self, state: str, message: str = "", force: bool = False, **extra) -> None:
+        if self.run is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_status < 0.5:
+            return
+        self._last_status = now
+        self.run.write_status(state, self.units_done / max(self.total_units, 1), message, **extra)
+
+    def _log(self, record: dict) -> None:
+        if self.run is not None:
+            append_jsonl(self.run.metrics_file, record)
+
+    def _wall(self) -> float:
+        return self.wall_offset + (time.monotonic() - self.started)
+
+    def _round_record(self, phase: Phase, importance, val_acc: float, test_acc: float, phase_s: float,
+                      score_s: float) -> dict:
+        m, t = self.model, self.model.tuned
+        tuned = m.tuned_param_count()
+        visual = t.visual is not None
+        return {
+            "round": phase.index, "token_mask": t.token_mask.cpu() if visual else None,
+            "segment_mask": t.segment_mask.cpu() if visual else None,
+            "token_importance": importance.token if importance is not None else None,
+            "segment_importance": importance.segment if importance is not None else None,
+            "val_acc": val_acc, "test_acc": test_acc, "tuned_params": tuned,
+            "tuned_params_no_head": m.tuned_param_count(include_head=False),
+            "tuned_pct": 100.0 * tuned / self.backbone_params,
+            "kept_tokens": int(t.token_mask.sum().item()) if visual else 0,
+            "kept_segments": int((t.segment_mask * t.token_mask[..., None]).sum().item()) if visual else 0,
+            "train_s": round(phase_s, 3), "score_s": round(score_s, 3), "wall_s": round(self._wall(), 3),
+        }
+
+    def _write_pruning(self) -> None:
+        if self.run is None:
+            return
+        m, cfg = self.model, self.config
+        atomic_write_json(self.run.pruning_file, {
+            "method": cfg.method, "mask_scope": cfg.mask_scope, "segment_layout": cfg.segment_layout,
+            "importance": cfg.importance, "rewind": cfg.rewind, "num_layers": m.num_layers,
+            "prompt_layers": m.tuned.token_mask.shape[0], "prompt_len": m.prompt_len, "segments": m.segments,
+            "kv_len": m.kv_len, "backbone_params": self.backbone_params,
+            "selected_round": self._selected_round(), "rounds": self.rounds})
+
+    def _selected_round(self) -> int:
+        if not self.rounds:
+            return 0
+        candidates = [r for r in self.rounds if r["round"] > 0] or self.rounds
+        if self.config.select_round == "last":
+            return candidates[-1]["round"]
+        best = max(r["val_acc"] for r in candidates)
+        return [r for r in candidates if r["val_acc"] >= best][-1]["round"]  # ties go to more pruning
+
+    # ----------------------------------------------------------------------------------------------
+    # checkpoints
+    def _save_checkpoint(self, phase_index: int, epochs_done: int, optimizer, scheduler, best: dict) -> None:
+        if self.run is None:
+            return
+        tensors = {f"model.{k}": v for k, v in self.model.tuned_state().items()}
+        tensors.update({f"best.{k}": v for k, v in best.get("state", {}).items()})
+        meta = {"phase": phase_index, "epochs_done": epochs_done, "best_val": best.get("val_acc"),
+                "best_epoch": best.get("epoch"), "rounds": self.rounds, "wall_s": self._wall(),
+                "units_done": self.units_done, "pending": _importance_to_json(getattr(self, "pending", None))}
+        if optimizer is not None:
+            opt_tensors, opt_meta = _optimizer_to_tensors(optimizer)
+            tensors.update(opt_tensors)
+            meta["optimizer"] = opt_meta
+            meta["scheduler"] = scheduler.state_dict()
+        # tensors first, then the JSON that points at them: a crash between keeps the older pair usable
+        atomic_save_safetensors(self.run.checkpoint_file, tensors)
+        atomic_write_json(self.run.checkpoint_meta_file, meta)
+
+    def _load_checkpoint(self):
+        meta = json.loads(self.run.checkpoint_meta_file.read_text())
+        tensors = load_file(str(self.run.checkpoint_file))
+        self.model.load_tuned_state({k[6:]: v.to(self.device) for k, v in tensors.items() if k.startswith("model.")})
+        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+        best = {"val_acc": meta["best_val"], "epoch": meta["best_epoch"], "state": best_state} if best_state else {}
+        self.rounds = meta["rounds"]
+        self.wall_offset = meta["wall_s"]
+        self.units_done = meta["units_done"]
+        opt = {k: v for k, v in tensors.items() if k.startswith("optim.")}
+        return meta, best, opt
+
+    # ----------------------------------------------------------------------------------------------
+    # the loop
+    def _check_stop(self) -> None:
+        if self.stop_requested or (self.run is not None and self.run.cancel_file.exists()):
+            raise Cancelled()
+
+    def _train_epoch(self, phase: Phase, epoch: int, optimizer, scheduler) -> tuple[float, float]:
+        cfg, model = self.config, self.model
+        torch.manual_seed(_seed_for(cfg.seed, phase.index, epoch))  # dropout draws
+        loader = self._loader("train", shuffle=True, seed=_seed_for(cfg.seed, phase.index, epoch, 7))
+        model.train()
+        loss_sum, correct, total = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"{phase.name} r{phase.index} e{epoch + 1}/{phase.epochs}", leave=False,
+                   disable=self.quiet, dynamic_ncols=True)
+        for step, (images, labels) in enumerate(bar):
+            self._check_stop()
+            images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            with self.autocast() if self.autocast else contextlib.nullcontext():
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise NumericsError(f"loss became {loss.item()} at step {step + 1} of epoch {epoch + 1} "
+                                    f"({phase.name}, round {phase.index}); lower --lr (now {cfg.resolved_lr:g})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            model.zero_pruned()  # weight decay must not revive a pruned entry
+            loss_sum += loss.item() * labels.numel()
+            correct += (logits.argmax(1) == labels).sum().item()
+            total += labels.numel()
+            fraction = (step + 1) / len(loader)
+            self._status("running", f"{phase.name} round {phase.index}: epoch {epoch + 1}/{phase.epochs}",
+                         progress_in_epoch=round(fraction, 3))
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        return loss_sum / max(total, 1), correct / max(total, 1)
+
+    def _prune(self, phase: Phase):
+        """Score, prune tokens then segments, rewind: the start of every pruning round."""
+        cfg, model = self.config, self.model
+        self._status("running", f"round {phase.index}: scoring prompt importance", force=True)
+        start = time.monotonic()
+        loader = self._loader("train")
+        importance = score_importance(model, loader, self.device, cfg.importance, self.autocast)
+        t = model.tuned
+        token_mask = prune_tokens(t.token_mask, importance.token, cfg.prune_ratio, cfg.mask_scope)
+        min_segments = max(1, cfg.segments // 4)  # official: never below 4 of 16 segments per token
+        segment_mask = prune_segments(token_mask, t.segment_mask, importance.segment, cfg.segment_ratio, min_segments)
+        model.set_masks(token_mask, segment_mask)
+        generator = torch.Generator().manual_seed(_seed_for(cfg.seed, phase.index, 99))
+        rewind(model, self.initial_state, cfg.rewind, generator)
+        score_s = time.monotonic() - start
+        self.units_done += 1
+        self._log({"kind": "prune", "round": phase.index, "kept_tokens": int(token_mask.sum()),
+                   "kept_segments": int((segment_mask * token_mask[..., None]).sum()),
+                   "tuned_params": model.tuned_param_count(), "score_s": round(score_s, 3),
+                   "scored_images": importance.images, "wall_s": round(self._wall(), 3)})
+        return importance, score_s
+
+    def _run_phase(self, phase: Phase, start_epoch: int, resume_state=None) -> None:
+        """Train one phase (pruning first when it is a pruning round) and record its result."""
+        optimizer, scheduler = self._make_optimizer(phase.epochs)
+        best: dict = {}
+        if resume_state is not None:
+            meta, best, opt_tensors = resume_state
+            if "optimizer" in meta:
+                _optimizer_from_tensors(optimizer, opt_tensors, meta["optimizer"])
+                scheduler.load_state_dict(meta["scheduler"])
+            self.pending = _importance_from_json(meta.get("pending"))
+        elif phase.index > 0:
+            self.pending = self._prune(phase)
+            self._save_checkpoint(phase.index, 0, optimizer, scheduler, best)
+        else:
+            self.pending = None
+        importance, score_s = self.pending if self.pending else (None, 0.0)
+        val_loader = self._loader("val")
+        phase_start = time.monotonic()
+        for epoch in range(start_epoch, phase.epochs):
+            epoch_start = time.monotonic()
+            train_loss, train_acc = self._train_epoch(phase, epoch, optimizer, scheduler)
+            val_loss, val_acc = evaluate(self.model, val_loader, self.device, self.autocast)
+            self.units_done += 1
+            if not best or val_acc > best["val_acc"]:
+                best = {"val_acc": val_acc, "epoch": epoch + 1, "state": self.model.tuned_state()}
+            self._save_checkpoint(phase.index, epoch + 1, optimizer, scheduler, best)
+            self._log({"kind": "epoch", "phase": phase.name, "round": phase.index, "epoch": epoch + 1,
+                       "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+                       "lr": scheduler.get_last_lr()[0], "epoch_s": round(time.monotonic() - epoch_start, 3),
+                       "wall_s": round(self._wall(), 3), "tuned_params": self.model.tuned_param_count()})
+            self._status("running", f"{phase.name} round {phase.index}: epoch {epoch + 1}/{phase.epochs} "
+                         f"val acc {val_acc:.3f}", force=True)
+        # the phase's result is its best-validation state
+        self.model.load_tuned_state({k: v.to(self.device) for k, v in best["state"].items()})
+        _, test_acc = evaluate(self.model, self._loader("test"), self.device, self.autocast)
+        record = self._round_record(phase, importance, best["val_acc"], test_acc,
+                                    time.monotonic() - phase_start, score_s)
+        record["best_epoch"] = best["epoch"]
+        self.rounds.append(record)
+        self.pending = None
+        if self.run is not None:
+            atomic_save_safetensors(self.run.path / f"round_{phase.index}.safetensors", self.model.tuned_state())
+            self._write_pruning()
+        self._save_checkpoint(phase.index + 1, 0, None, None, {})
+
+    # ----------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict:
+        """Run every phase and return the summary (also written to summary.json)."""
+        self.started = time.monotonic()
+        resume_meta = None
+        if self.run is not None:
+            if resume:
+                if not self.run.exists():
+                    raise RunDirError(f"{self.run.path} holds no run to resume; start one with --run-dir")
+                if self.run.summary_file.is_file():
+                    raise RunDirError(f"{self.run.path} already finished; nothing to resume")
+                self.run.lock()
+            else:
+                self.run.prepare_new()
+                self.run.lock()
+                self.config.extra.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+                atomic_write_json(self.run.config_file, self.config.to_dict())
+            self._status("running", "loading backbone and data", force=True)
+        try:
+            self.setup()
+            start_phase, start_epoch, resume_state = 0, 0, None
+            if self.run is not None:
+                if resume and self.run.init_file.is_file():
+                    self.initial_state = {k: v.to(self.device) for k, v in load_file(str(self.run.init_file)).items()}
+                else:
+                    atomic_save_safetensors(self.run.init_file, self.initial_state)
+                if resume and self.run.checkpoint_meta_file.is_file():
+                    resume_meta = self._load_checkpoint()
+                    meta = resume_meta[0]
+                    start_phase, start_epoch = meta["phase"], meta["epochs_done"]
+                    resume_state = resume_meta if "optimizer" in meta else None
+                    self._truncate_metrics(start_phase, start_epoch, pruned=resume_state is not None)
+                elif resume:
+                    self._truncate_metrics(0, 0, pruned=False)
+                    self.model.load_tuned_state(self.initial_state)
+            for phase in self.phases[start_phase:]:
+                state = resume_state if phase.index == start_phase else None
+                self._run_phase(phase, start_epoch if phase.index == start_phase else 0, state)
+                start_epoch = 0
+            return self._finish()
+        except (Cancelled, KeyboardInterrupt):
+            self._status("cancelled", "cancelled by the user; partial results are kept", force=True)
+            raise
+        except NumericsError as exc:
+            self._status("failed", str(exc), force=True)
+            raise
+        except UserError as exc:
+            self._status("failed", str(exc), force=True)
+            raise
+        except Exception as exc:
+            self._status("failed", f"{type(exc).__name__}: {exc}", force=True)
+            raise
+
+    def _truncate_metrics(self, phase_index: int, epochs_done: int, pruned: bool) -> None:
+        """Drop metric lines written after the checkpoint we resume from, so nothing appears twice."""
+        def keep(r: dict) -> bool:
+            rnd = r.get("round", 0)
+            if rnd != phase_index:
+                return rnd < phase_index
+            if r.get("kind") == "prune":
+                return pruned
+            return r.get("epoch", 0) <= epochs_done
+        records = [r for r in read_jsonl(self.run.metrics_file) if keep(r)]
+        from .runs import atomic_write_bytes
+
+        atomic_write_bytes(self.run.metrics_file, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+    def _finish(self) -> dict:
+        cfg = self.config
+        selected = self._selected_round()
+        record = next(r for r in self.rounds if r["round"] == selected)
+        if self.run is not None:
+            state = load_file(str(self.run.path / f"round_{selected}.safetensors"))
+            self.model.load_tuned_state({k: v.to(self.device) for k, v in state.items()})
+        summary = {
+            "method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.dataset,
+            "test_acc": record["test_acc"], "val_acc": record["val_acc"], "tuned_params": record["tuned_params"],
+            "tuned_params_no_head": record["tuned_params_no_head"], "backbone_params": self.backbone_params,
+            "tuned_pct": record["tuned_pct"],
+            "tuned_pct_no_head": 100.0 * record["tuned_params_no_head"] / self.backbone_params,
+            "selected_round": selected, "rounds": len(self.rounds) - 1, "wall_s": round(self._wall(), 3),
+            "train_s": round(sum(r["train_s"] for r in self.rounds), 3),
+            "score_s": round(sum(r["score_s"] for r in self.rounds), 3),
+            "device": str(self.device), "num_classes": self.splits.num_classes, "data_source": self.splits.source,
+            "torch_threads": torch.get_num_threads(),
+        }
+        if self.run is not None:
+            atomic_save_safetensors(self.run.weights_file, self.model.tuned_state(),
+                                    {"method": cfg.method, "backbone": cfg.backbone, "selected_round": selected})
+            atomic_write_json(self.run.summary_file, summary)
+            self.units_done = self.total_units
+            self._status("done", f"test acc {summary['test_acc']:.3f} with {summary['tuned_pct']:.3f}% tuned",
+                         force=True)
+            self.run.checkpoint_file.unlink(missing_ok=True)
+            self.run.checkpoint_meta_file.unlink(missing_ok=True)
+        return summary
+
+
+def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False) -> dict:
+    """Train `config` into `run_dir`; returns the summary. The library's one-call entry point."""
+    trainer = Trainer(config, run_dir, quiet=quiet)
+
+    def request_stop(signum, frame):
+        trainer.stop_requested = True
+
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, request_stop)
+    except ValueError:  # not in the main thread (e.g. a notebook's worker): Cancel via cancel.request only
+        pass
+    try:
+        return trainer.fit(resume=resume)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def load_run_model(run_dir: str | Path, device: str = "cpu", round_index: int | None = None):
+    """Rebuild a saved run's model (backbone + tuned tensors) for evaluation and analysis.
+
+    Returns (model, config, splits). `round_index` picks a pruning round's saved state instead of the final one.
+    """
+    from .data import load_splits
+
+    run = RunDir(run_dir)
+    config = TrainConfig.from_dict(run.config())
+    backbone = create_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights,
+                               img_size=config.img_size)
+    dc = data_config(backbone)
+    splits = load_splits(config.dataset, root=config.data_root, img_size=dc["input_size"][-1], mean=dc["mean"],
+                         std=dc["std"], seed=0, download=False)
+    model = build_model(config, backbone, splits.num_classes)
+    if round_index is None:
+        state = run.load_weights()
+    else:
+        path = run.path / f"round_{round_index}.safetensors"
+        if not path.is_file():
+            raise RunDirError(f"{run.path} has no saved state for round {round_index}")
+        state = load_file(str(path))
+    model.load_tuned_state(state)
+    return model.to(torch.device(device)).eval(), config, splits
+
+
+def evaluate_run(run_dir: str | Path, device: str = "auto") -> dict:
+    """Re-evaluate a saved run on its validation and test splits."""
+    dev = resolve_device(device)
+    model, config, splits = load_run_model(run_dir, device=str(dev))
+    results = {}
+    for split in ("val", "test"):
+        loader = DataLoader(getattr(splits, split), batch_size=256)
+        loss, acc = evaluate(model, loader, dev)
+        results[f"{split}_loss"], results[f"{split}_acc"] = loss, acc
+    results["tuned_params"] = model.tuned_param_count()
+    return results
