@@ -1,0 +1,188 @@
+"""What every data source shares: the `DatasetSplits` result, in-memory datasets, splits, transforms.
+
+The split rules live here, once, so that every source (built-in, torchvision, folders) draws its
+VTAB-1k-style 800/200 split the same way and a run's `source` sentence can name one protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from e2vpt.errors import DataError
+
+# The data never depend on the run's seed: every split permutation and every synthetic image is
+# drawn from this fixed seed, so runs with different training seeds are compared on identical data
+# (VTAB-1k ships fixed lists for the same reason).
+DATA_SEED = 0
+N_TRAIN = 800
+N_VAL = 200
+# Collections without an official test split keep this fraction of a fixed permutation as test
+# (VTAB's own convention for EuroSAT/RESISC45-style sources).
+TEST_FRACTION = 0.2
+
+
+@dataclass
+class DatasetSplits:
+    """The three splits of one task plus what a run records about them.
+
+    Attributes:
+        train: Dataset yielding `(float32 tensor (3, H, W) normalised with mean/std, int label)`.
+        val: Same, used for model selection.
+        test: Same, reported once.
+        num_classes: Number of classes; labels are `0 .. num_classes - 1`.
+        class_names: One display name per class.
+        source: One sentence: where the data came from and which split protocol was used.
+    """
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    class_names: list[str]
+    source: str
+
+
+class MemoryDataset(Dataset):
+    """Images held in memory as uint8 `(N, C, H, W)` (C = 1 or 3), normalised on access.
+
+    uint8 rather than float32 because a built-in task at 224x224 would take about 1 GB as float;
+    grayscale stays one channel and is replicated per item. Converting one item costs microseconds,
+    so training on CPU stays fast.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
+                 std: Sequence[float]):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError(f"images must be uint8 (N, 1|3, H, W), got {images.dtype} {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = images
+        self.labels = labels.long()
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().div_(255.0)  # (..., C, H, W) in [0, 1]
+        if x.shape[-3] == 1:
+            x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
+        return (x - self._mean) / self._std
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self._normalise(self.images[index]), int(self.labels[index])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole split at once: `(float32 (N, 3, H, W) normalised, int64 (N,))`."""
+        return self._normalise(self.images), self.labels.clone()
+
+
+def resize_to_uint8(images: torch.Tensor, size: int, chunk: int = 256) -> torch.Tensor:
+    """Resize float images `(N, C, h, w)` in [0, 1] to `(N, C, size, size)` uint8.
+
+    Bilinear with antialiasing, so downsampling a 64x64 render does not alias thin sprite edges.
+    Works in chunks so a 224x224 float copy of the whole set never exists at once.
+    """
+    out = torch.empty((images.shape[0], images.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start:start + chunk].float()
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[start:start + chunk] = x.clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+    return out
+
+
+def permutation(n: int, seed: int = DATA_SEED) -> np.ndarray:
+    """A fixed permutation of `range(n)` (numpy `default_rng(seed)`)."""
+    return np.random.default_rng(seed).permutation(n)
+
+
+def sample_indices(n: int, k: int, seed: int = DATA_SEED) -> np.ndarray:
+    """The first `min(k, n)` entries of a fixed permutation: a split drawn from one official split."""
+    return permutation(n, seed)[:k]
+
+
+def _train_val_from(order: np.ndarray, n_train: int, n_val: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cut an already permuted pool into train/val (the rule `split_train_val` documents)."""
+    n = len(order)
+    if n >= n_train + n_val:
+        return order[:n_train], order[n_train:n_train + n_val]
+    n_v = max(1, int(round(n * n_val / (n_train + n_val))))
+    return order[:n - n_v], order[n - n_v:]
+
+
+def split_train_val(n: int, what: str, n_train: int = N_TRAIN, n_val: int = N_VAL,
+                    seed: int = DATA_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint train/val indices into a pool of `n` items, VTAB-1k style.
+
+    With at least `n_train + n_val` items: the first 800 / next 200 of a fixed permutation. A smaller
+    pool (a user's tiny folder) keeps 20% of it (at least one item) for val and the rest for train.
+    """
+    if n < 2:
+        raise DataError(f"{what} has {n} image(s); at least 2 are needed to draw a train and a val split")
+    return _train_val_from(permutation(n, seed), n_train, n_val)
+
+
+def split_train_val_test(n: int, what: str, seed: int = DATA_SEED
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Disjoint train/val/test indices for a collection without an official split.
+
+    The last `TEST_FRACTION` of a fixed permutation (at least one item) is test; train/val are cut
+    from the front of the same permutation by `split_train_val`'s rule (800/200 when it is large).
+    """
+    if n < 3:
+        raise DataError(f"{what} has {n} image(s); at least 3 are needed for train, val and test splits")
+    order = permutation(n, seed)
+    n_test = max(1, int(round(n * TEST_FRACTION)))
+    tr, va = _train_val_from(order[:n - n_test], N_TRAIN, N_VAL)
+    return tr, va, order[n - n_test:]
+
+
+def check_normalisation(img_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Reject an image size or mean/std that would silently produce garbage tensors."""
+    if isinstance(img_size, bool) or not isinstance(img_size, (int, np.integer)) or img_size < 1:
+        raise DataError(f"img_size must be a positive integer, got {img_size!r}")
+    try:
+        sizes = (len(mean), len(std))
+    except TypeError:
+        raise DataError(f"mean and std need 3 values (R, G, B), got mean={mean!r} std={std!r}") from None
+    if sizes != (3, 3):
+        raise DataError(f"mean and std need 3 values (R, G, B), got mean={tuple(mean)} std={tuple(std)}")
+    if any(float(s) <= 0 for s in std):
+        raise DataError(f"std values must be positive, got {tuple(std)}")
+
+
+def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]):
+    """VTAB-style evaluation (and default training) transform: resize to a square, no crop.
+
+    Bicubic, as the NOAH/VPT VTAB pipelines use; no centre crop because VTAB's images are
+    resized whole.
+    """
+    from torchvision import transforms as T
+
+    return T.Compose([
+        T.Resize((img_size, img_size), interpolation=T.InterpolationMode.BICUBIC, antialias=True),
+        T.ToTensor(),
+        T.Normalize(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std)),
+    ])
+
+
+def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], augment: bool):
+    """Training transform: the evaluation transform, or timm's standard training augmentation.
+
+    `augment=True` uses `timm.data.create_transform(is_training=True)` (random resized crop,
+    horizontal flip, colour jitter); the VTAB-1k default is no augmentation.
+    """
+    if not augment:
+        return eval_transform(img_size, mean, std)
+    from timm.data import create_transform
+
+    return create_transform(input_size=img_size, is_training=True, interpolation="bicubic",
+                            mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
