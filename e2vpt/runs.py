@@ -155,17 +155,24 @@ class RunDir:
         return self.config_file.is_file()
 
     # lifecycle
-    def prepare_new(self) -> None:
-        """Create the folder for a fresh run, refusing one that already holds a run."""
+    def prepare_new(self) -> bool:
+        """Create the folder for a fresh run, refusing one that already holds a run.
+
+        A folder the app queued (status `queued`, no checkpoint yet) is accepted. Returns True when
+        this call created the folder, so a run that fails before it starts can remove it again.
+        """
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path} is a file, not a folder; pick another --run-dir")
-        if self.exists():
+        queued = (read_json(self.status_file, {}) or {}).get("state") == "queued"
+        if self.exists() and not (queued and not self.checkpoint_meta_file.exists() and not self.is_locked()):
             state = self.status().get("state")
             if state == "done" or self.summary_file.is_file():
                 raise RunDirError(f"{self.path} already holds a finished run; pick a new --run-dir or delete that folder")
             raise RunDirError(f"{self.path} already holds a run (state: {state}); continue it with "
                               f"`python -m e2vpt train --resume {self.path}` or pick a new --run-dir")
+        created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
+        return created
 
     def lock(self) -> None:
         """Hold an exclusive lock for the life of this process: a second trainer on the same folder is refused."""

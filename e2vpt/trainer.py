@@ -13,6 +13,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -155,6 +156,8 @@ class Trainer:
         if self.device.type == "cuda" and config.amp:
             self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         self.rounds: list[dict] = []
+        self.units_done, self.total_units = 0, 1
+        self.pending = None
         self.wall_offset = 0.0
         self._last_status = 0.0
 
@@ -177,7 +180,6 @@ class Trainer:
         self.initial_state = self.model.tuned_state()
         self.phases = [Phase(0, cfg.epochs)] + [Phase(r, cfg.resolved_retrain_epochs) for r in range(1, cfg.rounds + 1)]
         self.total_units = sum(p.epochs for p in self.phases) + cfg.rounds  # a scoring pass counts as one epoch
-        self.units_done = 0
         self.backbone_params = self.model.backbone_param_count()
 
     def _loader(self, split: str, shuffle: bool = False, seed: int = 0) -> DataLoader:
@@ -223,10 +225,11 @@ class Trainer:
         tuned = m.tuned_param_count()
         visual = t.visual is not None
         return {
-            "round": phase.index, "token_mask": t.token_mask.cpu() if visual else None,
-            "segment_mask": t.segment_mask.cpu() if visual else None,
-            "token_importance": importance.token if importance is not None else None,
-            "segment_importance": importance.segment if importance is not None else None,
+            # plain lists: a snapshot, not a view of the live mask buffers that later rounds overwrite
+            "round": phase.index, "token_mask": t.token_mask.tolist() if visual else None,
+            "segment_mask": t.segment_mask.tolist() if visual else None,
+            "token_importance": importance.token.tolist() if importance is not None else None,
+            "segment_importance": importance.segment.tolist() if importance is not None else None,
             "val_acc": val_acc, "test_acc": test_acc, "tuned_params": tuned,
             "tuned_params_no_head": m.tuned_param_count(include_head=False),
             "tuned_pct": 100.0 * tuned / self.backbone_params,
@@ -395,6 +398,7 @@ class Trainer:
         """Run every phase and return the summary (also written to summary.json)."""
         self.started = time.monotonic()
         resume_meta = None
+        created = False
         if self.run is not None:
             if resume:
                 if not self.run.exists():
@@ -403,13 +407,19 @@ class Trainer:
                     raise RunDirError(f"{self.run.path} already finished; nothing to resume")
                 self.run.lock()
             else:
-                self.run.prepare_new()
+                created = self.run.prepare_new()
                 self.run.lock()
                 self.config.extra.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
                 atomic_write_json(self.run.config_file, self.config.to_dict())
             self._status("running", "loading backbone and data", force=True)
         try:
-            self.setup()
+            try:
+                self.setup()
+            except UserError:
+                if created:  # nothing was trained: leave nothing half-written behind
+                    shutil.rmtree(self.run.path, ignore_errors=True)
+                    self.run = None
+                raise
             start_phase, start_epoch, resume_state = 0, 0, None
             if self.run is not None:
                 if resume and self.run.init_file.is_file():

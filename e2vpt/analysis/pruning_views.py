@@ -1,0 +1,89 @@
+"""What pruning did, read from a run's `pruning.json`: importance maps, trajectories, lifetimes.
+
+Raw importance scores (mean |dL/dmask|) differ in scale between rounds and runs, so the maps also
+carry a normalised copy: each round's surviving scores divided by their maximum (1 = the most
+important surviving prompt of that round). Pruned entries are NaN, never 0, so a chart can grey them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import RunDirError
+from ..runs import RunDir
+
+
+def _nan_nested(value):
+    if isinstance(value, list):
+        return [_nan_nested(v) for v in value]
+    return np.nan if value is None else value
+
+
+def load_pruning(run_dir: str | Path) -> dict:
+    """The run's pruning record, with a clear error when the run has none yet."""
+    record = RunDir(run_dir).pruning()
+    if not record or not record.get("rounds"):
+        raise RunDirError(f"{run_dir} has no pruning record yet; it is written when the first phase ends")
+    return record
+
+
+def importance_maps(run_dir: str | Path) -> list[dict]:
+    """One dict per round: token/segment scores (NaN where pruned or not scored) and masks as arrays.
+
+    Keys: round, token_scores (layers x p), token_scores_normalised, token_mask, segment_scores
+    (layers x p x R), segment_mask, normalisation, val_acc, tuned_params.
+    """
+    record = load_pruning(run_dir)
+    maps = []
+    for r in record["rounds"]:
+        token_mask = np.array(r["token_mask"], dtype=float) if r.get("token_mask") is not None else None
+        tokens = np.array(_nan_nested(r["token_importance"]), dtype=float) if r.get("token_importance") is not None else None
+        segments = (np.array(_nan_nested(r["segment_importance"]), dtype=float)
+                    if r.get("segment_importance") is not None else None)
+        normalised = None
+        if tokens is not None and np.isfinite(tokens).any():
+            normalised = tokens / np.nanmax(np.abs(tokens))
+        maps.append({
+            "round": r["round"], "token_scores": tokens, "token_scores_normalised": normalised,
+            "token_mask": token_mask,
+            "segment_scores": segments,
+            "segment_mask": np.array(r["segment_mask"], dtype=float) if r.get("segment_mask") is not None else None,
+            "normalisation": "scores divided by the round's largest |score| among surviving prompts",
+            "val_acc": r.get("val_acc"), "tuned_params": r.get("tuned_params"),
+        })
+    return maps
+
+
+def pruning_trajectory(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Round by round: accuracies and cost ("rounds"), kept fraction per layer ("layers"), and for
+    every (layer, token) the round in which it was pruned ("lifetimes"; None = it survived)."""
+    record = load_pruning(run_dir)
+    rounds = pd.DataFrame([{k: r.get(k) for k in ("round", "val_acc", "test_acc", "tuned_params", "tuned_pct",
+                                                    "kept_tokens", "kept_segments", "train_s", "score_s", "wall_s")}
+                           for r in record["rounds"]])
+    layer_rows, lifetimes = [], []
+    masks = [np.array(r["token_mask"], dtype=float) for r in record["rounds"] if r.get("token_mask") is not None]
+    seg_masks = [np.array(r["segment_mask"], dtype=float) for r in record["rounds"] if r.get("segment_mask") is not None]
+    if masks:
+        for r, mask, seg in zip(record["rounds"], masks, seg_masks):
+            kept_segments = (seg * mask[..., None]).sum(-1)
+            for layer in range(mask.shape[0]):
+                layer_rows.append({"round": r["round"], "layer": layer, "kept_fraction": mask[layer].mean(),
+                                   "kept_segment_fraction": kept_segments[layer].sum() / seg[layer].size})
+        final_scores = {}
+        for r in record["rounds"]:
+            if r.get("token_importance") is not None:
+                final_scores[r["round"]] = np.array(_nan_nested(r["token_importance"]), dtype=float)
+        layers, tokens = masks[0].shape
+        for layer in range(layers):
+            for token in range(tokens):
+                died = next((record["rounds"][i]["round"] for i, m in enumerate(masks) if m[layer, token] == 0), None)
+                score = None
+                for rnd, scores in sorted(final_scores.items()):
+                    if np.isfinite(scores[layer, token]):
+                        score = float(scores[layer, token])
+                lifetimes.append({"layer": layer, "token": token, "pruned_in_round": died, "last_score": score})
+    return {"rounds": rounds, "layers": pd.DataFrame(layer_rows), "lifetimes": pd.DataFrame(lifetimes)}

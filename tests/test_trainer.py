@@ -1,0 +1,152 @@
+"""End-to-end properties of training runs on digits: learning, frozen backbone, records, reload, resume."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from e2vpt.backbones import create_backbone
+from e2vpt.config import TrainConfig
+from e2vpt.runs import RunDir, read_jsonl
+from e2vpt.trainer import Trainer, evaluate_run, train
+
+FAST = dict(backbone="demo", pretrained=False, dataset="digits", epochs=1, retrain_epochs=1, prompt_len=4,
+            kv_len=2, batch_size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def e2vpt_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "e2vpt"
+    config = TrainConfig(method="e2vpt", prune_rounds=2, prune_ratio=0.5, **FAST)
+    trainer = Trainer(config, run_dir, quiet=True)
+    summary = trainer.fit()
+    return run_dir, summary, trainer
+
+
+def test_run_directory_holds_every_file_of_the_contract(e2vpt_run):
+    run_dir, summary, _ = e2vpt_run
+    for name in ("config.json", "status.json", "metrics.jsonl", "pruning.json", "summary.json", "weights.safetensors"):
+        assert (run_dir / name).is_file(), name
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "done" and status["progress"] == 1.0
+    for key in ("method", "backbone", "dataset", "test_acc", "val_acc", "tuned_params", "backbone_params",
+                "tuned_pct", "wall_s"):
+        assert key in summary
+    weights = load_file(str(run_dir / "weights.safetensors"))
+    assert all(k.startswith("tuned.") for k in weights) and "tuned.token_mask" in weights
+
+
+def test_short_run_beats_chance_and_reloads_to_the_same_accuracy(e2vpt_run):
+    run_dir, summary, _ = e2vpt_run
+    assert summary["test_acc"] > 0.3  # 10 classes: chance is 0.1
+    again = evaluate_run(run_dir, device="cpu")
+    assert again["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-9)
+    assert again["tuned_params"] == summary["tuned_params"]
+
+
+def test_backbone_is_bit_identical_after_training(e2vpt_run):
+    _, _, trainer = e2vpt_run
+    torch.manual_seed(0)
+    fresh = create_backbone("demo", pretrained=False)
+    for (name, a), (_, b) in zip(fresh.state_dict().items(), trainer.model.backbone.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_pruning_record_shrinks_each_round_and_masks_are_nested(e2vpt_run):
+    run_dir, summary, _ = e2vpt_run
+    pruning = json.loads((run_dir / "pruning.json").read_text())
+    rounds = pruning["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    tuned = [r["tuned_params"] for r in rounds]
+    assert tuned[0] > tuned[1] > tuned[2]
+    masks = [torch.tensor(r["token_mask"]) for r in rounds]
+    assert masks[0].shape == (6, 4) and bool((masks[0] == 1).all())
+    assert bool((masks[2] <= masks[1]).all()) and bool((masks[1] <= masks[0]).all())  # pruned stays pruned
+    assert rounds[0]["token_importance"] is None
+    importance = rounds[2]["token_importance"]
+    for layer in range(6):
+        for k in range(4):
+            assert (importance[layer][k] is None) == (masks[1][layer, k] == 0)  # scored on round 1's survivors
+    assert summary["tuned_pct"] < 5
+    assert pruning["selected_round"] == summary["selected_round"] >= 1
+
+
+def test_metrics_have_one_line_per_epoch_and_one_per_prune(e2vpt_run):
+    records = read_jsonl(e2vpt_run[0] / "metrics.jsonl")
+    assert [(r["kind"], r["round"]) for r in records] == [("epoch", 0), ("prune", 1), ("epoch", 1), ("prune", 2),
+                                                         ("epoch", 2)]
+
+
+@pytest.mark.parametrize("method", ["linear", "vpt-shallow", "full"])
+def test_every_method_trains_from_the_same_loop(tmp_path, method):
+    summary = train(TrainConfig(method=method, **FAST), tmp_path / method, quiet=True)
+    assert summary["test_acc"] > 0.2 and summary["method"] == method
+    if method == "full":
+        assert summary["tuned_pct"] > 100
+    else:
+        assert summary["tuned_pct"] < 1
+
+
+def test_resume_after_interruption_gives_the_same_result_across_pruning_rounds(tmp_path, monkeypatch):
+    config = dict(FAST, method="e2vpt", prune_rounds=1, retrain_epochs=2)
+    reference = train(TrainConfig(**config), tmp_path / "reference", quiet=True)
+
+    calls = {"n": 0}
+    original = Trainer._train_epoch
+
+    def crash_on_third_epoch(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # second epoch of the retrain phase, after pruning and one retrain epoch
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_on_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(**config), tmp_path / "crashed", quiet=True)
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    assert RunDir(tmp_path / "crashed").status()["state"] == "cancelled"
+    resumed = train(TrainConfig(**config), tmp_path / "crashed", resume=True, quiet=True)
+    assert resumed["test_acc"] == reference["test_acc"] and resumed["val_acc"] == reference["val_acc"]
+    a = load_file(str(tmp_path / "reference" / "weights.safetensors"))
+    b = load_file(str(tmp_path / "crashed" / "weights.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    kinds = [(r["kind"], r["round"], r.get("epoch")) for r in read_jsonl(tmp_path / "crashed" / "metrics.jsonl")]
+    assert kinds == [("epoch", 0, 1), ("prune", 1, None), ("epoch", 1, 1), ("epoch", 1, 2)]
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "e2vpt", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_cli_refuses_bad_input_with_one_line_and_nonzero_exit(tmp_path, e2vpt_run):
+    cases = [
+        (["train", "--backbone", "no_such_vit", "--no-pretrained"], "unknown backbone"),
+        (["train", "--backbone", "resnet18", "--no-pretrained"], "not a timm VisionTransformer"),
+        (["train", "--prompt-len", "0"], "prompt length"),
+        (["train", "--prune-ratio", "1.5"], "prune ratio"),
+        (["train", "--segments", "1000", "--no-pretrained"], "embedding dimension"),
+        (["train", "--run-dir", str(e2vpt_run[0])], "already holds a finished run"),
+        (["train", "--weights", str(e2vpt_run[0] / "weights.safetensors")], "does not fit backbone"),
+        (["train", "--dataset", "no-such-set", "--no-pretrained"], "no-such-set"),
+    ]
+    for args, expected in cases:
+        run_dir = tmp_path / f"r{len(args)}"
+        full = args if "--run-dir" in args else args + ["--run-dir", str(run_dir)]
+        result = cli(*full)
+        assert result.returncode == 2, (args, result.stderr)
+        assert expected in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert (e2vpt_run[0] / "summary.json").is_file()  # the finished run was not touched
+
+
+def test_cli_config_file_with_flag_override(tmp_path):
+    (tmp_path / "c.yaml").write_text("method: linear\nepochs: 1\nbackbone: demo\npretrained: false\nlr: 0.5\n")
+    result = cli("train", "--config", str(tmp_path / "c.yaml"), "--lr", "0.01", "--run-dir", str(tmp_path / "run"),
+                 "--quiet")
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["method"] == "linear" and config["lr"] == 0.01
