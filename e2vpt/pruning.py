@@ -36,10 +36,11 @@ class Importance:
 
 
 def score_importance(model: PromptedViT, loader: DataLoader, device: torch.device, mode: str = "abs",
-                     autocast=None, progress=None) -> Importance:
+                     autocast=None, progress=None, all_reduce=None) -> Importance:
     """Mean (absolute or signed) per-image gradient of the loss w.r.t. token and segment masks.
 
     The prompts are held fixed (no optimiser step); the model runs in eval mode, as in the official code.
+    `all_reduce` (multi-process runs) sums the scores over every process's images before averaging.
     """
     was_training = model.training
     model.eval()
@@ -65,6 +66,10 @@ def score_importance(model: PromptedViT, loader: DataLoader, device: torch.devic
         if progress is not None:
             progress(b)
     model.train(was_training)
+    if all_reduce is not None:
+        all_reduce(token_sum)
+        all_reduce(segment_sum)
+        seen = int(all_reduce(torch.tensor([seen], dtype=torch.float64, device=device)).item())
     token = (token_sum / max(seen, 1)).float().cpu()
     segment = (segment_sum / max(seen, 1)).float().cpu()
     token[t.token_mask.cpu() == 0] = float("nan")

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .backbones import create_backbone, data_config
 from .config import TrainConfig
+from .distributed import DistContext, global_batches, local_batches
 from .errors import RunDirError, UserError
 from .methods import build_model
 from .pruning import prune_segments, prune_tokens, rewind, score_importance
@@ -77,8 +78,8 @@ class Phase:
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, autocast=None) -> tuple[float, float]:
-    """(mean loss, accuracy) over a loader."""
+def evaluate(model, loader, device, autocast=None, ctx: DistContext | None = None) -> tuple[float, float]:
+    """(mean loss, accuracy) over a loader; with `ctx`, summed over every rank's shard."""
     was_training = model.training
     model.eval()
     loss_sum, correct, total = 0.0, 0, 0
@@ -90,6 +91,9 @@ def evaluate(model, loader, device, autocast=None) -> tuple[float, float]:
         correct += (logits.argmax(1) == labels).sum().item()
         total += labels.numel()
     model.train(was_training)
+    if ctx is not None and ctx.enabled:
+        sums = ctx.all_reduce(torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=device))
+        loss_sum, correct, total = sums[0].item(), int(sums[1].item()), int(sums[2].item())
     return loss_sum / max(total, 1), correct / max(total, 1)
 
 
@@ -151,11 +155,15 @@ class Trainer:
         self.run = RunDir(run_dir) if run_dir is not None else None
         self.quiet = quiet
         self.stop_requested = False
+        self.dist = DistContext.from_env()
         self.device = resolve_device(config.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.autocast = None
         if self.device.type == "cuda" and config.amp:
             self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
         self.rounds: list[dict] = []
+        self.round_states: dict[int, dict] = {}
         self.units_done, self.total_units = 0, 1
         self.pending = None
         self.wall_offset = 0.0
@@ -178,16 +186,30 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, backbone, self.splits.num_classes).to(self.device)
         self.initial_state = self.model.tuned_state()
+        self.train_model = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
         self.phases = [Phase(0, cfg.epochs)] + [Phase(r, cfg.resolved_retrain_epochs) for r in range(1, cfg.rounds + 1)]
         self.total_units = sum(p.epochs for p in self.phases) + cfg.rounds  # a scoring pass counts as one epoch
         self.backbone_params = self.model.backbone_param_count()
 
-    def _loader(self, split: str, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool = False, seed: int = 0, training: bool = False) -> DataLoader:
+        """This rank's share of the split, batch by batch (all of it in a single process).
+
+        For training, `self.global_sizes` keeps each global batch's size for the loss scaling, and a
+        global batch smaller than the number of processes (possible only as the last one) is dropped.
+        """
         dataset = getattr(self.splits, split)
-        generator = torch.Generator().manual_seed(seed)
-        batch = self.config.batch_size if split == "train" else max(self.config.batch_size, 256)
-        return DataLoader(dataset, batch_size=batch, shuffle=shuffle, generator=generator, num_workers=0,
-                          pin_memory=self.device.type == "cuda")
+        batch = self.config.batch_size if training else max(self.config.batch_size, 256)
+        batches = global_batches(len(dataset), batch, shuffle, seed)
+        if training:
+            batches = [b for b in batches if len(b) >= self.dist.world]
+            self.global_sizes = [len(b) for b in batches]
+        shards = [b for b in local_batches(batches, self.dist) if b]
+        return DataLoader(dataset, batch_sampler=shards, num_workers=0, pin_memory=self.device.type == "cuda")
 
     def _make_optimizer(self, epochs: int):
         cfg = self.config
@@ -203,8 +225,13 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------
     # records
+    @property
+    def writer(self) -> RunDir | None:
+        """The run directory, on the one process that writes it (rank 0)."""
+        return self.run if self.dist.is_main else None
+
     def _status(self, state: str, message: str = "", force: bool = False, **extra) -> None:
-        if self.run is None:
+        if self.writer is None:
             return
         now = time.monotonic()
         if not force and now - self._last_status < 0.5:
@@ -213,7 +240,7 @@ class Trainer:
         self.run.write_status(state, self.units_done / max(self.total_units, 1), message, **extra)
 
     def _log(self, record: dict) -> None:
-        if self.run is not None:
+        if self.writer is not None:
             append_jsonl(self.run.metrics_file, record)
 
     def _wall(self) -> float:
@@ -239,7 +266,7 @@ class Trainer:
         }
 
     def _write_pruning(self) -> None:
-        if self.run is None:
+        if self.writer is None:
             return
         m, cfg = self.model, self.config
         atomic_write_json(self.run.pruning_file, {
@@ -261,7 +288,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     # checkpoints
     def _save_checkpoint(self, phase_index: int, epochs_done: int, optimizer, scheduler, best: dict) -> None:
-        if self.run is None:
+        if self.writer is None:
             return
         tensors = {f"model.{k}": v for k, v in self.model.tuned_state().items()}
         tensors.update({f"best.{k}": v for k, v in best.get("state", {}).items()})
@@ -292,13 +319,16 @@ class Trainer:
     # ----------------------------------------------------------------------------------------------
     # the loop
     def _check_stop(self) -> None:
-        if self.stop_requested or (self.run is not None and self.run.cancel_file.exists()):
+        stop = self.stop_requested or (self.run is not None and self.run.cancel_file.exists())
+        if self.dist.enabled:  # every rank must leave at the same step, or the others wait forever
+            stop = bool(self.dist.all_reduce(torch.tensor([float(stop)], device=self.device)).item())
+        if stop:
             raise Cancelled()
 
     def _train_epoch(self, phase: Phase, epoch: int, optimizer, scheduler) -> tuple[float, float]:
         cfg, model = self.config, self.model
         torch.manual_seed(_seed_for(cfg.seed, phase.index, epoch))  # dropout draws
-        loader = self._loader("train", shuffle=True, seed=_seed_for(cfg.seed, phase.index, epoch, 7))
+        loader = self._loader("train", shuffle=True, seed=_seed_for(cfg.seed, phase.index, epoch, 7), training=True)
         model.train()
         loss_sum, correct, total = 0.0, 0, 0
         bar = tqdm(loader, desc=f"{phase.name} r{phase.index} e{epoch + 1}/{phase.epochs}", leave=False,
@@ -307,8 +337,10 @@ class Trainer:
             self._check_stop()
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             with self.autocast() if self.autocast else contextlib.nullcontext():
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing)
+                logits = self.train_model(images)
+            local_sum = F.cross_entropy(logits.float(), labels, label_smoothing=cfg.label_smoothing, reduction="sum")
+            # DDP averages gradients over ranks: scaling by world / global size makes that the global mean
+            loss = local_sum * (self.dist.world / self.global_sizes[step])
             if not torch.isfinite(loss):
                 raise NumericsError(f"loss became {loss.item()} at step {step + 1} of epoch {epoch + 1} "
                                     f"({phase.name}, round {phase.index}); lower --lr (now {cfg.resolved_lr:g})")
@@ -317,13 +349,16 @@ class Trainer:
             optimizer.step()
             scheduler.step()
             model.zero_pruned()  # weight decay must not revive a pruned entry
-            loss_sum += loss.item() * labels.numel()
+            loss_sum += local_sum.item()
             correct += (logits.argmax(1) == labels).sum().item()
             total += labels.numel()
             fraction = (step + 1) / len(loader)
             self._status("running", f"{phase.name} round {phase.index}: epoch {epoch + 1}/{phase.epochs}",
                          progress_in_epoch=round(fraction, 3))
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{local_sum.item() / labels.numel():.3f}")
+        if self.dist.enabled:
+            sums = self.dist.all_reduce(torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=self.device))
+            loss_sum, correct, total = sums[0].item(), sums[1].item(), sums[2].item()
         return loss_sum / max(total, 1), correct / max(total, 1)
 
     def _prune(self, phase: Phase):
@@ -332,7 +367,8 @@ class Trainer:
         self._status("running", f"round {phase.index}: scoring prompt importance", force=True)
         start = time.monotonic()
         loader = self._loader("train")
-        importance = score_importance(model, loader, self.device, cfg.importance, self.autocast)
+        importance = score_importance(model, loader, self.device, cfg.importance, self.autocast,
+                                      all_reduce=self.dist.all_reduce if self.dist.enabled else None)
         t = model.tuned
         token_mask = prune_tokens(t.token_mask, importance.token, cfg.prune_ratio, cfg.mask_scope)
         min_segments = max(1, cfg.segments // 4)  # official: never below 4 of 16 segments per token
@@ -369,7 +405,7 @@ class Trainer:
         for epoch in range(start_epoch, phase.epochs):
             epoch_start = time.monotonic()
             train_loss, train_acc = self._train_epoch(phase, epoch, optimizer, scheduler)
-            val_loss, val_acc = evaluate(self.model, val_loader, self.device, self.autocast)
+            val_loss, val_acc = evaluate(self.model, val_loader, self.device, self.autocast, self.dist)
             self.units_done += 1
             if not best or val_acc > best["val_acc"]:
                 best = {"val_acc": val_acc, "epoch": epoch + 1, "state": self.model.tuned_state()}
@@ -382,14 +418,15 @@ class Trainer:
                          f"val acc {val_acc:.3f}", force=True)
         # the phase's result is its best-validation state
         self.model.load_tuned_state({k: v.to(self.device) for k, v in best["state"].items()})
-        _, test_acc = evaluate(self.model, self._loader("test"), self.device, self.autocast)
+        _, test_acc = evaluate(self.model, self._loader("test"), self.device, self.autocast, self.dist)
         record = self._round_record(phase, importance, best["val_acc"], test_acc,
                                     time.monotonic() - phase_start, score_s)
         record["best_epoch"] = best["epoch"]
         self.rounds.append(record)
         self.pending = None
-        if self.run is not None:
-            atomic_save_safetensors(self.run.path / f"round_{phase.index}.safetensors", self.model.tuned_state())
+        self.round_states[phase.index] = self.model.tuned_state()
+        if self.writer is not None:
+            atomic_save_safetensors(self.run.path / f"round_{phase.index}.safetensors", self.round_states[phase.index])
             self._write_pruning()
         self._save_checkpoint(phase.index + 1, 0, None, None, {})
 
@@ -399,7 +436,7 @@ class Trainer:
         self.started = time.monotonic()
         resume_meta = None
         created = False
-        if self.run is not None:
+        if self.writer is not None:
             if resume:
                 if not self.run.exists():
                     raise RunDirError(f"{self.run.path} holds no run to resume; start one with --run-dir")
@@ -412,6 +449,8 @@ class Trainer:
                 self.config.extra.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
                 atomic_write_json(self.run.config_file, self.config.to_dict())
             self._status("running", "loading backbone and data", force=True)
+        self.dist.init(self.device)
+        self.dist.barrier()  # the run directory exists before any other rank reads it
         try:
             try:
                 self.setup()
@@ -424,7 +463,7 @@ class Trainer:
             if self.run is not None:
                 if resume and self.run.init_file.is_file():
                     self.initial_state = {k: v.to(self.device) for k, v in load_file(str(self.run.init_file)).items()}
-                else:
+                elif self.writer is not None:
                     atomic_save_safetensors(self.run.init_file, self.initial_state)
                 if resume and self.run.checkpoint_meta_file.is_file():
                     resume_meta = self._load_checkpoint()
@@ -455,6 +494,8 @@ class Trainer:
 
     def _truncate_metrics(self, phase_index: int, epochs_done: int, pruned: bool) -> None:
         """Drop metric lines written after the checkpoint we resume from, so nothing appears twice."""
+        if self.writer is None:
+            return
         def keep(r: dict) -> bool:
             rnd = r.get("round", 0)
             if rnd != phase_index:
@@ -471,8 +512,10 @@ class Trainer:
         cfg = self.config
         selected = self._selected_round()
         record = next(r for r in self.rounds if r["round"] == selected)
-        if self.run is not None:
+        state = self.round_states.get(selected)
+        if state is None and self.run is not None:  # a round finished before a resume
             state = load_file(str(self.run.path / f"round_{selected}.safetensors"))
+        if state is not None:
             self.model.load_tuned_state({k: v.to(self.device) for k, v in state.items()})
         summary = {
             "method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.dataset,
@@ -486,7 +529,7 @@ class Trainer:
             "device": str(self.device), "num_classes": self.splits.num_classes, "data_source": self.splits.source,
             "torch_threads": torch.get_num_threads(),
         }
-        if self.run is not None:
+        if self.writer is not None:
             atomic_save_safetensors(self.run.weights_file, self.model.tuned_state(),
                                     {"method": cfg.method, "backbone": cfg.backbone, "selected_round": selected})
             atomic_write_json(self.run.summary_file, summary)
@@ -513,6 +556,7 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
     try:
         return trainer.fit(resume=resume)
     finally:
+        trainer.dist.shutdown()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
 
