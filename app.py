@@ -1,0 +1,27 @@
+"""E2VPT studio: `streamlit run app.py`. The frame and router only; each page lives in `pages/`."""
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # `e2vpt` and `pages` import from any working folder
+
+from pages._common import sidebar_run_picker  # noqa: E402
+
+st.set_page_config(page_title="E2VPT studio", page_icon="🧩", layout="wide", initial_sidebar_state="expanded")
+
+PAGES = [
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:", default=True),
+    st.Page("pages/runs.py", title="Runs", icon=":material/folder_open:"),
+    st.Page("pages/prompts.py", title="Prompts", icon=":material/grid_on:"),
+    st.Page("pages/pruning.py", title="Pruning", icon=":material/content_cut:"),
+    st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+]
+
+page = st.navigation(PAGES)
+with st.sidebar:
+    st.markdown("**E2VPT studio**  \nVisual prompt tuning with pruning, on frozen ViTs.")
+sidebar_run_picker()
+page.run()

@@ -1,0 +1,476 @@
+"""Plotly figures of runs: the app's charts, equally usable from a notebook.
+
+Each builder takes plain data (metrics records, a DataFrame, one importance map, an embedding
+report) and returns a `plotly.graph_objects.Figure` with hover details; the matching `*_frame`
+functions give the table behind a chart, which the app offers as CSV. No Streamlit and no training
+or analysis math here: the numbers come from `e2vpt.runs` and `e2vpt.analysis`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+           "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
+           "#e6550d", "#31a354", "#756bb1", "#636363")
+PRUNED_GREY = "#c9c9c9"
+OUTLINE = "#111111"
+METHOD_ORDER = ("linear", "full", "vpt-shallow", "vpt-deep", "e2vpt-noprune", "e2vpt")
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _layout(fig: go.Figure, title: str, height: int = 420, **kwargs) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.0, xanchor="left"), height=height,
+                      margin=dict(l=60, r=30, t=70, b=50), hovermode="closest",
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1.0), **kwargs)
+    return fig
+
+
+def empty_figure(message: str, title: str = "", height: int = 300) -> go.Figure:
+    """A blank chart with a centred message (e.g. "no epochs finished yet")."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=15, color="#666"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, title, height=height)
+
+
+def figure_html(fig: go.Figure) -> str:
+    """A self-contained HTML page of the figure (plotly.js embedded: it opens offline)."""
+    return fig.to_html(full_html=True, include_plotlyjs=True, config={"displaylogo": False})
+
+
+def frame_csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# training curves
+def metrics_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """Epoch records of metrics.jsonl as a table with a running `step` (1, 2, ... across phases)."""
+    rows = [dict(r) for r in records if r.get("kind") == "epoch"]
+    columns = ["step", "phase", "round", "epoch", "train_loss", "val_loss", "train_acc", "val_acc", "lr",
+               "epoch_s", "wall_s", "tuned_params"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame(rows)
+    frame.insert(0, "step", np.arange(1, len(frame) + 1))
+    for column in columns:
+        if column not in frame:
+            frame[column] = np.nan
+    return frame[columns]
+
+
+def prune_frame(records: Sequence[dict]) -> pd.DataFrame:
+    """Pruning events of metrics.jsonl, each placed at the step after which it happened."""
+    step, rows = 0, []
+    for r in records:
+        if r.get("kind") == "epoch":
+            step += 1
+        elif r.get("kind") == "prune":
+            rows.append({"after_step": step, **{k: v for k, v in r.items() if k != "kind"}})
+    return pd.DataFrame(rows, columns=["after_step", "round", "kept_tokens", "kept_segments", "tuned_params",
+                                       "score_s", "scored_images", "wall_s"] if not rows else None)
+
+
+def training_curves(epochs: pd.DataFrame, prunes: pd.DataFrame | None = None, title: str = "Training curves",
+                    total_steps: int | None = None) -> go.Figure:
+    """Loss (left) and accuracy (right) per epoch, train and validation, pruning rounds marked.
+
+    Args:
+        epochs: `metrics_frame(...)`.
+        prunes: `prune_frame(...)`: a dashed line where each pruning round scored and pruned.
+        total_steps: fix the x axis to the planned number of epochs (live view of a running run).
+    """
+    if epochs is None or epochs.empty:
+        return empty_figure("no epoch has finished yet", title)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "accuracy"), horizontal_spacing=0.1)
+    custom = np.stack([epochs["phase"].astype(str), epochs["round"].astype(str), epochs["epoch"].astype(str),
+                       epochs["lr"].map(lambda v: f"{v:.2e}" if pd.notna(v) else "-"),
+                       epochs["wall_s"].map(lambda v: f"{v:.0f}" if pd.notna(v) else "-")], axis=-1)
+    hover = ("<b>%{fullData.name}</b>: %{y:.4f}<br>step %{x} · %{customdata[0]} round %{customdata[1]}, "
+             "epoch %{customdata[2]}<br>lr %{customdata[3]} · %{customdata[4]} s since start<extra></extra>")
+    for col, metric in ((1, "loss"), (2, "acc")):
+        for split, dash, c in (("train", "solid", color(0)), ("val", "dash", color(1))):
+            fig.add_trace(go.Scatter(x=epochs["step"], y=epochs[f"{split}_{metric}"], mode="lines+markers",
+                                     name=f"{split} {'loss' if metric == 'loss' else 'accuracy'}",
+                                     line=dict(color=c, dash=dash), marker=dict(size=6), customdata=custom,
+                                     hovertemplate=hover, legendgroup=split, showlegend=True),
+                          row=1, col=col)
+    if prunes is not None and not prunes.empty:
+        for _, p in prunes.iterrows():
+            x = float(p["after_step"]) + 0.5
+            text = f"prune {int(p['round'])}"
+            for col in (1, 2):
+                fig.add_vline(x=x, line=dict(color="#888", dash="dot", width=1), row=1, col=col)
+            for axis in ("", "2"):
+                fig.add_annotation(x=x, y=0.98, yref=f"y{axis} domain", xref=f"x{axis}", text=text, showarrow=False,
+                                   font=dict(size=10, color="#666"), yanchor="top", xanchor="left", xshift=2)
+    fig.update_xaxes(title_text="epoch (all phases)", dtick=1 if len(epochs) <= 30 else None)
+    fig.update_yaxes(title_text="cross-entropy", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=2)
+    if total_steps:
+        fig.update_xaxes(range=[0.5, max(total_steps, len(epochs)) + 0.5])
+    _layout(fig, title, height=420)
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="center", x=0.5),
+                      margin=dict(b=90))
+    return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# importance maps
+def _array(value: Any, ndim: int) -> np.ndarray | None:
+    if value is None:
+        return None
+    arr = np.asarray(value, dtype=np.float64)
+    return arr if arr.ndim == ndim else None
+
+
+def importance_frame(round_map: dict) -> pd.DataFrame:
+    """One row per (layer, token) of a round: score, normalised score, kept, status."""
+    scores = _array(round_map.get("token_scores"), 2)
+    mask = _array(round_map.get("token_mask"), 2)
+    norm = _array(round_map.get("token_scores_normalised"), 2)
+    if mask is None:
+        return pd.DataFrame(columns=["round", "layer", "token", "score", "score_normalised", "kept", "status"])
+    rows = []
+    for (layer, token), kept in np.ndenumerate(mask):
+        s = scores[layer, token] if scores is not None else np.nan
+        rows.append({"round": round_map.get("round"), "layer": layer + 1, "token": token + 1,
+                     "score": None if np.isnan(s) else float(s),
+                     "score_normalised": None if norm is None or np.isnan(norm[layer, token]) else float(norm[layer, token]),
+                     "kept": bool(kept), "status": _cell_status(kept, s, round_map.get("round", 0))})
+    return pd.DataFrame(rows)
+
+
+def _cell_status(kept: float, score: float, round_index: int) -> str:
+    if kept:
+        return "kept"
+    if round_index == 0 or not np.isnan(score):
+        return "pruned in this round"
+    return "pruned in an earlier round"
+
+
+def _outline_shapes(mask: np.ndarray, line_color: str = OUTLINE) -> list[dict]:
+    return [dict(type="rect", x0=j + 0.5, x1=j + 1.5, y0=i + 0.5, y1=i + 1.5, xref="x", yref="y",
+                 line=dict(color=line_color, width=1.6), fillcolor="rgba(0,0,0,0)", layer="above")
+            for (i, j), kept in np.ndenumerate(mask) if kept]
+
+
+def _grey_shapes(cells: np.ndarray) -> list[dict]:
+    return [dict(type="rect", x0=j + 0.5, x1=j + 1.5, y0=i + 0.5, y1=i + 1.5, xref="x", yref="y",
+                 line=dict(width=0), fillcolor="rgba(150,150,150,0.6)", layer="above")
+            for (i, j), on in np.ndenumerate(cells) if on]
+
+
+def _heatmap(z: np.ndarray, status: np.ndarray, kept: np.ndarray, x_name: str, y_name: str, value_name: str,
+             title: str, colorscale: str = "Viridis", zmin: float | None = None, zmax: float | None = None,
+             height: int | None = None) -> go.Figure:
+    rows, cols = z.shape
+    custom = np.stack([status, np.where(np.isnan(z), "-", np.vectorize(lambda v: f"{v:.4g}")(np.nan_to_num(z)))],
+                      axis=-1)
+    fig = go.Figure(go.Heatmap(
+        z=z, x=np.arange(1, cols + 1), y=np.arange(1, rows + 1), colorscale=colorscale, zmin=zmin, zmax=zmax,
+        customdata=custom, hoverongaps=True, xgap=1, ygap=1, colorbar=dict(title=dict(text=value_name, side="right")),
+        hovertemplate=f"{y_name} %{{y}}, {x_name} %{{x}}<br>{value_name}: %{{customdata[1]}}"
+                      "<br>%{customdata[0]}<extra></extra>"))
+    pruned_now = (status == "pruned in this round") & ~np.isnan(z)
+    fig.update_layout(shapes=_grey_shapes(pruned_now) + _outline_shapes(kept))
+    fig.update_xaxes(title_text=x_name, dtick=1 if cols <= 32 else None, range=[0.5, cols + 0.5],
+                     showgrid=False, zeroline=False)
+    fig.update_yaxes(title_text=y_name, dtick=1 if rows <= 32 else None, range=[rows + 0.5, 0.5],
+                     showgrid=False, zeroline=False)
+    fig.update_layout(plot_bgcolor=PRUNED_GREY)
+    return _layout(fig, title, height=height or max(320, 60 + 28 * rows))
+
+
+def _no_scores(round_map: dict, scores: np.ndarray | None) -> bool:
+    return scores is None or not np.isfinite(scores).any()
+
+
+def importance_heatmap(round_map: dict, normalised: bool = False, title: str | None = None) -> go.Figure:
+    """Layer x token importance of one round: survivors outlined, pruned cells greyed.
+
+    The scores are the ones that decided this round's masks (computed on the previous round's
+    model); round 0 has none, so its map shows which prompts exist (all kept).
+    """
+    mask = _array(round_map.get("token_mask"), 2)
+    r = int(round_map.get("round", 0))
+    if mask is None:
+        return empty_figure("this method has no visual prompts to score", title or "Prompt importance")
+    key = "token_scores_normalised" if normalised and round_map.get("token_scores_normalised") is not None \
+        else "token_scores"
+    scores = _array(round_map.get(key), 2)
+    status = np.vectorize(_cell_status)(mask, scores if scores is not None else np.full(mask.shape, np.nan), r)
+    if _no_scores(round_map, scores):
+        title = title or f"Round {r}: prompts kept (no importance scores: round 0 is the unpruned model)"
+        return _heatmap(np.where(mask > 0, 1.0, np.nan), status, mask > 0, "prompt token", "layer", "kept",
+                        title, colorscale=[[0, "#4c78a8"], [1, "#4c78a8"]], zmin=0, zmax=1)
+    label = "importance" + (" (normalised)" if key.endswith("normalised") else "")
+    title = title or (f"Round {r}: importance of each prompt token (outlined: kept; grey: pruned)")
+    return _heatmap(scores, status, mask > 0, "prompt token", "layer", label, title)
+
+
+def segment_frame(round_map: dict, layer: int) -> pd.DataFrame:
+    """One row per (token, segment) of one layer (0-based `layer`) in a round."""
+    seg_scores = _array(round_map.get("segment_scores"), 3)
+    seg_mask = _array(round_map.get("segment_mask"), 3)
+    tok_mask = _array(round_map.get("token_mask"), 2)
+    if seg_mask is None or tok_mask is None:
+        return pd.DataFrame(columns=["round", "layer", "token", "segment", "score", "kept"])
+    rows = []
+    for (token, segment), kept in np.ndenumerate(seg_mask[layer]):
+        s = seg_scores[layer, token, segment] if seg_scores is not None else np.nan
+        rows.append({"round": round_map.get("round"), "layer": layer + 1, "token": token + 1, "segment": segment + 1,
+                     "score": None if np.isnan(s) else float(s), "kept": bool(kept and tok_mask[layer, token])})
+    return pd.DataFrame(rows)
+
+
+def segment_heatmap(round_map: dict, layer: int, title: str | None = None) -> go.Figure:
+    """Token x segment importance for one layer (0-based) of one round; survivors outlined."""
+    seg_mask = _array(round_map.get("segment_mask"), 3)
+    tok_mask = _array(round_map.get("token_mask"), 2)
+    r = int(round_map.get("round", 0))
+    if seg_mask is None or tok_mask is None:
+        return empty_figure("this method has no prompt segments", title or "Segment importance")
+    layer = int(min(max(layer, 0), seg_mask.shape[0] - 1))
+    kept = (seg_mask[layer] > 0) & (tok_mask[layer][:, None] > 0)
+    scores = _array(round_map.get("segment_scores"), 3)
+    z = scores[layer] if scores is not None else None
+    status = np.where(kept, "kept", "pruned in this round")
+    if z is not None:
+        status = np.where(~kept & np.isnan(z) & (r > 0), "pruned in an earlier round", status)
+    if z is None or not np.isfinite(z).any():
+        title = title or f"Round {r}, layer {layer + 1}: segments kept (no scores in round 0)"
+        return _heatmap(np.where(kept, 1.0, np.nan), status, kept, "segment", "prompt token", "kept", title,
+                        colorscale=[[0, "#4c78a8"], [1, "#4c78a8"]], zmin=0, zmax=1,
+                        height=max(300, 60 + 24 * kept.shape[0]))
+    title = title or f"Round {r}, layer {layer + 1}: importance of each segment (outlined: kept; grey: pruned)"
+    return _heatmap(z, status, kept, "segment", "prompt token", "importance", title,
+                    height=max(300, 60 + 24 * kept.shape[0]))
+
+
+# --------------------------------------------------------------------------------------------------
+# pruning trajectory
+def trajectory_figure(rounds: pd.DataFrame, title: str = "Accuracy and tuned parameters per round",
+                      selected_round: int | None = None) -> go.Figure:
+    """Validation/test accuracy (top) and tuned parameters (bottom) per pruning round."""
+    if rounds is None or rounds.empty:
+        return empty_figure("no pruning round has finished yet", title)
+
+    def column(name: str, fmt) -> pd.Series:
+        values = rounds[name] if name in rounds else pd.Series([np.nan] * len(rounds))
+        return values.map(lambda v: fmt(v) if pd.notna(v) else "-")
+
+    custom = np.stack([column("tuned_params", lambda v: f"{int(v):,}"), column("tuned_pct", lambda v: f"{v:.3f}%"),
+                       column("kept_tokens", lambda v: f"{int(v)}"), column("kept_segments", lambda v: f"{int(v)}")],
+                      axis=-1)
+    detail = ("round %{x}<br>tuned %{customdata[0]} params (%{customdata[1]} of the backbone)"
+              "<br>kept %{customdata[2]} prompt tokens, %{customdata[3]} segments")
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08, row_heights=[0.6, 0.4])
+    for column_name, name, c in (("val_acc", "validation accuracy", color(1)), ("test_acc", "test accuracy", color(0))):
+        if column_name in rounds:
+            fig.add_trace(go.Scatter(x=rounds["round"], y=rounds[column_name], name=name, mode="lines+markers",
+                                     line=dict(color=c), marker=dict(size=9), customdata=custom,
+                                     hovertemplate=f"<b>{name}</b>: %{{y:.4f}}<br>" + detail + "<extra></extra>"),
+                          row=1, col=1)
+    fig.add_trace(go.Bar(x=rounds["round"], y=rounds["tuned_params"], name="tuned parameters", marker_color="#9ecae1",
+                         customdata=custom, text=custom[:, 1], textposition="outside", cliponaxis=False,
+                         hovertemplate="<b>tuned parameters</b><br>" + detail + "<extra></extra>"), row=2, col=1)
+    if selected_round is not None and selected_round in set(rounds["round"]):
+        for row in (1, 2):
+            fig.add_vline(x=selected_round, line=dict(color="#2ca02c", dash="dash"), row=row, col=1)
+        fig.add_annotation(x=selected_round, y=0.02, xref="x", yref="y domain", text="selected round",
+                           showarrow=False, font=dict(color="#2ca02c"), yanchor="bottom", xanchor="left", xshift=4)
+    fig.update_xaxes(dtick=1)
+    fig.update_xaxes(title_text="pruning round (0 = trained, unpruned)", row=2, col=1)
+    fig.update_yaxes(title_text="accuracy", row=1, col=1)
+    fig.update_yaxes(title_text="tuned params", rangemode="tozero", row=2, col=1)
+    return _layout(fig, title, height=520)
+
+
+def layer_fraction_figure(layers: pd.DataFrame, title: str = "Prompt tokens kept per layer") -> go.Figure:
+    """Fraction of each layer's prompt tokens still alive after each round (one line per round)."""
+    if layers is None or layers.empty:
+        return empty_figure("no pruning record yet", title)
+    fig = go.Figure()
+    for i, (r, group) in enumerate(layers.groupby("round", sort=True)):
+        fig.add_trace(go.Scatter(x=group["layer"] + 1, y=group["kept_fraction"], mode="lines+markers",
+                                 name=f"round {r}", line=dict(color=color(i)),
+                                 hovertemplate=f"round {r}, layer %{{x}}<br>kept %{{y:.0%}}<extra></extra>"))
+    fig.update_xaxes(title_text="layer", dtick=1)
+    fig.update_yaxes(title_text="fraction of prompt tokens kept", range=[0, 1.05], tickformat=".0%")
+    return _layout(fig, title)
+
+
+def lifetime_figure(lifetimes: pd.DataFrame, rounds: int, title: str = "Prompt lifetimes") -> go.Figure:
+    """For each (layer, token): the round it was pruned in (darkest: survived every round)."""
+    if lifetimes is None or lifetimes.empty:
+        return empty_figure("no pruning record yet", title)
+    n_layers = int(lifetimes["layer"].max()) + 1
+    n_tokens = int(lifetimes["token"].max()) + 1
+    survived = rounds + 1
+    z = np.full((n_layers, n_tokens), np.nan)
+    text = np.full((n_layers, n_tokens), "", dtype=object)
+    for _, row in lifetimes.iterrows():
+        r = row["pruned_in_round"]
+        alive = r is None or (isinstance(r, float) and math.isnan(r))
+        z[int(row["layer"]), int(row["token"])] = survived if alive else float(r)
+        score = row.get("last_score")
+        score_text = "-" if score is None or (isinstance(score, float) and math.isnan(score)) else f"{score:.4g}"
+        text[int(row["layer"]), int(row["token"])] = (
+            ("survived every round" if alive else f"pruned in round {int(r)}") + f"<br>last score {score_text}")
+    steps = list(range(1, survived + 1))
+    colors = [color(i) for i in range(len(steps) - 1)] + ["#222222"]
+    scale = []
+    for i, c in enumerate(colors):
+        scale += [[i / len(colors), c], [(i + 1) / len(colors), c]]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=np.arange(1, n_tokens + 1), y=np.arange(1, n_layers + 1), colorscale=scale, zmin=0.5,
+        zmax=survived + 0.5, xgap=1, ygap=1, customdata=text,
+        colorbar=dict(title=dict(text="pruned in round"), tickvals=steps,
+                      ticktext=[str(s) for s in steps[:-1]] + ["survived"]),
+        hovertemplate="layer %{y}, token %{x}<br>%{customdata}<extra></extra>"))
+    fig.update_xaxes(title_text="prompt token", dtick=1 if n_tokens <= 32 else None, showgrid=False)
+    fig.update_yaxes(title_text="layer", dtick=1 if n_layers <= 32 else None, autorange="reversed", showgrid=False)
+    return _layout(fig, title, height=max(320, 60 + 28 * n_layers))
+
+
+# --------------------------------------------------------------------------------------------------
+# embeddings
+def _class_names(report: dict) -> dict:
+    names = report.get("class_names")
+    classes = report.get("classes") or sorted(set(report.get("labels") or []))
+    if isinstance(names, dict):
+        return {c: str(names.get(c, names.get(str(c), c))) for c in classes}
+    if isinstance(names, (list, tuple)):
+        return {c: str(names[c]) if isinstance(c, int) and 0 <= c < len(names) else str(c) for c in classes}
+    return {c: str(c) for c in classes}
+
+
+VIEWS = {"hpca": ("points_hpca", "hyperbolic PCA"), "umap": ("points_umap", "UMAP (hyperbolic distances)"),
+         "euclid": ("points_euclid", "Euclidean PCA")}
+
+
+def embedding_frame(report: dict, view: str = "hpca") -> pd.DataFrame:
+    """The plotted points of one view: x, y, label, class name, distance from the centre."""
+    key = VIEWS[view][0]
+    xy = report.get(key)
+    if xy is None:
+        return pd.DataFrame(columns=["point", "x", "y", "label", "class", "norm"])
+    xy = np.asarray(xy, dtype=np.float64)
+    labels = list(report.get("labels") or [])
+    names = _class_names(report)
+    indices = report.get("indices") or list(range(len(labels)))
+    return pd.DataFrame({"point": indices, "x": xy[:, 0], "y": xy[:, 1], "label": labels,
+                         "class": [names.get(label, str(label)) for label in labels],
+                         "norm": np.linalg.norm(xy, axis=1)})
+
+
+def embedding_scatter(report: dict, view: str = "hpca", title: str | None = None, height: int = 560) -> go.Figure:
+    """Points by class with class centroids (large crosses).
+
+    Disk views (`hpca`, `umap`) draw the boundary of the Poincaré disk (the unit circle) with a
+    square aspect; the `euclid` view is the Euclidean contrast.
+    """
+    key, view_name = VIEWS[view]
+    title = title or view_name
+    frame = embedding_frame(report, view)
+    if frame.empty:
+        return empty_figure(f"no {view_name} view in this report", title)
+    disk = view != "euclid"
+    classes = report.get("classes") or sorted(frame["label"].unique())
+    names = _class_names(report)
+    cents = (report.get("centroids") or {}).get(view)
+    radius = (report.get("centroids") or {}).get("radius")
+    fig = go.Figure()
+    if disk:
+        fig.add_shape(type="circle", x0=-1, y0=-1, x1=1, y1=1, line=dict(color="#444", width=1.5), layer="below")
+    for i, c in enumerate(classes):
+        part = frame[frame["label"] == c]
+        fig.add_trace(go.Scattergl(
+            x=part["x"], y=part["y"], mode="markers", name=names.get(c, str(c)), legendgroup=str(c),
+            marker=dict(size=5, color=color(i), opacity=0.75),
+            customdata=np.stack([part["point"], part["norm"]], axis=-1),
+            hovertemplate=f"<b>{names.get(c, c)}</b><br>point %{{customdata[0]}}<br>x %{{x:.3f}}, y %{{y:.3f}}"
+                          f"<br>{'radius in the disk' if disk else 'distance from centre'} %{{customdata[1]:.3f}}"
+                          "<extra></extra>"))
+        if cents is not None and i < len(cents):
+            extra = f"<br>hyperbolic distance of the class mean from the origin {radius[i]:.3f}" \
+                if radius is not None and i < len(radius) and radius[i] is not None else ""
+            fig.add_trace(go.Scatter(
+                x=[cents[i][0]], y=[cents[i][1]], mode="markers", legendgroup=str(c), showlegend=False,
+                marker=dict(symbol="x-thin", size=18, line=dict(width=3, color=color(i))),
+                hovertemplate=f"<b>centroid of {names.get(c, c)}</b><br>x %{{x:.3f}}, y %{{y:.3f}}{extra}"
+                              "<extra></extra>"))
+    if disk:
+        fig.update_xaxes(range=[-1.05, 1.05], zeroline=False, showgrid=False, visible=False)
+        fig.update_yaxes(range=[-1.05, 1.05], zeroline=False, showgrid=False, visible=False,
+                         scaleanchor="x", scaleratio=1)
+        fig.update_layout(plot_bgcolor="rgba(0,0,0,0)")
+    else:
+        fig.update_xaxes(title_text="PC 1", zeroline=False)
+        fig.update_yaxes(title_text="PC 2", zeroline=False, scaleanchor="x", scaleratio=1)
+    return _layout(fig, title, height=height)
+
+
+def metrics_frame_from_report(report: dict) -> pd.DataFrame:
+    """The separability metric table of an embedding report."""
+    rows = report.get("metrics") or []
+    return pd.DataFrame([{"metric": m.get("name"), "value": m.get("value"),
+                          "better": {True: "higher", False: "lower", None: "-"}.get(m.get("higher_is_better"), "-"),
+                          "meaning": m.get("meaning")} for m in rows],
+                        columns=["metric", "value", "better", "meaning"])
+
+
+def comparison_frame(comparison: dict) -> pd.DataFrame:
+    """`compare_embeddings`/`compare_run_embeddings` rows as a table."""
+    names = comparison.get("names") or ["a", "b"]
+    rows = comparison.get("rows") or []
+    return pd.DataFrame([{"metric": r.get("name"), names[0]: r.get(names[0]), names[1]: r.get(names[1]),
+                          "difference": r.get("difference"), "better": r.get("better"), "meaning": r.get("meaning")}
+                         for r in rows], columns=["metric", names[0], names[1], "difference", "better", "meaning"])
+
+
+# --------------------------------------------------------------------------------------------------
+# comparison of methods
+def runs_frame(rows: Sequence[dict]) -> pd.DataFrame:
+    """Finished runs (rows of `list_runs`) with accuracy and tuned parameters."""
+    columns = ["id", "method", "dataset", "backbone", "test_acc", "val_acc", "tuned_params", "tuned_pct", "wall_s"]
+    done = [{k: r.get(k) for k in columns} for r in rows
+            if r.get("state") == "done" and r.get("test_acc") is not None and r.get("tuned_params")]
+    return pd.DataFrame(done, columns=columns)
+
+
+def accuracy_vs_params(frame: pd.DataFrame, title: str = "Accuracy vs tuned parameters") -> go.Figure:
+    """Test accuracy against tuned parameters (log scale), one colour per method."""
+    if frame is None or frame.empty:
+        return empty_figure("no finished runs to compare", title)
+    fig = go.Figure()
+    methods = [m for m in METHOD_ORDER if m in set(frame["method"])] + \
+              sorted(set(frame["method"].dropna()) - set(METHOD_ORDER))
+    for i, method in enumerate(methods):
+        part = frame[frame["method"] == method]
+        custom = np.stack([part["id"], part["dataset"].astype(str), part["backbone"].astype(str),
+                           part["tuned_pct"].map(lambda v: f"{v:.3f}%" if pd.notna(v) else "-"),
+                           part["val_acc"].map(lambda v: f"{v:.4f}" if pd.notna(v) else "-")], axis=-1)
+        fig.add_trace(go.Scatter(
+            x=part["tuned_params"], y=part["test_acc"], mode="markers+text", name=method,
+            text=[method] * len(part), textposition="top center", textfont=dict(size=10, color=color(i)),
+            marker=dict(size=12, color=color(i), line=dict(width=1, color="#333")), customdata=custom,
+            hovertemplate=f"<b>{method}</b> · %{{customdata[0]}}<br>dataset %{{customdata[1]}}, backbone "
+                          "%{customdata[2]}<br>test accuracy %{y:.4f} (val %{customdata[4]})"
+                          "<br>tuned %{x:,} params (%{customdata[3]})<extra></extra>"))
+    fig.update_xaxes(type="log", title_text="tuned parameters (log scale)", dtick="D2", minor=dict(showgrid=False))
+    fig.update_yaxes(title_text="test accuracy", range=[0, 1.05], tickformat=".0%")
+    return _layout(fig, title, height=460)

@@ -1,0 +1,382 @@
+"""Start, cancel, resume and delete runs in their own processes: what the app's buttons call.
+
+Training never runs inside a page script. `start_run` writes a fresh run folder (`config.json`,
+status `queued`) and spawns `python -m e2vpt train --config ... --run-dir ... --quiet` in its own
+process session, so the app stays responsive, a page refresh or a server restart finds the run again
+(its id is in the URL) and closing the browser does not stop it. Everything a user names (a run id
+from the URL, a data folder, a weights file) is resolved and checked to stay inside the configured
+roots, so nothing outside them is read, listed or deleted:
+
+- runs root: `$E2VPT_RUNS_ROOT`, else `./runs`;
+- data root: `$E2VPT_DATA_ROOT`, else `./data`.
+
+No Streamlit here: a notebook or a script can drive runs the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import BackboneError, DataError, RunDirError
+from .runs import ACTIVE_STATES, RunDir, atomic_write_bytes, atomic_write_json, read_json
+
+RUNS_ROOT_ENV = "E2VPT_RUNS_ROOT"
+DATA_ROOT_ENV = "E2VPT_DATA_ROOT"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+# Child processes this server started, polled now and then so finished ones are reaped (no zombies).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+# --------------------------------------------------------------------------------------------------
+# roots and paths
+def runs_root() -> Path:
+    """The folder every run lives in (created on first use)."""
+    root = Path(os.environ.get(RUNS_ROOT_ENV) or "runs").expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def data_root() -> Path:
+    """The folder user datasets and weights files must live in (not created: it may not exist)."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or "data").expanduser().resolve()
+
+
+def _root(root: str | Path | None, default) -> Path:
+    return default() if root is None else Path(root).expanduser().resolve()
+
+
+def inside(path: str | Path, root: str | Path, what: str = "path") -> Path:
+    """`path` resolved (symlinks followed; relative paths are taken relative to `root`); raises
+    `RunDirError` if it leaves `root`."""
+    root = Path(root).resolve()
+    path = Path(path).expanduser()
+    resolved = (path if path.is_absolute() else root / path).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise RunDirError(f"{what} {str(path)!r} is outside {root}; only files under that folder can be used")
+    return resolved
+
+
+def check_run_id(run_id: str) -> str:
+    run_id = str(run_id or "").strip()
+    if not RUN_ID_PATTERN.fullmatch(run_id) or run_id in (".", ".."):
+        raise RunDirError(f"{run_id!r} is not a run id (letters, digits, '.', '_' and '-' only); "
+                          "pick a run from the list")
+    return run_id
+
+
+def run_path(run_id: str, root: str | Path | None = None) -> Path:
+    """The folder of `run_id` under the runs root (it need not exist yet)."""
+    root = _root(root, runs_root)
+    path = inside(root / check_run_id(run_id), root, "run folder")
+    if path == root:
+        raise RunDirError("the runs root itself is not a run")
+    return path
+
+
+def open_run(run_id: str, root: str | Path | None = None) -> RunDir:
+    """The existing run `run_id`; `RunDirError` with a clear message if it is gone or was never a run."""
+    path = run_path(run_id, root)
+    run = RunDir(path)
+    if not path.is_dir():
+        raise RunDirError(f"run {run_id} no longer exists under {_root(root, runs_root)} "
+                          "(deleted or moved); pick another run")
+    if not run.exists():
+        raise RunDirError(f"{run_id} is not a run directory (it has no config.json)")
+    return run
+
+
+def list_runs(root: str | Path | None = None) -> list[dict]:
+    """Every run under the runs root, newest first (see `e2vpt.runs.list_runs` for the fields).
+
+    Unlike the engine's listing, entries whose real path leaves the root (a symlink pointing
+    elsewhere) are skipped without being read.
+    """
+    root = _root(root, runs_root)
+    rows = []
+    if not root.is_dir():
+        return rows
+    for entry in sorted(root.iterdir()):
+        try:
+            path = inside(entry, root)
+        except RunDirError:
+            continue
+        if entry.is_symlink() or not path.is_dir() or not RUN_ID_PATTERN.fullmatch(entry.name):
+            continue
+        run = RunDir(path)
+        if not run.exists():
+            continue
+        config = read_json(run.config_file, {}) or {}
+        status = run.status()
+        summary = run.summary() or {}
+        rows.append({"id": run.id, "path": str(path), "state": status.get("state"),
+                     "progress": status.get("progress"), "message": status.get("message", ""),
+                     "method": config.get("method"), "dataset": config.get("dataset"),
+                     "backbone": config.get("backbone"), "test_acc": summary.get("test_acc"),
+                     "val_acc": summary.get("val_acc"), "tuned_pct": summary.get("tuned_pct"),
+                     "tuned_params": summary.get("tuned_params"), "wall_s": summary.get("wall_s"),
+                     "created": (config.get("extra") or {}).get("created") or status.get("updated")})
+    rows.sort(key=lambda r: (str(r.get("created") or ""), r["id"]), reverse=True)
+    return rows
+
+
+def data_folders(root: str | Path | None = None) -> list[str]:
+    """Sub-folders of the data root (names relative to it), two levels deep, for a picker."""
+    root = _root(root, data_root)
+    if not root.is_dir():
+        return []
+    found = []
+    for first in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found.append(first.name)
+        for second in sorted(p for p in first.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            found.append(f"{first.name}/{second.name}")
+    return found[:500]
+
+
+# --------------------------------------------------------------------------------------------------
+# state
+def is_active(run: RunDir) -> bool:
+    """True while the run is queued or training (a dead process reads as `interrupted`, not active)."""
+    return run.status().get("state") in ACTIVE_STATES
+
+
+def new_run_id(config: TrainConfig, root: str | Path | None = None) -> str:
+    """A fresh id like `20261124-120102-e2vpt-digits` (a `-2`, `-3`... suffix if taken)."""
+    root = _root(root, runs_root)
+    dataset = re.sub(r"[^A-Za-z0-9._-]+", "-", str(config.dataset)).strip("-") or "data"
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}-{dataset}"
+    run_id, n = base, 1
+    while (root / run_id).exists():
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id
+
+
+def planned_epochs(run: RunDir) -> int | None:
+    """Epochs the run will train in all (first phase plus every retraining), for a progress axis."""
+    try:
+        config = TrainConfig.from_dict(run.config())
+    except Exception:  # an unreadable or foreign config: no plan to show
+        return None
+    return config.epochs + config.rounds * config.resolved_retrain_epochs
+
+
+def log_tail(run: RunDir, lines: int = 20) -> str:
+    """The last lines of the run's train.log (what the training process printed)."""
+    try:
+        with open(run.log_file, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 20_000))
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# --------------------------------------------------------------------------------------------------
+# checks before anything is created
+def check_inputs(config: TrainConfig, data: str | Path | None = None) -> TrainConfig:
+    """Resolve and check the config's paths against the data root; returns the config with absolute paths.
+
+    Raises `DataError` for a dataset name that does not exist, a data folder or weights file that is
+    missing or outside the data root, or a folder dataset without a folder.
+    """
+    from .data import canonical_name, list_datasets
+
+    droot = _root(data, data_root)
+    name = canonical_name(config.dataset)
+    entry = next(e for e in list_datasets() if e["name"] == name)
+    values = config.to_dict()
+    if config.data_root:
+        folder = inside(config.data_root, droot, "data folder")
+        if not folder.is_dir():
+            raise DataError(f"data folder {config.data_root!r} does not exist under {droot}; "
+                            "put the dataset there or pick another folder")
+        values["data_root"] = str(folder)
+    elif entry["kind"] == "folder":
+        raise DataError(f"dataset {name} reads your own images: choose its folder under {droot}")
+    elif entry["kind"] == "torchvision":  # torchvision keeps its files in the data root itself
+        if config.download:
+            droot.mkdir(parents=True, exist_ok=True)
+        elif not droot.is_dir():
+            raise DataError(f"dataset {name} is read from the data folder {droot}, which does not exist; "
+                            f"put the dataset there, set ${DATA_ROOT_ENV}, or allow downloading")
+        values["data_root"] = str(droot)
+    if config.weights:
+        weights = inside(config.weights, droot, "weights file")
+        if not weights.is_file():
+            raise DataError(f"weights file {config.weights!r} does not exist under {droot}")
+        if weights.suffix != ".safetensors":
+            raise DataError(f"weights file {weights.name} is not .safetensors; only safetensors weights are loaded")
+        values["weights"] = str(weights)
+    _check_backbone(config)
+    return TrainConfig.from_dict(values)
+
+
+def _check_backbone(config: TrainConfig) -> None:
+    """The mistakes a backbone choice can make, caught before a run folder exists."""
+    from .backbones import DEMO_NAME, DEMO_WEIGHTS
+
+    if config.backbone == DEMO_NAME:
+        if config.pretrained and not config.weights and not DEMO_WEIGHTS.is_file():
+            raise BackboneError(f"the shipped demo weights ({DEMO_WEIGHTS.name}) are missing; untick "
+                                "'pretrained' to train on a random backbone, or run `python -m e2vpt pretrain`")
+        return
+    import timm
+
+    base = config.backbone.split(".")[0]
+    if not (timm.is_model(config.backbone) or timm.is_model(base)):
+        raise BackboneError(f"unknown backbone '{config.backbone}'; use `demo` or a timm ViT name such as "
+                            "vit_base_patch16_224.augreg_in21k")
+
+
+# --------------------------------------------------------------------------------------------------
+# processes
+def _reap() -> None:
+    for pid, proc in list(_CHILDREN.items()):
+        if proc.poll() is not None:
+            del _CHILDREN[pid]
+
+
+def _spawn(run: RunDir, args: list[str]) -> subprocess.Popen:
+    _reap()
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    with open(run.log_file, "ab") as log:
+        log.write(f"\n$ python -m e2vpt {' '.join(args)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "e2vpt", *args], cwd=str(PROJECT_ROOT), env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    _CHILDREN[proc.pid] = proc
+    return proc
+
+
+def _hand_over_status(run: RunDir, proc: subprocess.Popen, message: str) -> None:
+    """Record the child's pid in the queued status, unless the child already wrote its own status."""
+    status = read_json(run.status_file, {}) or {}
+    if status.get("state") == "queued" and status.get("pid") == os.getpid() and proc.poll() is None:
+        run.write_status("queued", None, message, pid=proc.pid)
+
+
+def start_run(config: TrainConfig, root: str | Path | None = None, run_id: str | None = None,
+              data: str | Path | None = None) -> RunDir:
+    """Create a fresh run folder for `config` and start training it in its own process.
+
+    Args:
+        config: a validated `TrainConfig` (build it first: an invalid one raises `ConfigError`).
+        root: the runs root (default: `runs_root()`).
+        run_id: the folder name (default: `new_run_id`); an existing folder is refused, so pressing
+            Start twice with the same id starts one run, not two.
+        data: the data root the config's paths must stay in (default: `data_root()`).
+
+    Returns the `RunDir`; its status is `queued` until the trainer takes over.
+    """
+    root = _root(root, runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    config = check_inputs(config, data)
+    run_id = run_id or new_run_id(config, root)
+    path = run_path(run_id, root)
+    try:
+        path.mkdir()  # exclusive: a second start for the same id fails here
+    except FileExistsError:
+        existing = RunDir(path)
+        state = existing.status().get("state") if existing.exists() else "not a run"
+        raise RunDirError(f"run {run_id} already exists (state: {state}); it was not started again") from None
+    run = RunDir(path)
+    try:
+        config.extra.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        atomic_write_json(run.config_file, config.to_dict())
+        run.write_status("queued", 0.0, "waiting for the training process to start")
+        proc = _spawn(run, ["train", "--config", str(run.config_file), "--run-dir", str(path), "--quiet"])
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    _hand_over_status(run, proc, "training process started; loading backbone and data")
+    return run
+
+
+def resume_run(run: RunDir | str | Path, root: str | Path | None = None) -> RunDir:
+    """Continue a cancelled, interrupted or failed run from its last completed epoch."""
+    run = _as_run(run, root)
+    state = run.status().get("state")
+    if state in ACTIVE_STATES:
+        raise RunDirError(f"run {run.id} is still {state}; it cannot be resumed while it trains")
+    if state == "done" or run.summary_file.is_file():
+        raise RunDirError(f"run {run.id} already finished; nothing to resume")
+    run.cancel_file.unlink(missing_ok=True)  # or the trainer would stop again at its first step
+    run.write_status("queued", None, "resuming from the last completed epoch")
+    try:
+        proc = _spawn(run, ["train", "--resume", str(run.path), "--quiet"])
+    except BaseException:
+        run.write_status(state if state in ("cancelled", "failed", "interrupted") else "interrupted", None,
+                         "could not start the training process")
+        raise
+    _hand_over_status(run, proc, "training process started; resuming")
+    return run
+
+
+def _is_trainer(pid: int) -> bool:
+    """Only signal a process that really is an e2vpt trainer (pids get reused)."""
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"e2vpt" in cmdline and b"train" in cmdline
+
+
+def cancel_run(run: RunDir | str | Path, root: str | Path | None = None) -> bool:
+    """Ask a run to stop cleanly (state `cancelled`, partial results kept).
+
+    Writes `cancel.request` (the trainer checks it every step) and sends SIGTERM to the training
+    process named in status.json. Returns False if the run was not active.
+    """
+    run = _as_run(run, root)
+    status = run.status()
+    if status.get("state") not in ACTIVE_STATES:
+        return False
+    atomic_write_bytes(run.cancel_file, f"cancel requested at {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+    pid = status.get("pid")
+    if isinstance(pid, int) and _is_trainer(pid):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+    _reap()
+    return True
+
+
+def delete_run(run: RunDir | str | Path, root: str | Path | None = None) -> None:
+    """Delete a run folder: only a run directory inside the runs root, never an active run."""
+    run = _as_run(run, root)
+    if run.path.is_symlink():
+        raise RunDirError(f"{run.id} is a link, not a run folder; it was not deleted")
+    if is_active(run):
+        raise RunDirError(f"run {run.id} is still training; cancel it before deleting it")
+    shutil.rmtree(run.path)
+
+
+def _as_run(run: RunDir | str | Path, root: str | Path | None) -> RunDir:
+    """A `RunDir` checked to be an existing run inside the runs root (an id or a path is accepted)."""
+    root = _root(root, runs_root)
+    if isinstance(run, RunDir):
+        run = run.path
+    path = Path(run)
+    if len(path.parts) == 1 and not path.is_absolute():
+        return open_run(str(path), root)
+    resolved = inside(path, root, "run folder")
+    if resolved.parent != root:
+        raise RunDirError(f"{path} is not a run folder directly under {root}")
+    return open_run(resolved.name, root)

@@ -1,0 +1,35 @@
+"""Compare: methods on the same data, accuracy against tuned parameters."""
+
+import streamlit as st
+
+from e2vpt import charts
+from pages._common import runs, show_chart, through_app, user_errors
+
+through_app()
+
+st.title("Compare")
+st.markdown("Each point is a finished run: how accurate it is for how many parameters it tuned (log scale). "
+            "Parameter-efficient methods sit on the left; the best ones are also high. Compare runs on the "
+            "same dataset and backbone.")
+
+with user_errors():
+    frame = charts.runs_frame(runs())
+    if frame.empty:
+        st.info("No finished runs yet. Train a few methods on the same dataset (e.g. linear, vpt-deep and e2vpt "
+                "on digits) and come back.", icon="📊")
+        st.stop()
+    preselected = [i for i in st.session_state.get("compare_ids", []) if i in set(frame["id"])]
+    c1, c2 = st.columns(2)
+    datasets = sorted(frame["dataset"].dropna().unique())
+    default_ds = frame[frame["id"].isin(preselected)]["dataset"].iloc[0] if preselected else datasets[0]
+    dataset = c1.selectbox("Dataset", datasets, index=datasets.index(default_ds))
+    part = frame[frame["dataset"] == dataset]
+    backbones = sorted(part["backbone"].dropna().unique())
+    backbone = c2.selectbox("Backbone", backbones)
+    part = part[part["backbone"] == backbone]
+    chosen = st.multiselect("Runs", list(part["id"]), default=[i for i in preselected if i in set(part["id"])]
+                            or list(part["id"]))
+    part = part[part["id"].isin(chosen)]
+    show_chart(charts.accuracy_vs_params(part, title=f"Accuracy vs tuned parameters on {dataset} ({backbone})"),
+               part, f"compare-{dataset}-{backbone}", key="compare")
+    st.dataframe(part, hide_index=True)

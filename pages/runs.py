@@ -1,0 +1,76 @@
+"""Runs: every run on disk; open, compare, cancel, resume or delete one."""
+
+import pandas as pd
+import streamlit as st
+
+from e2vpt import launch
+from e2vpt.runs import ACTIVE_STATES
+from pages._common import run_panel, runs, set_current_run, through_app, user_errors
+
+through_app()
+
+st.title("Runs")
+st.markdown("Every run under the runs folder, newest first. Select a row to open it on every page, tick two "
+            "or more to compare them, or delete one you no longer need.")
+
+rows = runs()
+if not rows:
+    st.info(f"No runs yet under `{launch.runs_root()}`. Start one on **Train**.", icon="🗂️")
+    st.stop()
+
+table = pd.DataFrame([{
+    "run": r["id"], "state": r["state"], "progress": r.get("progress") or 0.0, "method": r.get("method"),
+    "dataset": r.get("dataset"), "backbone": r.get("backbone"),
+    "test acc": None if r.get("test_acc") is None else 100 * r["test_acc"],
+    "tuned %": r.get("tuned_pct"), "tuned params": r.get("tuned_params"), "wall time (s)": r.get("wall_s"),
+    "created": r.get("created"), "message": r.get("message")} for r in rows])
+event = st.dataframe(
+    table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table",
+    column_config={
+        "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
+        "test acc": st.column_config.NumberColumn("test acc", format="%.1f%%"),
+        "tuned %": st.column_config.NumberColumn("tuned %", format="%.3f%%", help="tuned parameters / backbone"),
+        "tuned params": st.column_config.NumberColumn("tuned params", format="localized"),
+        "wall time (s)": st.column_config.NumberColumn("wall time (s)", format="%.0f"),
+    })
+st.download_button("Runs table (CSV)", table.to_csv(index=False), file_name="runs.csv", mime="text/csv",
+                   on_click="ignore", icon=":material/table:")
+
+picked = [table.iloc[i]["run"] for i in event.selection.rows] if event and event.selection else []
+if not picked:
+    st.caption("Select a row to act on it.")
+    st.stop()
+
+if len(picked) >= 2:
+    st.session_state["compare_ids"] = picked
+    st.page_link("pages/compare.py", label=f"Compare these {len(picked)} runs", icon=":material/compare_arrows:")
+
+run_id = picked[0]
+st.subheader(f"`{run_id}`")
+open_col, delete_col = st.columns([1, 1])
+if open_col.button("Open in every page", icon=":material/open_in_new:", type="primary"):
+    set_current_run(run_id)
+    st.rerun()
+
+state = next((r["state"] for r in rows if r["id"] == run_id), None)
+if state in ACTIVE_STATES:
+    delete_col.caption("A run that is training cannot be deleted; cancel it first.")
+elif st.session_state.get("confirm_delete") == run_id:
+    delete_col.warning(f"Delete `{run_id}` and everything it wrote? This cannot be undone.")
+    yes, no = delete_col.columns(2)
+    if yes.button("Yes, delete", type="primary", icon=":material/delete_forever:"):
+        with user_errors("Not deleted: "):
+            launch.delete_run(run_id)
+            st.session_state.pop("confirm_delete", None)
+            if st.session_state.get("current_run") == run_id:
+                set_current_run(None)
+            st.toast(f"Deleted {run_id}")
+            st.rerun()
+    if no.button("Keep it"):
+        st.session_state.pop("confirm_delete", None)
+        st.rerun()
+elif delete_col.button("Delete…", icon=":material/delete:"):
+    st.session_state["confirm_delete"] = run_id
+    st.rerun()
+
+run_panel(run_id, key="runs")
