@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .config import METHODS, TrainConfig, load_config_file
-from .errors import UserError
+from .errors import RunDirError, UserError
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
@@ -89,6 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         run = RunDir(args.resume)
+        if not run.exists():
+            raise RunDirError(f"{run.path} holds no run to resume; start one with --run-dir")
         config = TrainConfig.from_dict(run.config())
         summary = train(config, run.path, resume=True, quiet=args.quiet)
     else:

@@ -10,6 +10,7 @@ completed epoch and reaches the same result as an uninterrupted run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -487,6 +488,15 @@ class Trainer:
             raise
         except UserError as exc:
             self._status("failed", str(exc), force=True)
+            raise
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                message = (f"the disk is full ({exc}); the last completed epoch is kept: free some space, "
+                           f"then continue with `python -m e2vpt train --resume {self.run.path if self.run else 'RUN_DIR'}`")
+                with contextlib.suppress(OSError):
+                    self._status("failed", message, force=True)
+                raise UserError(message) from None
+            self._status("failed", f"{type(exc).__name__}: {exc}", force=True)
             raise
         except Exception as exc:
             self._status("failed", f"{type(exc).__name__}: {exc}", force=True)
