@@ -608,3 +608,22 @@ def evaluate_run(run_dir: str | Path, device: str = "auto") -> dict:
         results[f"{split}_loss"], results[f"{split}_acc"] = loss, acc
     results["tuned_params"] = model.tuned_param_count()
     return results
+
+
+def train_or_reuse(config: TrainConfig, run_dir: str | Path, quiet: bool = True) -> dict:
+    """Train `config` into `run_dir`, or return its summary if it already finished with this config.
+
+    For notebooks and scripts: re-running a cell costs nothing, and a folder holding a different
+    finished run is refused rather than silently reused.
+    """
+    run = RunDir(run_dir)
+    if run.summary_file.is_file():
+        saved, wanted = dict(run.config()), config.to_dict()
+        saved.pop("extra", None)
+        wanted.pop("extra", None)
+        if saved == wanted:
+            return run.summary()
+        raise RunDirError(f"{run.path} holds a finished run with another configuration; pick another folder")
+    if run.exists() and run.status().get("state") in ("interrupted", "cancelled", "failed") and run.checkpoint_meta_file.exists():
+        return train(config, run_dir, resume=True, quiet=quiet)
+    return train(config, run_dir, quiet=quiet)
