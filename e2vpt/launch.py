@@ -134,11 +134,13 @@ def data_folders(root: str | Path | None = None) -> list[str]:
     root = _root(root, data_root)
     if not root.is_dir():
         return []
+    def folders(path: Path) -> list[Path]:  # links are skipped: they could point outside the root
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+
     found = []
-    for first in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for first in folders(root):
         found.append(first.name)
-        for second in sorted(p for p in first.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            found.append(f"{first.name}/{second.name}")
+        found += [f"{first.name}/{second.name}" for second in folders(first)]
     return found[:500]
 
 
@@ -369,10 +371,15 @@ def delete_run(run: RunDir | str | Path, root: str | Path | None = None) -> None
 
 
 def _as_run(run: RunDir | str | Path, root: str | Path | None) -> RunDir:
-    """A `RunDir` checked to be an existing run inside the runs root (an id or a path is accepted)."""
-    root = _root(root, runs_root)
+    """A `RunDir` checked to be an existing run inside the runs root (an id or a path is accepted).
+
+    A `RunDir` object (made by code, e.g. returned by `start_run`) defaults to its own parent as the
+    root; ids and paths (what a user can type) default to `runs_root()`.
+    """
     if isinstance(run, RunDir):
+        root = run.path.resolve().parent if root is None else root
         run = run.path
+    root = _root(root, runs_root)
     path = Path(run)
     if len(path.parts) == 1 and not path.is_absolute():
         return open_run(str(path), root)

@@ -40,8 +40,11 @@ def stamp(path) -> float:
     return weights.stat().st_mtime if weights.exists() else 0.0
 
 
-if status.get("state") != "done" and not run.weights_file.is_file():
-    st.info("This run has no final weights yet, so there is nothing to embed. Come back when it is done.", icon="⏳")
+if not run.weights_file.is_file():
+    st.info("This run has no final weights " + ("yet, so there is nothing to embed. Come back when it is done."
+                                                if status.get("state") != "done" else
+                                                "(weights.safetensors is missing), so there is nothing to embed."),
+            icon="⏳")
     st.stop()
 
 views = {"Poincaré disk (hyperbolic PCA)": "hpca", "Poincaré disk (UMAP)": "umap", "Euclidean (PCA)": "euclid"}

@@ -8,7 +8,7 @@ from e2vpt import launch
 from e2vpt.backbones import DEMO_WEIGHTS
 from e2vpt.config import METHODS, TrainConfig
 from e2vpt.data import list_datasets
-from e2vpt.errors import ConfigError
+from e2vpt.errors import ConfigError, UserError
 from pages._common import current_run, run_panel, set_current_run, through_app, user_errors
 
 through_app()
@@ -55,6 +55,40 @@ if not DEMO_WEIGHTS.is_file():
     st.caption("The shipped demo weights are not installed, so the demo trains on a randomly initialised "
                "backbone ('pretrained' is off); accuracy stays low but everything else works.")
 
+def add_upload() -> None:
+    """Extract an uploaded zip of images into a fresh folder under the data root and select it."""
+    import tempfile
+
+    from e2vpt.uploads import safe_extract_zip
+
+    upload = st.session_state.get("upload_zip")
+    if upload is None:
+        return
+    with tempfile.NamedTemporaryFile(suffix=".zip") as tmp:
+        tmp.write(upload.getbuffer())
+        tmp.flush()
+        try:
+            folder, skipped = safe_extract_zip(tmp.name, launch.data_root(), name=upload.name.rsplit(".", 1)[0])
+        except UserError as exc:
+            st.session_state["upload_result"] = ("error", f"Not added: {exc}")
+            return
+    name = folder.name
+    st.session_state["cfg_dataset"] = "imagefolder"
+    st.session_state["cfg_data_root"] = name
+    note = f" ({len(skipped)} entries skipped: not images)" if skipped else ""
+    st.session_state["upload_result"] = ("success", f"Added `{name}` under the data root{note}; the form now "
+                                                    "trains on it as an image folder.")
+
+
+with st.expander("Your own images (a zip of class folders)"):
+    st.file_uploader("Zip of `class_name/image.jpg` files (or `train|val|test/class_name/...`)", type=["zip"],
+                     key="upload_zip", help="Only image files are extracted, into a new folder under the data root; "
+                                            "archives with paths that climb out, links or decompression bombs are refused.")
+    st.button("Add to the data folder", on_click=add_upload, icon=":material/upload:")
+    if "upload_result" in st.session_state:
+        kind, message = st.session_state.pop("upload_result")
+        (st.success if kind == "success" else st.error)(message)
+
 with st.form("train"):
     c1, c2, c3 = st.columns(3)
     with c1:
@@ -68,9 +102,11 @@ with st.form("train"):
         st.selectbox("Dataset", list(DATASETS), key="cfg_dataset", persist_state="session",
                      format_func=lambda n: f"{n} ({DATASETS[n]['kind']})",
                      help="Built-in datasets need no files. Others read a folder under the data root.")
-        st.selectbox("Data folder (for datasets that need one)", [""] + launch.data_folders(), key="cfg_data_root", persist_state="session",
-                     accept_new_options=True, format_func=lambda p: p or "(none)",
-                     help=f"A folder under the data root `{launch.data_root()}` (set E2VPT_DATA_ROOT to change it).")
+        folders = launch.data_folders()
+        st.text_input("Data folder (for datasets that need one)", key="cfg_data_root", persist_state="session",
+                      placeholder="e.g. my-images", help=f"A folder under the data root `{launch.data_root()}` "
+                      "(set E2VPT_DATA_ROOT to change it)." + (" Found there: " + ", ".join(
+                          f"`{f}`" for f in folders[:30]) if folders else " It holds no folders yet."))
         st.number_input("Epochs", min_value=0, max_value=1000, step=1, key="cfg_epochs", persist_state="session")
         st.number_input("Epochs after each pruning round", min_value=0, max_value=1000, step=1,
                         key="cfg_retrain_epochs", persist_state="session")
@@ -115,7 +151,7 @@ def form_values() -> dict:
     values = {name: st.session_state[f"cfg_{name}"] for name in FIELDS}
     values["lr"] = values["lr"] or None
     values["img_size"] = values["img_size"] or None
-    values["data_root"] = values["data_root"] or None
+    values["data_root"] = (values["data_root"] or "").strip() or None
     values["weights"] = (values["weights"] or "").strip() or None
     for name in ("epochs", "retrain_epochs", "prompt_len", "kv_len", "prune_rounds", "segments", "batch_size",
                  "seed", "img_size"):
@@ -140,16 +176,22 @@ if submitted:
                 except Exception:
                     previous = None
             if previous is not None and launch.is_active(previous):
-                st.warning(f"This run is already training as `{previous.id}`; it was not started twice. "
-                           "Change a setting to train another run alongside it, or cancel it first.", icon="✋")
+                st.session_state["flash"] = ("warning", f"This run is already training as `{previous.id}`; it was "
+                                             "not started twice. Change a setting to train another run alongside "
+                                             "it, or cancel it first.")
                 set_current_run(previous.id)
             else:
                 run_id = launch.new_run_id(config)
                 st.session_state["last_start"] = {"fingerprint": fingerprint, "run_id": run_id}
                 run = launch.start_run(config, run_id=run_id)
                 set_current_run(run.id)
-                st.success(f"Started `{run.id}`. It trains in its own process: you can leave this page, "
-                           "refresh it or open another run meanwhile.", icon="🚀")
+                st.session_state["flash"] = ("success", f"Started `{run.id}`. It trains in its own process: you "
+                                             "can leave this page, refresh it or open another run meanwhile.")
+            st.rerun()  # the sidebar picks up the new current run
+
+if "flash" in st.session_state:
+    kind, message = st.session_state.pop("flash")
+    (st.success if kind == "success" else st.warning)(message, icon="🚀" if kind == "success" else "✋")
 
 run = current_run(required=False)
 if run is not None:

@@ -1,0 +1,556 @@
+"""The app, page by page (Streamlit's AppTest), and the launcher and charts it is built on.
+
+What must hold: every page opens with and without runs, for a run that is done, still running,
+failed or deleted while open, without an exception; bad input (an impossible setting, a data folder
+that does not exist, Start pressed twice) gives a clear message and creates or loses no run;
+nothing outside the runs and data roots is read, listed or deleted; training runs in its own
+process that Cancel stops cleanly and Resume continues. One real (tiny) run for the whole file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from e2vpt import charts, launch
+from e2vpt.config import TrainConfig
+from e2vpt.errors import BackboneError, DataError, RunDirError, UserError
+from e2vpt.runs import RunDir
+
+ROOT = Path(__file__).resolve().parent.parent
+APP = str(ROOT / "app.py")
+PAGES = ["pages/train.py", "pages/runs.py", "pages/prompts.py", "pages/pruning.py", "pages/embeddings.py",
+         "pages/compare.py"]
+TIMEOUT = 300  # the first script run imports torch and timm; this machine may be busy
+
+
+@pytest.fixture(autouse=True)
+def served_app(request, monkeypatch):
+    """Run pages as a server does after its first request: past Streamlit's old `pages/`-folder mode.
+
+    AppTest starts every run in that mode (a fresh server only does so once); the pages then leave
+    it with a rerun (`through_app`), which would swallow a button click made in the test.
+    """
+    if "fresh_server" in request.fixturenames:
+        return
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@pytest.fixture
+def fresh_server():
+    """Requested by a test that wants Streamlit exactly as a just-started server runs the first page."""
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch):
+    """Empty runs and data roots, configured the way the app reads them (environment variables)."""
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    runs.mkdir()
+    data.mkdir()
+    monkeypatch.setenv(launch.RUNS_ROOT_ENV, str(runs))
+    monkeypatch.setenv(launch.DATA_ROOT_ENV, str(data))
+    return runs, data
+
+
+@pytest.fixture
+def fake_spawn(monkeypatch):
+    """Replace the training process by `sleep`: a live process, so the run reads as active, trains nothing."""
+    procs = []
+
+    def spawn(run, args):
+        proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
+        procs.append((proc, args))
+        return proc
+
+    monkeypatch.setattr(launch, "_spawn", spawn)
+    yield procs
+    for proc, _ in procs:
+        proc.kill()
+        proc.wait()
+
+
+def open_page(page: str, run: str | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if run is not None:
+        at.query_params["run"] = run
+    at.run()
+    if page != "pages/train.py":
+        at.switch_page(page)
+        at.run()
+    return at
+
+
+def texts(at: AppTest, kind: str) -> str:
+    return "\n".join(str(e.value) for e in getattr(at, kind))
+
+
+def charts_on(at: AppTest) -> int:
+    return len(at.get("plotly_chart"))
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def submit(at: AppTest) -> AppTest:
+    return next(b for b in at.button if b.label == "Start training").click().run()
+
+
+# --------------------------------------------------------------------------------------------------
+# pages without runs, with fake runs, in every state
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_opens_without_runs(roots, page):
+    at = open_page(page)
+    no_exception(at)
+    assert at.title[0].value == page.split("/")[1][:-3].capitalize()
+    if page == "pages/train.py":
+        assert any(b.label == "Start training" for b in at.button)
+        assert at.selectbox(key="cfg_backbone").value == "demo"
+        assert at.selectbox(key="cfg_dataset").value == "digits"
+        assert at.selectbox(key="cfg_method").value == "e2vpt"
+    elif page in ("pages/prompts.py", "pages/pruning.py", "pages/embeddings.py"):
+        assert "No run picked" in texts(at, "info")
+    else:
+        assert "No" in texts(at, "info")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_opens_for_a_finished_run(roots, fake_run, page):
+    runs, _ = roots
+    fake_run(runs, "20260101-000000-e2vpt-digits")
+    fake_run(runs, "20260101-000001-linear-digits", method="linear", test_acc=0.6, tuned_params=650)
+    at = open_page(page, run="20260101-000000-e2vpt-digits")
+    no_exception(at)
+    assert not at.error, texts(at, "error")
+    expected = {"pages/train.py": 1, "pages/prompts.py": 2, "pages/pruning.py": 3, "pages/compare.py": 1}
+    if page in expected:
+        assert charts_on(at) == expected[page]
+    if page == "pages/runs.py":
+        assert len(at.dataframe[0].value) == 2
+    if page == "pages/embeddings.py":  # a fake run has no weights: nothing to embed, said plainly
+        assert "no final weights" in texts(at, "info")
+    if page == "pages/train.py":
+        assert any(m.label == "Test accuracy" for m in at.metric)
+
+
+def test_the_newest_run_is_current_when_the_url_names_none(roots, fake_run):
+    runs, _ = roots
+    fake_run(runs, "20260101-000000-e2vpt-digits")
+    at = open_page("pages/pruning.py")
+    no_exception(at)
+    assert at.query_params["run"] == "20260101-000000-e2vpt-digits"
+    assert charts_on(at) == 3
+
+
+@pytest.mark.parametrize("page", ["pages/prompts.py", "pages/compare.py"])
+def test_a_page_url_on_a_fresh_server_still_runs_inside_the_frame(fresh_server, roots, fake_run, page):
+    """A refresh of /prompts?run=... right after a server start: the page gets the sidebar and its run."""
+    runs, _ = roots
+    fake_run(runs, "20260101-000000-e2vpt-digits")
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params["run"] = "20260101-000000-e2vpt-digits"
+    at.switch_page(page)
+    at.run()
+    no_exception(at)
+    assert [s.label for s in at.sidebar.selectbox] == ["Current run"]
+    assert at.sidebar.selectbox[0].value == "20260101-000000-e2vpt-digits"
+    assert charts_on(at) >= 1
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_a_running_run_shows_what_exists_so_far(roots, fake_run, page):
+    runs, _ = roots
+    fake_run(runs, "20260101-000000-e2vpt-digits", state="running", summary=False)
+    at = open_page(page, run="20260101-000000-e2vpt-digits")
+    no_exception(at)
+    if page in ("pages/prompts.py", "pages/pruning.py", "pages/embeddings.py"):
+        assert "running" in texts(at, "info")
+    if page == "pages/train.py":  # live: progress, the curves so far and a Cancel button
+        assert any(b.label == "Cancel run" for b in at.button)
+        assert charts_on(at) == 1
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_a_failed_run_says_so_and_shows_what_it_wrote(roots, fake_run, page):
+    runs, _ = roots
+    fake_run(runs, "20260101-000000-e2vpt-digits", state="failed", pruning=False, summary=False)
+    at = open_page(page, run="20260101-000000-e2vpt-digits")
+    no_exception(at)
+    if page in ("pages/prompts.py", "pages/pruning.py"):
+        errors = texts(at, "error")
+        assert "failed" in errors and "no pruning record yet" in errors
+    if page == "pages/train.py":
+        assert "lower --lr" in texts(at, "error")
+        assert any(b.label == "Resume" for b in at.button)
+        assert charts_on(at) == 1  # the curves it wrote before failing
+
+
+def test_a_run_deleted_while_open_gives_a_clear_message(roots, fake_run):
+    runs, _ = roots
+    path = fake_run(runs, "20260101-000000-e2vpt-digits")
+    at = open_page("pages/prompts.py", run=path.name)
+    assert charts_on(at) == 2
+    import shutil
+
+    shutil.rmtree(path)
+    at.run()
+    no_exception(at)
+    assert "no longer exists" in texts(at, "warning")
+    assert charts_on(at) == 0
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "..", "/etc/passwd", "a/b", "nope"])
+def test_a_bad_run_id_in_the_url_reads_nothing_and_explains(roots, bad):
+    at = open_page("pages/pruning.py", run=bad)
+    no_exception(at)
+    assert "no longer exists" in texts(at, "warning")
+
+
+# --------------------------------------------------------------------------------------------------
+# bad input on Train: no run created, a clear message
+def test_an_impossible_setting_is_refused_before_a_run_exists(roots):
+    runs, _ = roots
+    at = open_page("pages/train.py")
+    at.number_input(key="cfg_epochs").set_value(0)
+    submit(at)
+    no_exception(at)
+    assert "epochs must be at least 1" in texts(at, "error")
+    assert list(runs.iterdir()) == []
+
+
+def test_a_data_folder_that_does_not_exist_is_refused_and_no_run_is_lost(roots, fake_run, fake_spawn):
+    runs, _ = roots
+    fake_run(runs, "20260101-000000-e2vpt-digits")
+    at = open_page("pages/train.py")
+    at.selectbox(key="cfg_dataset").set_value("imagefolder")
+    at.text_input(key="cfg_data_root").input("no-such-folder")
+    submit(at)
+    no_exception(at)
+    assert "does not exist" in texts(at, "error")
+    assert [p.name for p in runs.iterdir()] == ["20260101-000000-e2vpt-digits"]
+    assert fake_spawn == []
+
+
+def test_start_pressed_twice_starts_one_run(roots, fake_spawn):
+    runs, _ = roots
+    at = open_page("pages/train.py")
+    at.checkbox(key="cfg_pretrained").set_value(False)
+    submit(at)
+    no_exception(at)
+    assert "Started" in texts(at, "success")
+    submit(at)
+    no_exception(at)
+    assert "not started twice" in texts(at, "warning")
+    started = [p for p in runs.iterdir()]
+    assert len(started) == 1 and len(fake_spawn) == 1
+    assert at.query_params["run"] == started[0].name
+    args = fake_spawn[0][1]
+    assert args[:2] == ["train", "--config"] and "--run-dir" in args and "--quiet" in args
+    status = RunDir(started[0]).status()
+    assert status["state"] == "queued" and status["pid"] == fake_spawn[0][0].pid
+    # a changed setting is a different run: it may train alongside the first
+    at.number_input(key="cfg_seed").set_value(1)
+    submit(at)
+    assert len(list(runs.iterdir())) == 2
+
+
+def _zip(entries: dict[str, bytes]) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_an_uploaded_zip_lands_in_a_new_folder_under_the_data_root(roots, tmp_path):
+    _, data = roots
+    png = bytes.fromhex("89504e470d0a1a0a")  # contents do not matter to extraction
+    at = open_page("pages/train.py")
+    at.file_uploader(key="upload_zip").upload("pets.zip", _zip({"cat/1.png": png, "dog/2.png": png,
+                                                                  "notes.txt": b"hi"}), "application/zip")
+    at.run()
+    next(b for b in at.button if b.label == "Add to the data folder").click().run()
+    no_exception(at)
+    assert "Added `pets`" in texts(at, "success")
+    assert sorted(p.name for p in (data / "pets").iterdir()) == ["cat", "dog"]
+    assert at.text_input(key="cfg_data_root").value == "pets"
+    assert at.selectbox(key="cfg_dataset").value == "imagefolder"
+    # a hostile archive is refused whole, and nothing lands outside the data root
+    at.file_uploader(key="upload_zip").set_value(("evil.zip", _zip({"../../escape.png": png}), "application/zip"))
+    at.run()
+    next(b for b in at.button if b.label == "Add to the data folder").click().run()
+    no_exception(at)
+    assert "zip slip" in texts(at, "error")
+    assert not (tmp_path / "escape.png").exists() and sorted(p.name for p in data.iterdir()) == ["pets"]
+
+
+def test_the_paper_preset_fills_the_vit_b_setting(roots):
+    at = open_page("pages/train.py")
+    at.radio(key="preset").set_value("Paper: ViT-B/16 on a GPU").run()
+    no_exception(at)
+    assert at.selectbox(key="cfg_backbone").value == "vit_base_patch16_224.augreg_in21k"
+    assert at.number_input(key="cfg_prompt_len").value == 10
+    assert at.number_input(key="cfg_kv_len").value == 5
+    assert at.radio(key="cfg_optimizer").value == "sgd"
+    assert at.radio(key="cfg_mask_scope").value == "shared"
+    assert at.checkbox(key="cfg_kv_shared").value is True
+    assert at.number_input(key="cfg_epochs").value == 100
+
+
+def test_runs_page_deletes_only_after_confirmation(roots, fake_run):
+    runs, _ = roots
+    fake_run(runs, "20260101-000000-e2vpt-digits")
+    at = open_page("pages/runs.py")
+    no_exception(at)
+    # select the row the way a click does, then ask to delete
+    at.session_state["runs_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    next(b for b in at.button if b.label == "Delete…").click().run()
+    assert (runs / "20260101-000000-e2vpt-digits").is_dir()
+    assert "cannot be undone" in texts(at, "warning")
+    next(b for b in at.button if b.label == "Yes, delete").click().run()
+    no_exception(at)
+    assert not (runs / "20260101-000000-e2vpt-digits").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# the launcher: roots, ids, refusals
+def test_run_ids_cannot_leave_the_runs_root(roots):
+    runs, _ = roots
+    for bad in ["../x", "..", ".", "/etc", "a/b", "", "x" * 200, "-rf"]:
+        with pytest.raises(RunDirError):
+            launch.run_path(bad, runs)
+    assert launch.run_path("20260101-e2vpt", runs) == runs.resolve() / "20260101-e2vpt"
+
+
+def test_listing_skips_links_that_point_outside_the_root(roots, fake_run, tmp_path):
+    runs, _ = roots
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    fake_run(outside, "secret")
+    (runs / "linked").symlink_to(outside / "secret")
+    fake_run(runs, "20260101-000000-e2vpt-digits")
+    assert [r["id"] for r in launch.list_runs(runs)] == ["20260101-000000-e2vpt-digits"]
+    with pytest.raises(RunDirError):
+        launch.delete_run("linked", runs)
+    assert (outside / "secret" / "config.json").is_file()
+
+
+def test_delete_refuses_active_runs_folders_outside_and_non_runs(roots, fake_run, tmp_path):
+    runs, _ = roots
+    fake_run(runs, "20260101-000000-e2vpt-digits", state="running")
+    with pytest.raises(RunDirError, match="still training"):
+        launch.delete_run("20260101-000000-e2vpt-digits", runs)
+    (runs / "not-a-run").mkdir()
+    with pytest.raises(RunDirError, match="not a run directory"):
+        launch.delete_run("not-a-run", runs)
+    elsewhere = fake_run(tmp_path, "other")
+    with pytest.raises(RunDirError, match="outside"):
+        launch.delete_run(str(elsewhere), runs)
+    assert elsewhere.is_dir() and (runs / "not-a-run").is_dir()
+
+
+def test_inputs_are_checked_against_the_data_root_before_a_run_exists(roots, tmp_path):
+    runs, data = roots
+    (data / "mine" / "cat").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    cases = [
+        (TrainConfig(dataset="imagefolder", data_root=str(tmp_path / "outside"), pretrained=False), "outside"),
+        (TrainConfig(dataset="imagefolder", data_root="../outside", pretrained=False), "outside"),
+        (TrainConfig(dataset="imagefolder", data_root="missing", pretrained=False), "does not exist"),
+        (TrainConfig(dataset="imagefolder", pretrained=False), "choose its folder"),
+        (TrainConfig(weights=str(tmp_path / "w.safetensors"), pretrained=False), "outside"),
+        (TrainConfig(backbone="not_a_vit_at_all", pretrained=False), "unknown backbone"),
+    ]
+    for config, message in cases:
+        with pytest.raises(UserError, match=message):
+            launch.start_run(config, runs, data=data)
+    assert list(runs.iterdir()) == []
+    checked = launch.check_inputs(TrainConfig(dataset="imagefolder", data_root="mine", pretrained=False), data)
+    assert checked.data_root == str((data / "mine").resolve())
+
+
+def test_a_second_start_for_the_same_id_is_refused(roots, fake_spawn):
+    runs, _ = roots
+    config = TrainConfig(pretrained=False)
+    run = launch.start_run(config, runs, run_id="same")
+    assert launch.is_active(run)
+    with pytest.raises(RunDirError, match="already exists"):
+        launch.start_run(config, runs, run_id="same")
+    assert len(fake_spawn) == 1
+    saved = json.loads(run.config_file.read_text())
+    assert saved["method"] == "e2vpt" and saved["extra"]["created"]
+
+
+def test_cancel_signals_only_a_trainer_process(roots, fake_run):
+    runs, _ = roots
+    bystander = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        path = fake_run(runs, "20260101-000000-e2vpt-digits", state="running", pid=bystander.pid)
+        assert launch.cancel_run(path.name, runs) is True
+        assert (path / "cancel.request").is_file()  # the trainer stops at its next step
+        time.sleep(0.2)
+        assert bystander.poll() is None  # a pid that is not an e2vpt trainer is never signalled
+    finally:
+        bystander.kill()
+        bystander.wait()
+    done = fake_run(runs, "20260101-000001-e2vpt-digits")
+    assert launch.cancel_run(done.name, runs) is False
+
+
+def test_resume_refuses_finished_and_active_runs_and_clears_the_cancel_request(roots, fake_run, fake_spawn):
+    runs, _ = roots
+    with pytest.raises(RunDirError, match="already finished"):
+        launch.resume_run(fake_run(runs, "done-run").name, runs)
+    with pytest.raises(RunDirError, match="cannot be resumed while it trains"):
+        launch.resume_run(fake_run(runs, "active-run", state="running").name, runs)
+    cancelled = fake_run(runs, "cancelled-run", state="cancelled", summary=False)
+    (cancelled / "cancel.request").write_text("x")
+    run = launch.resume_run(cancelled.name, runs)
+    assert not run.cancel_file.exists()
+    assert fake_spawn[-1][1] == ["train", "--resume", str(cancelled.resolve()), "--quiet"]
+    assert run.status()["state"] == "queued"
+
+
+# --------------------------------------------------------------------------------------------------
+# charts: hover on everything, the disk drawn square, the data behind each chart
+def test_every_chart_has_hover_details(fake_run, tmp_path):
+    from e2vpt.analysis.pruning_views import importance_maps, pruning_trajectory
+
+    path = fake_run(tmp_path, "r")
+    run = RunDir(path)
+    maps = importance_maps(path)
+    trajectory = pruning_trajectory(path)
+    report = {"labels": [0, 0, 1, 1], "classes": [0, 1], "class_names": ["cat", "dog"],
+              "points_hpca": [[0.1, 0.2], [0.2, 0.1], [-0.5, -0.5], [-0.6, -0.4]], "points_umap": None,
+              "points_euclid": [[1, 0], [0.9, 0.1], [-1, 0], [-0.8, 0.1]],
+              "centroids": {"hpca": [[0.15, 0.15], [-0.55, -0.45]], "euclid": [[0.95, 0.05], [-0.9, 0.05]],
+                            "radius": [0.4, 1.5]}}
+    figures = [
+        charts.training_curves(charts.metrics_frame(run.metrics()), charts.prune_frame(run.metrics())),
+        charts.importance_heatmap(maps[1]), charts.importance_heatmap(maps[1], normalised=True),
+        charts.importance_heatmap(maps[0]), charts.segment_heatmap(maps[2], 1),
+        charts.trajectory_figure(trajectory["rounds"], selected_round=2),
+        charts.layer_fraction_figure(trajectory["layers"]),
+        charts.lifetime_figure(trajectory["lifetimes"], 2),
+        charts.embedding_scatter(report, "hpca"), charts.embedding_scatter(report, "euclid"),
+        charts.accuracy_vs_params(charts.runs_frame([{"id": "r", "state": "done", "method": "e2vpt",
+                                                      "dataset": "digits", "backbone": "demo", "test_acc": 0.9,
+                                                      "val_acc": 0.9, "tuned_params": 1000, "tuned_pct": 0.5}])),
+    ]
+    for fig in figures:
+        assert fig.data, fig.layout.title.text
+        for trace in fig.data:
+            assert trace.hovertemplate or trace.hoverinfo == "skip", (fig.layout.title.text, trace.name)
+        assert "<html>" in charts.figure_html(fig)[:300].lower() or "<html" in charts.figure_html(fig).lower()
+
+
+def test_heatmaps_outline_survivors_and_grey_what_was_pruned(fake_run, tmp_path):
+    from e2vpt.analysis.pruning_views import importance_maps
+
+    maps = importance_maps(fake_run(tmp_path, "r"))
+    m = maps[1]
+    fig = charts.importance_heatmap(m)
+    outlines = [s for s in fig.layout.shapes if s.line.width and s.line.width > 1]
+    greys = [s for s in fig.layout.shapes if s.fillcolor and s.fillcolor.startswith("rgba(150")]
+    assert len(outlines) == int(m["token_mask"].sum())
+    assert len(greys) == int((m["token_mask"] == 0).sum())  # pruned in this very round
+    frame = charts.importance_frame(maps[2])
+    assert set(frame["status"]) == {"kept", "pruned in this round", "pruned in an earlier round"}
+    assert frame.loc[frame["status"] == "pruned in an earlier round", "score"].isna().all()
+
+
+def test_the_poincare_disk_is_round_and_square(tmp_path):
+    report = {"labels": [0, 1], "classes": [0, 1], "class_names": ["a", "b"],
+              "points_hpca": [[0.1, 0.2], [-0.5, -0.5]], "centroids": {"hpca": [[0.1, 0.2], [-0.5, -0.5]]}}
+    fig = charts.embedding_scatter(report, "hpca")
+    circle = [s for s in fig.layout.shapes if s.type == "circle"]
+    assert len(circle) == 1 and (circle[0].x0, circle[0].x1, circle[0].y0, circle[0].y1) == (-1, 1, -1, 1)
+    assert fig.layout.yaxis.scaleanchor == "x" and fig.layout.yaxis.scaleratio == 1
+    assert [t.name for t in fig.data if t.showlegend is not False] == ["a", "b"]
+    frame = charts.embedding_frame(report, "hpca")
+    assert list(frame["class"]) == ["a", "b"] and np.allclose(frame["norm"], [np.hypot(0.1, 0.2), np.hypot(0.5, 0.5)])
+
+
+def test_accuracy_vs_parameters_uses_a_log_axis():
+    frame = charts.runs_frame([
+        {"id": "a", "state": "done", "method": "linear", "dataset": "d", "backbone": "b", "test_acc": 0.5,
+         "val_acc": 0.5, "tuned_params": 100, "tuned_pct": 0.01},
+        {"id": "b", "state": "running", "method": "e2vpt", "dataset": "d", "backbone": "b"}])
+    assert list(frame["id"]) == ["a"]  # only finished runs are compared
+    assert charts.accuracy_vs_params(frame).layout.xaxis.type == "log"
+
+
+# --------------------------------------------------------------------------------------------------
+# one real run: started in its own process, cancelled, resumed to the end, then every page
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("real") / "runs"
+    config = TrainConfig(backbone="demo", pretrained=False, dataset="digits", method="e2vpt", epochs=1,
+                         retrain_epochs=1, prune_rounds=1, prompt_len=2, kv_len=1)
+    run = launch.start_run(config, runs)
+    events = {"start_status": run.status()["state"]}
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # wait until it is inside its first epoch, then cancel
+        status = run.status()
+        if status["state"] == "running" and status.get("progress_in_epoch") is not None:
+            break
+        assert status["state"] in ("queued", "running"), (status, launch.log_tail(run))
+        time.sleep(0.5)
+    events["cancel_sent"] = launch.cancel_run(run)
+    while launch.is_active(run) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    events["after_cancel"] = run.status()["state"]
+    launch.resume_run(run)
+    events["resumed_status"] = run.status()["state"]
+    while launch.is_active(run) and time.monotonic() < deadline:
+        time.sleep(1)
+    events["final"] = run.status()
+    events["log"] = launch.log_tail(run, 40)
+    return runs, run, events
+
+
+@pytest.mark.slow
+def test_a_real_run_is_cancelled_cleanly_and_resumed_to_the_end(real_run):
+    _, run, events = real_run
+    assert events["start_status"] == "queued"
+    assert events["cancel_sent"] is True
+    assert events["after_cancel"] == "cancelled", events["log"]
+    assert events["resumed_status"] == "queued"
+    assert events["final"]["state"] == "done", events["log"]
+    assert run.summary_file.is_file() and run.weights_file.is_file()
+    assert "--resume" in run.log_file.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_shows_the_real_run(real_run, monkeypatch, page):
+    runs, run, events = real_run
+    assert events["final"]["state"] == "done", events["log"]
+    monkeypatch.setenv(launch.RUNS_ROOT_ENV, str(runs))
+    at = open_page(page, run=run.id)
+    no_exception(at)
+    assert not at.error, texts(at, "error")
+    expected = {"pages/train.py": 1, "pages/prompts.py": 2, "pages/pruning.py": 3, "pages/embeddings.py": 1,
+                "pages/compare.py": 1}
+    assert charts_on(at) == expected.get(page, 0)
