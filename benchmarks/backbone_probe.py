@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         row["pixels"] = probe(grey(xtr), ytr, grey(xte), yte)
         row["seconds"] = round(time.time() - t0, 1)
         results[name] = row
+        print(f"{name}: demo={row['demo']:.3f} random={row['random']:.3f} pixels={row['pixels']:.3f} "
+              f"({row['seconds']:.0f} s)", file=sys.stderr, flush=True)
 
     print(f"weights: {args.weights}")
     print("| task | train/test | classes | demo | random init | raw pixels |")
