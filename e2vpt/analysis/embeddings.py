@@ -62,7 +62,7 @@ def run_features(run_dir: str | Path, split: str = "test", frozen: bool = False,
     return features, labels, list(splits.class_names)
 
 
-def run_embedding_report(run_dir: str | Path, split: str = "test", c: float = 1.0, clip_r: float | None = 2.3,
+def run_embedding_report(run_dir: str | Path, split: str = "test", c: float = 0.1, clip_r: float | None = 2.3,
                          umap: bool = False, frozen: bool = False, round_index: int | None = None,
                          max_points: int = 1000, seed: int = 0) -> dict:
     """`analyze_embeddings` on a run's features, plus labels' class names; cached by parameters."""
@@ -81,7 +81,7 @@ def run_embedding_report(run_dir: str | Path, split: str = "test", c: float = 1.
     return report
 
 
-def compare_run_embeddings(run_a: str | Path, run_b: str | Path, split: str = "test", c: float = 1.0,
+def compare_run_embeddings(run_a: str | Path, run_b: str | Path, split: str = "test", c: float = 0.1,
                            clip_r: float | None = 2.3, max_points: int = 1000, seed: int = 0) -> dict:
     """Separability metrics of two runs on the same images, side by side (e.g. VPT-deep vs E2VPT)."""
     reports = [run_embedding_report(r, split=split, c=c, clip_r=clip_r, umap=False, max_points=max_points, seed=seed)
