@@ -20,9 +20,9 @@ from e2vpt.runs import ACTIVE_STATES, RunDir
 
 log = logging.getLogger("e2vpt.app")
 
-STATE_BADGES = {"queued": ("⏳", "orange"), "running": ("🏃", "blue"), "done": ("✅", "green"),
-                "failed": ("❌", "red"), "cancelled": ("⏹️", "gray"), "interrupted": ("⚠️", "orange"),
-                "missing": ("❓", "gray")}
+STATE_ICONS = {"queued": ":material/hourglass_top:", "running": ":material/directions_run:",
+               "done": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:",
+               "interrupted": ":material/warning:", "missing": ":material/help:"}
 POLL_SECONDS = 2.0
 
 
@@ -53,14 +53,14 @@ def user_errors(what: str = "") -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        st.error(f"{what}{exc}" if what else str(exc), icon="🚫")
+        st.error(f"{what}{exc}" if what else str(exc), icon=":material/block:")
     except (FileNotFoundError, NotADirectoryError) as exc:
         st.error(f"{what}a file of this run is missing ({exc.filename or exc}); the run folder may have been "
-                 "deleted or moved while it was open", icon="🚫")
+                 "deleted or moved while it was open", icon=":material/block:")
     except Exception as exc:  # noqa: BLE001 - a page must never show a stack trace
         log.exception("unexpected error on a page")
         st.error(f"{what}unexpected error: {type(exc).__name__}: {exc}. The details are in the server log.",
-                 icon="🚫")
+                 icon=":material/block:")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,13 +71,6 @@ def runs() -> list[dict]:
     except OSError as exc:
         st.error(f"cannot read the runs folder: {exc}")
         return []
-
-
-def run_label(row: dict | None) -> str:
-    if not row:
-        return "-"
-    icon = STATE_BADGES.get(row.get("state"), ("•",))[0]
-    return f"{icon} {row['id']}"
 
 
 def sidebar_run_picker() -> None:
@@ -99,6 +92,8 @@ def sidebar_run_picker() -> None:
 
     def picked() -> None:
         choice = st.session_state.get("run_picker")
+        if choice is not None and choice not in by_id:
+            return
         st.session_state["current_run"] = choice
         if choice:
             st.query_params["run"] = choice
@@ -106,7 +101,9 @@ def sidebar_run_picker() -> None:
             del st.query_params["run"]
 
     with st.sidebar:
-        st.selectbox("Current run", list(by_id), key="run_picker", format_func=lambda i: run_label(by_id.get(i)),
+        # options are plain ids: a label that changes with the run's state would no longer match the
+        # browser's remembered selection once the run finishes
+        st.selectbox("Current run", list(by_id), key="run_picker",
                      placeholder="no run picked" if rows else "no runs yet: start one on Train",
                      on_change=picked, help="Every page shows this run. Its id is in the address bar, so a "
                                             "refresh or a restarted server finds it again.")
@@ -143,10 +140,10 @@ def current_run(required: bool = True) -> RunDir | None:
         return None
     if missing:
         st.warning(f"Run `{missing}` no longer exists: its folder was deleted or moved while it was open. "
-                   "Pick another run in the sidebar or start one on **Train**.", icon="⚠️")
+                   "Pick another run in the sidebar or start one on **Train**.", icon=":material/warning:")
     else:
         st.info("No run picked. Pick one in the sidebar, open one on **Runs**, or start one on **Train**.",
-                icon="👈")
+                icon=":material/arrow_back:")
     st.stop()
 
 
@@ -157,7 +154,7 @@ def run_banner(run: RunDir, needs_done: str | None = None) -> dict:
     """
     status = run.status()
     state = status.get("state", "missing")
-    icon = STATE_BADGES.get(state, ("•",))[0]
+    icon = STATE_ICONS.get(state, "")
     text = f"{icon} **{run.id}** is **{state}**" + (f": {status.get('message')}" if status.get("message") else "")
     if state == "missing":
         st.warning(f"Run `{run.id}` no longer exists: its folder was deleted or moved while it was open.")
@@ -278,9 +275,9 @@ def run_panel(run_id: str, key: str = "panel") -> None:
             _summary(run)
         elif state == "failed":
             st.error(f"The run failed: {status.get('message')}  \nThe training process's output is in "
-                     f"`{run.log_file}`.", icon="❌")
+                     f"`{run.log_file}`.", icon=":material/error:")
         elif state in ("cancelled", "interrupted"):
-            st.warning(status.get("message") or state, icon="⚠️")
+            st.warning(status.get("message") or state, icon=":material/warning:")
         if state in ("cancelled", "interrupted", "failed"):
             _resume_button(run, key)
         _curves(run, key, live=False)

@@ -16,7 +16,7 @@ with user_errors():
     frame = charts.runs_frame(runs())
     if frame.empty:
         st.info("No finished runs yet. Train a few methods on the same dataset (e.g. linear, vpt-deep and e2vpt "
-                "on digits) and come back.", icon="📊")
+                "on digits) and come back.", icon=":material/insights:")
         st.stop()
     preselected = [i for i in st.session_state.get("compare_ids", []) if i in set(frame["id"])]
     c1, c2 = st.columns(2)

@@ -19,7 +19,7 @@ status = run_banner(run, needs_done="Embeddings need the trained weights")
 try:
     from e2vpt.analysis.embeddings import compare_run_embeddings, run_embedding_report
 except ImportError:
-    st.info("The embedding analysis is not installed in this version of e2vpt.", icon="🧪")
+    st.info("The embedding analysis is not installed in this version of e2vpt.", icon=":material/science:")
     st.stop()
 
 FROZEN = "__frozen__"
@@ -44,7 +44,7 @@ if not run.weights_file.is_file():
     st.info("This run has no final weights " + ("yet, so there is nothing to embed. Come back when it is done."
                                                 if status.get("state") != "done" else
                                                 "(weights.safetensors is missing), so there is nothing to embed."),
-            icon="⏳")
+            icon=":material/hourglass_empty:")
     st.stop()
 
 views = {"Poincaré disk (hyperbolic PCA)": "hpca", "Poincaré disk (UMAP)": "umap", "Euclidean (PCA)": "euclid"}

@@ -15,7 +15,7 @@ st.markdown("Every run under the runs folder, newest first. Select a row to open
 
 rows = runs()
 if not rows:
-    st.info(f"No runs yet under `{launch.runs_root()}`. Start one on **Train**.", icon="🗂️")
+    st.info(f"No runs yet under `{launch.runs_root()}`. Start one on **Train**.", icon=":material/folder_off:")
     st.stop()
 
 table = pd.DataFrame([{

@@ -165,7 +165,7 @@ if submitted:
         try:
             config = TrainConfig(**form_values())
         except ConfigError as exc:
-            st.error(f"Not started: {exc}", icon="🚫")
+            st.error(f"Not started: {exc}", icon=":material/block:")
         else:
             fingerprint = json.dumps(config.to_dict(), sort_keys=True)
             last = st.session_state.get("last_start") or {}
@@ -191,7 +191,7 @@ if submitted:
 
 if "flash" in st.session_state:
     kind, message = st.session_state.pop("flash")
-    (st.success if kind == "success" else st.warning)(message, icon="🚀" if kind == "success" else "✋")
+    (st.success if kind == "success" else st.warning)(message, icon=":material/rocket_launch:" if kind == "success" else ":material/back_hand:")
 
 run = current_run(required=False)
 if run is not None:

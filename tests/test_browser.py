@@ -109,11 +109,22 @@ def set_number(page, label: str, value: int) -> None:
     box.press("Tab")
 
 
+@pytest.mark.timeout(RUN_TIMEOUT_S + 1200)
 def test_a_demo_run_from_train_to_embeddings(server, browser):
     url, runs = server
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1700})
     page.set_default_timeout(120_000)
+    try:
+        drive(page, url, runs)
+    except BaseException:
+        page.screenshot(path=str(ARTIFACTS / "failure.png"))  # what the browser showed when it went wrong
+        raise
+    finally:
+        page.close()
+
+
+def drive(page, url: str, runs: Path) -> None:
     page.goto(url)
     page.get_by_role("heading", name="Train", level=1).wait_for()
     wait_idle(page)
@@ -177,4 +188,3 @@ def test_a_demo_run_from_train_to_embeddings(server, browser):
         no_exception_on(page)
         assert f"run={started[0]}" in page.url
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
-    page.close()
