@@ -1,8 +1,11 @@
 """Embeddings: how the classes sit in feature space, in the Poincaré disk and in Euclidean space."""
 
+import inspect
+
 import streamlit as st
 
 from e2vpt import charts, launch
+from e2vpt.analysis.embeddings import compare_run_embeddings, run_embedding_report
 from pages._common import current_run, run_banner, runs, show_chart, through_app, user_errors
 
 through_app()
@@ -16,13 +19,8 @@ st.markdown("The final [CLS] features of the test images, mapped into the Poinca
 run = current_run()
 status = run_banner(run, needs_done="Embeddings need the trained weights")
 
-try:
-    from e2vpt.analysis.embeddings import compare_run_embeddings, run_embedding_report
-except ImportError:
-    st.info("The embedding analysis is not installed in this version of e2vpt.", icon=":material/science:")
-    st.stop()
-
 FROZEN = "__frozen__"
+DEFAULTS = {name: p.default for name, p in inspect.signature(run_embedding_report).parameters.items()}
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -58,9 +56,12 @@ partner = c2.selectbox("Side by side with", partner_options,
 with st.expander("Analysis settings"):
     a, b, c, d = st.columns(4)
     split = a.radio("Images", ["test", "val"], horizontal=True)
-    curvature = b.number_input("Curvature c", min_value=0.01, max_value=10.0, value=1.0, step=0.1)
-    clip_r = c.number_input("Feature clipping radius", min_value=0.1, max_value=20.0, value=2.3, step=0.1)
-    max_points = d.number_input("Points at most", min_value=100, max_value=5000, value=1000, step=100)
+    curvature = b.number_input("Curvature c", min_value=0.01, max_value=10.0, value=float(DEFAULTS["c"]), step=0.05,
+                               help="The ball has curvature -c; larger c pushes points towards the boundary.")
+    clip_r = c.number_input("Feature clipping radius", min_value=0.1, max_value=20.0,
+                            value=float(DEFAULTS["clip_r"] or 2.3), step=0.1)
+    max_points = d.number_input("Points at most", min_value=100, max_value=5000,
+                                value=int(DEFAULTS["max_points"]), step=100)
 view = views[view_label]
 params = dict(split=split, c=float(curvature), clip_r=float(clip_r), umap=view == "umap", max_points=int(max_points))
 

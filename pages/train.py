@@ -55,6 +55,7 @@ if not DEMO_WEIGHTS.is_file():
     st.caption("The shipped demo weights are not installed, so the demo trains on a randomly initialised "
                "backbone ('pretrained' is off); accuracy stays low but everything else works.")
 
+
 def add_upload() -> None:
     """Extract an uploaded zip of images into a fresh folder under the data root and select it."""
     import tempfile
