@@ -13,7 +13,7 @@ from e2vpt.config import TrainConfig
 from e2vpt.runs import RunDir, read_jsonl
 from e2vpt.trainer import Trainer, evaluate_run, train
 
-FAST = dict(backbone="demo", pretrained=False, dataset="digits", epochs=1, retrain_epochs=1, prompt_len=4,
+FAST = dict(backbone="demo", pretrained=True, dataset="digits", epochs=1, retrain_epochs=1, prompt_len=4,
             kv_len=2, batch_size=64, seed=0)
 
 
@@ -49,8 +49,7 @@ def test_short_run_beats_chance_and_reloads_to_the_same_accuracy(e2vpt_run):
 
 def test_backbone_is_bit_identical_after_training(e2vpt_run):
     _, _, trainer = e2vpt_run
-    torch.manual_seed(0)
-    fresh = create_backbone("demo", pretrained=False)
+    fresh = create_backbone("demo", pretrained=True)
     for (name, a), (_, b) in zip(fresh.state_dict().items(), trainer.model.backbone.state_dict().items()):
         assert torch.equal(a, b), name
 
