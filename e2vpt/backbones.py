@@ -1,4 +1,4 @@
-"""Frozen backbones: any timm Vision Transformer, or the small demo ViT that ships with the project.
+"""Frozen backbones: any timm Vision Transformer or Swin Transformer (v1), or the small demo ViT that ships with the project.
 
 Why a module of its own: every method (linear probing to E2VPT) starts from the same frozen backbone,
 and the ways of getting one (a timm name with hub weights, a local safetensors file, the shipped demo)
@@ -12,6 +12,7 @@ from pathlib import Path
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import BackboneError
@@ -71,11 +72,12 @@ def _load_weights(model: torch.nn.Module, path: Path, what: str) -> None:
 
 
 def create_backbone(name: str, pretrained: bool = True, weights: str | Path | None = None,
-                    img_size: int | None = None) -> VisionTransformer:
-    """Build a frozen-ready timm ViT without its classification head.
+                    img_size: int | None = None) -> VisionTransformer | SwinTransformer:
+    """Build a frozen-ready timm ViT (or Swin) without its classification head.
 
     Args:
-        name: `demo` or any timm VisionTransformer name (e.g. `vit_base_patch16_224.augreg_in21k`).
+        name: `demo` or any timm VisionTransformer or SwinTransformer name (e.g.
+            `vit_base_patch16_224.augreg_in21k`, `swin_base_patch4_window7_224.ms_in22k`).
         pretrained: load the hub weights (timm names) or the shipped weights (`demo`).
         weights: a local `.safetensors` file to load instead of the hub (works offline).
         img_size: input size; timm interpolates position embeddings when it differs from the default.
@@ -106,15 +108,15 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | Path | No
         model = timm.create_model(name, pretrained=pretrained and weights is None, **kwargs)
     except TypeError as exc:
         raise BackboneError(f"'{name}' cannot be built with these options ({exc}); "
-                            "E2VPT here supports timm VisionTransformer models") from None
+                            "E2VPT here supports timm VisionTransformer and SwinTransformer models") from None
     except Exception as exc:  # hub errors come in many types: offline, gated, missing file
         if pretrained and weights is None:
             raise BackboneError(f"could not download pretrained weights for '{name}' ({type(exc).__name__}); "
                                 "go online, pass --weights FILE.safetensors, or use --no-pretrained") from None
         raise
-    if not isinstance(model, VisionTransformer):
-        raise BackboneError(f"'{name}' is a {type(model).__name__}, not a timm VisionTransformer; "
-                            "pick a vit_* model (Swin support is tracked separately)")
+    if not isinstance(model, (VisionTransformer, SwinTransformer)):
+        raise BackboneError(f"'{name}' is a {type(model).__name__}, not a timm VisionTransformer or "
+                            "SwinTransformer; pick a vit_* or swin_* model")
     if weights is not None:
         _load_weights(model, Path(weights), name)
     return model

@@ -1,19 +1,24 @@
 """One engine, six methods: which parameters each trains (see `config.METHOD_SPECS`).
 
-linear: head only. full: everything. vpt-shallow / vpt-deep: visual prompts in the first / every
+linear: head only (on ViT and Swin backbones alike). full: everything. vpt-shallow / vpt-deep: visual prompts in the first / every
 layer + head. e2vpt-noprune: deep visual + key-value prompts + head. e2vpt: the same, then pruning
 and rewinding. All share the model class, data, loop and logging, so comparisons are fair.
 """
 
 from __future__ import annotations
 
+from timm.models.swin_transformer import SwinTransformer
+
 from .config import TrainConfig
-from .prompts import PromptedViT
+from .prompts import PromptedViT, PromptTuned
+from .swin import PromptedSwin
 
 
-def build_model(config: TrainConfig, backbone, num_classes: int) -> PromptedViT:
+def build_model(config: TrainConfig, backbone, num_classes: int) -> PromptTuned:
+    """The prompted model for this backbone (ViT or Swin) with the parameters `config.method` trains."""
     spec = config.spec
-    return PromptedViT(
+    model_class = PromptedSwin if isinstance(backbone, SwinTransformer) else PromptedViT
+    return model_class(
         backbone,
         num_classes=num_classes,
         prompt_len=config.prompt_len if spec.visual != "none" else 0,

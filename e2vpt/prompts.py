@@ -77,7 +77,58 @@ def prompted_block(block: Block, x: torch.Tensor, key_prompt, value_prompt) -> t
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
-class PromptedViT(nn.Module):
+class PromptTuned(nn.Module):
+    """What every prompted backbone shares: the `tuned.` parameters, their saving and loading, the
+    frozen backbone's eval mode, and mask installation. Subclasses (`PromptedViT`, `PromptedSwin`)
+    define the forward, `reset_tuned`, `zero_pruned`, `channel_mask` and `tuned_param_count`."""
+
+    backbone: nn.Module
+    tuned: nn.Module
+
+    def trainable_named_parameters(self):
+        """(name, parameter) of everything this method trains."""
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def tuned_state(self) -> dict[str, torch.Tensor]:
+        """Tensors a run saves: all trainable parameters plus the masks (detached copies)."""
+        names = {n for n, _ in self.trainable_named_parameters()} | {"tuned.token_mask", "tuned.segment_mask"}
+        return {n: t.detach().clone() for n, t in self.state_dict().items() if n in names}
+
+    def load_tuned_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = self.state_dict()
+        for name, value in state.items():
+            if name not in own:
+                raise BackboneError(f"saved tensor '{name}' does not exist in this model; "
+                                    "the weights were saved for another method or backbone")
+            if own[name].shape != value.shape:
+                raise BackboneError(f"saved tensor '{name}' has shape {tuple(value.shape)}, this model expects "
+                                    f"{tuple(own[name].shape)}; the weights come from another configuration")
+        self.load_state_dict(state, strict=False)
+
+    def train(self, mode: bool = True) -> "PromptTuned":
+        """Backbone dropout/drop-path stay off (eval mode) whatever the phase, as the spec says."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    # ----------------------------------------------------------------------------------------------
+    # Masks
+    def set_masks(self, token_mask: torch.Tensor, segment_mask: torch.Tensor) -> None:
+        """Install pruning masks and zero the pruned prompt values so a pruned prompt stays pruned."""
+        t = self.tuned
+        t.token_mask.copy_(token_mask.to(t.token_mask))
+        t.segment_mask.copy_(segment_mask.to(t.segment_mask))
+        self.zero_pruned()
+
+    def backbone_param_count(self) -> int:
+        return sum(p.numel() for p in self.backbone.parameters())
+
+    def forward(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
+                segment_gate: torch.Tensor | None = None) -> torch.Tensor:
+        return self.tuned.head(self.forward_features(images, token_gate, segment_gate))
+
+
+class PromptedViT(PromptTuned):
     """A frozen ViT adapted by visual prompts, key-value prompts and a linear head.
 
     Args:
@@ -160,41 +211,8 @@ class PromptedViT(nn.Module):
             t.head.weight.normal_(0.0, 0.02, generator=generator)
             t.head.bias.zero_()
 
-    def trainable_named_parameters(self):
-        """(name, parameter) of everything this method trains."""
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-
-    def tuned_state(self) -> dict[str, torch.Tensor]:
-        """Tensors a run saves: all trainable parameters plus the masks (detached copies)."""
-        names = {n for n, _ in self.trainable_named_parameters()} | {"tuned.token_mask", "tuned.segment_mask"}
-        return {n: t.detach().clone() for n, t in self.state_dict().items() if n in names}
-
-    def load_tuned_state(self, state: dict[str, torch.Tensor]) -> None:
-        own = self.state_dict()
-        for name, value in state.items():
-            if name not in own:
-                raise BackboneError(f"saved tensor '{name}' does not exist in this model; "
-                                    "the weights were saved for another method or backbone")
-            if own[name].shape != value.shape:
-                raise BackboneError(f"saved tensor '{name}' has shape {tuple(value.shape)}, this model expects "
-                                    f"{tuple(own[name].shape)}; the weights come from another configuration")
-        self.load_state_dict(state, strict=False)
-
-    def train(self, mode: bool = True) -> "PromptedViT":
-        """Backbone dropout/drop-path stay off (eval mode) whatever the phase, as the spec says."""
-        super().train(mode)
-        self.backbone.eval()
-        return self
-
     # ----------------------------------------------------------------------------------------------
     # Masks
-    def set_masks(self, token_mask: torch.Tensor, segment_mask: torch.Tensor) -> None:
-        """Install pruning masks and zero the pruned prompt values so a pruned prompt stays pruned."""
-        t = self.tuned
-        t.token_mask.copy_(token_mask.to(t.token_mask))
-        t.segment_mask.copy_(segment_mask.to(t.segment_mask))
-        self.zero_pruned()
-
     @torch.no_grad()
     def zero_pruned(self) -> None:
         if self.tuned.visual is not None:
@@ -264,10 +282,6 @@ class PromptedViT(nn.Module):
         x = bb.norm(x)
         return bb.forward_head(x, pre_logits=True)
 
-    def forward(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
-                segment_gate: torch.Tensor | None = None) -> torch.Tensor:
-        return self.tuned.head(self.forward_features(images, token_gate, segment_gate))
-
     # ----------------------------------------------------------------------------------------------
     # Accounting
     def tuned_param_count(self, include_head: bool = True) -> int:
@@ -284,6 +298,3 @@ class PromptedViT(nn.Module):
         if include_head:
             total += t.head.weight.numel() + t.head.bias.numel()
         return total
-
-    def backbone_param_count(self) -> int:
-        return sum(p.numel() for p in self.backbone.parameters())

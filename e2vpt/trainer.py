@@ -580,6 +580,7 @@ def load_run_model(run_dir: str | Path, device: str = "cpu", round_index: int | 
 
     run = RunDir(run_dir)
     config = TrainConfig.from_dict(run.config())
+    torch.manual_seed(config.seed)  # a random-init backbone (--no-pretrained) is rebuilt exactly as `Trainer.setup` built it
     backbone = create_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights,
                                img_size=config.img_size)
     dc = data_config(backbone)

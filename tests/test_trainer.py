@@ -89,6 +89,13 @@ def test_every_method_trains_from_the_same_loop(tmp_path, method):
         assert summary["tuned_pct"] < 1
 
 
+def test_a_random_init_backbone_run_reloads_to_the_same_accuracy(tmp_path):
+    """--no-pretrained: the backbone is not saved, so reloading must rebuild the same random weights."""
+    summary = train(TrainConfig(method="vpt-deep", **dict(FAST, pretrained=False)), tmp_path / "random", quiet=True)
+    again = evaluate_run(tmp_path / "random", device="cpu")
+    assert again["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-9)
+
+
 def test_resume_after_interruption_gives_the_same_result_across_pruning_rounds(tmp_path, monkeypatch):
     config = dict(FAST, method="e2vpt", prune_rounds=1, retrain_epochs=2)
     reference = train(TrainConfig(**config), tmp_path / "reference", quiet=True)

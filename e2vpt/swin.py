@@ -1,0 +1,273 @@
+"""`PromptedSwin`: E2VPT on a frozen timm Swin Transformer (E2VPT-SPEC.md section 7).
+
+Swin attends inside local windows and halves the resolution (doubling the width) at every stage, so
+prompts follow the stages:
+- visual prompts: `p` tokens per block, of that stage's width, prepended to *every* window of the
+  block (the same prompts for each window, as VPT's Swin does); deep prompts' outputs are dropped after
+  the block, shallow prompts (first block only) are carried through the first stage, their outputs
+  averaged over windows, and patch merging drops them;
+- key-value prompts: `l` learnable keys and values per block, concatenated inside every window
+  attention (shared by all windows of the block);
+- the relative position bias and the shifted-window mask cover window tokens only: a prompt
+  (visual or key-value) gets no bias and is visible from, and sees, every token of every window.
+
+As for ViTs, nothing in timm is patched: we call the block's own norms, qkv, projection, MLP and
+relative-position table, and only re-state the window attention and the block's attention branch. A
+block with no live prompt and no key-value prompt runs timm's own `block(x)`, so with every visual
+prompt pruned (and no key-value prompts) the model is exactly the frozen backbone. Masks, pruning,
+rewinding and saving are shared with `PromptedViT` through `PromptTuned`; the masks keep their
+(layers x p) and (layers x p x R) shapes, and each block's segments tile its own width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, WindowAttention, window_partition, \
+    window_reverse
+from torch import nn
+
+from .errors import BackboneError, ConfigError
+from .prompts import PromptTuned, segment_of_channel
+
+
+def prompted_window_attention(attn: WindowAttention, windows: torch.Tensor, shift_mask: torch.Tensor | None,
+                              batch: int, n_prompts: int, key_prompt: torch.Tensor | None,
+                              value_prompt: torch.Tensor | None) -> torch.Tensor:
+    """timm `WindowAttention.forward` with `n_prompts` visual prompts leading each window and learnable
+    keys/values in front of the real ones.
+
+    Args:
+        windows: (batch * windows, n_prompts + window area, C), windows of one image consecutive.
+        shift_mask: the block's (windows, area, area) 0/-inf shifted-window mask, or None.
+        key_prompt, value_prompt: (heads, l, head_dim) or None.
+    """
+    bw, n, _ = windows.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(windows).reshape(bw, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # (B*nW, heads, N, head_dim)
+    kv_len = 0
+    if key_prompt is not None:
+        kv_len = key_prompt.shape[1]
+        k = torch.cat([key_prompt.to(k.dtype).unsqueeze(0).expand(bw, -1, -1, -1), k], dim=2)
+        v = torch.cat([value_prompt.to(v.dtype).unsqueeze(0).expand(bw, -1, -1, -1), v], dim=2)
+    bias = attn._get_rel_pos_bias()  # (1, heads, area, area): window tokens only
+    if shift_mask is not None:
+        n_win = shift_mask.shape[0]
+        bias = bias.unsqueeze(1) + shift_mask.to(bias.dtype)[None, :, None]  # (1, nW, heads, area, area)
+        bias = F.pad(bias, (kv_len + n_prompts, 0, n_prompts, 0))  # prompts: no bias, never masked
+        shape = (batch, n_win, heads)
+        out = F.scaled_dot_product_attention(q.reshape(*shape, n, -1), k.reshape(*shape, k.shape[2], -1),
+                                             v.reshape(*shape, v.shape[2], -1), attn_mask=bias.to(q.dtype),
+                                             dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        out = out.reshape(bw, heads, n, -1)
+    else:
+        bias = F.pad(bias, (kv_len + n_prompts, 0, n_prompts, 0))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                             dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    out = out.transpose(1, 2).reshape(bw, n, -1)
+    return attn.proj_drop(attn.proj(out))
+
+
+def prompted_swin_block(block: SwinTransformerBlock, x: torch.Tensor, prompts: torch.Tensor | None,
+                        key_prompt, value_prompt) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """timm `SwinTransformerBlock.forward` with prompts in every window.
+
+    Args:
+        x: (B, H, W, C) feature map.
+        prompts: (B, n, C) visual prompt tokens (entering the block, before its norm), or None.
+    Returns:
+        the new feature map and the prompts' attention output averaged over windows (None without prompts).
+    """
+    B, H, W, C = x.shape
+    shifted = block.norm1(x)
+    has_shift = any(block.shift_size)
+    if has_shift:
+        shifted = torch.roll(shifted, shifts=(-block.shift_size[0], -block.shift_size[1]), dims=(1, 2))
+    pad_h = (block.window_size[0] - H % block.window_size[0]) % block.window_size[0]
+    pad_w = (block.window_size[1] - W % block.window_size[1]) % block.window_size[1]
+    shifted = F.pad(shifted, (0, 0, 0, pad_w, 0, pad_h))
+    _, Hp, Wp, _ = shifted.shape
+    windows = window_partition(shifted, block.window_size).view(-1, block.window_area, C)
+    n_win = windows.shape[0] // B
+    n_prompts = 0
+    if prompts is not None:
+        n_prompts = prompts.shape[1]
+        per_window = block.norm1(prompts).unsqueeze(1).expand(B, n_win, n_prompts, C).reshape(B * n_win, n_prompts, C)
+        windows = torch.cat([per_window, windows], dim=1)
+    mask = block.get_attn_mask(shifted) if getattr(block, "dynamic_mask", False) else block.attn_mask
+    out = prompted_window_attention(block.attn, windows, mask, B, n_prompts, key_prompt, value_prompt)
+    prompt_out = out[:, :n_prompts].reshape(B, n_win, n_prompts, C).mean(1) if n_prompts else None
+    out = out[:, n_prompts:].reshape(-1, block.window_size[0], block.window_size[1], C)
+    shifted = window_reverse(out, block.window_size, Hp, Wp)[:, :H, :W, :]
+    attended = torch.roll(shifted, shifts=block.shift_size, dims=(1, 2)) if has_shift else shifted
+    x = x + block.drop_path1(attended)
+    x = x.reshape(B, -1, C)
+    x = x + block.drop_path2(block.mlp(block.norm2(x)))
+    return x.reshape(B, H, W, C), prompt_out
+
+
+class PromptedSwin(PromptTuned):
+    """A frozen timm Swin Transformer adapted by visual prompts, key-value prompts and a linear head.
+
+    Same arguments as `PromptedViT`; `visual="shallow"` puts prompts in the first block only.
+    """
+
+    def __init__(self, backbone: SwinTransformer, num_classes: int, prompt_len: int = 0,
+                 visual: str = "deep", kv_len: int = 0, kv_shared: bool = False, segments: int = 16,
+                 segment_layout: str = "interleaved", prompt_dropout: float = 0.0,
+                 train_backbone: bool = False) -> None:
+        super().__init__()
+        if not isinstance(backbone, SwinTransformer):
+            raise BackboneError(f"PromptedSwin needs a timm SwinTransformer, got {type(backbone).__name__}")
+        self.backbone = backbone
+        blocks = [b for stage in backbone.layers for b in stage.blocks]
+        odd = [i for i, b in enumerate(blocks) if type(b) is not SwinTransformerBlock or type(b.attn) is not WindowAttention]
+        if odd:
+            raise BackboneError(f"block {odd[0]} of this backbone is a {type(blocks[odd[0]]).__name__}; prompts are "
+                                "supported on timm Swin models built from SwinTransformerBlock (swin_* v1)")
+        self.num_layers = len(blocks)
+        self.stage_of_layer = [s for s, stage in enumerate(backbone.layers) for _ in stage.blocks]
+        self.layer_dims = [b.dim for b in blocks]
+        self.layer_heads = [b.attn.num_heads for b in blocks]
+        self.layer_head_dims = [b.attn.qkv.out_features // 3 // b.attn.num_heads for b in blocks]
+        self.dim = backbone.num_features
+        if visual == "none":
+            prompt_len = 0
+        if segments > min(self.layer_dims):
+            raise ConfigError(f"{segments} segments per token is more than the narrowest stage's width "
+                              f"{min(self.layer_dims)} allows; use --segments {min(16, min(self.layer_dims))}")
+        self.prompt_len, self.visual_mode, self.kv_len, self.kv_shared = prompt_len, visual, kv_len, kv_shared
+        self.segments, self.segment_layout = segments, segment_layout
+        self.train_backbone = train_backbone
+        for p in backbone.parameters():
+            p.requires_grad_(train_backbone)
+
+        prompt_layers = self.num_layers if visual == "deep" else 1
+        self.tuned = nn.Module()
+        self.tuned.visual = nn.ParameterList(
+            [nn.Parameter(torch.empty(prompt_len, self.layer_dims[i])) for i in range(prompt_layers)]
+        ) if prompt_len > 0 else None
+        if kv_len > 0:
+            def kv_tensors():
+                return nn.ParameterList([nn.Parameter(torch.empty(h, kv_len, d))
+                                         for h, d in zip(self.layer_heads, self.layer_head_dims)])
+            self.tuned.kv_key = kv_tensors()
+            self.tuned.kv_value = None if kv_shared else kv_tensors()
+        else:
+            self.tuned.kv_key = self.tuned.kv_value = None
+        self.tuned.head = nn.Linear(self.dim, num_classes)
+        self.tuned.register_buffer("token_mask", torch.ones(prompt_layers, max(prompt_len, 1)))
+        self.tuned.register_buffer("segment_mask", torch.ones(prompt_layers, max(prompt_len, 1), segments))
+        self.prompt_dropout = nn.Dropout(prompt_dropout)
+        self.reset_tuned()
+
+    # ----------------------------------------------------------------------------------------------
+    # Parameters
+    def reset_tuned(self, generator: torch.Generator | None = None) -> None:
+        """VPT's xavier bound (patch fan-in, the block's width) for visual prompts, kaiming-uniform
+        for key-value prompts, a small normal head: `PromptedViT.reset_tuned`, per block width."""
+        t = self.tuned
+        patch = self.backbone.patch_embed.patch_size
+        fan_in = 3 * math.prod(patch) if isinstance(patch, tuple) else 3 * patch * patch
+        with torch.no_grad():
+            for i, prompt in enumerate(t.visual or []):
+                bound = math.sqrt(6.0 / (fan_in + self.layer_dims[i]))
+                prompt.uniform_(-bound, bound, generator=generator)
+            for kv in (t.kv_key, t.kv_value):
+                for i, tensor in enumerate(kv or []):
+                    bound = 1 / math.sqrt(self.layer_dims[i])
+                    tensor.uniform_(-bound, bound, generator=generator)
+            t.head.weight.normal_(0.0, 0.02, generator=generator)
+            t.head.bias.zero_()
+
+    # ----------------------------------------------------------------------------------------------
+    # Masks
+    def channel_mask(self, layer: int) -> torch.Tensor:
+        """(p, width of the block) 0/1: the layer's token mask times its segments spread onto channels."""
+        t = self.tuned
+        dim = self.layer_dims[layer]
+        segment = segment_of_channel(dim, self.segments, self.segment_layout).to(t.segment_mask.device)
+        return t.segment_mask[layer][:, segment] * t.token_mask[layer][:, None]
+
+    @torch.no_grad()
+    def zero_pruned(self) -> None:
+        for i, prompt in enumerate(self.tuned.visual or []):
+            prompt.mul_(self.channel_mask(i))
+
+    # ----------------------------------------------------------------------------------------------
+    # Forward
+    def _layer_prompts(self, layer: int, batch: int, token_gate, segment_gate) -> torch.Tensor | None:
+        """The visual prompts block `layer` reads, (B, kept, width), or None when it reads none."""
+        t = self.tuned
+        if t.visual is None:
+            return None
+        kept = t.token_mask[layer].nonzero().squeeze(1)
+        if kept.numel() == 0:
+            return None
+        channel_segment = segment_of_channel(self.layer_dims[layer], self.segments, self.segment_layout)
+        channel_segment = channel_segment.to(kept.device)
+        prompts = t.visual[layer][kept]
+        seg = t.segment_mask[layer, kept]
+        if not bool(seg.all()):
+            prompts = prompts * seg[:, channel_segment]
+        prompts = prompts.unsqueeze(0).expand(batch, -1, -1)
+        if token_gate is not None:
+            prompts = prompts * token_gate[:, layer, kept, None]
+        if segment_gate is not None:
+            prompts = prompts * segment_gate[:, layer][:, kept][:, :, channel_segment]
+        return self.prompt_dropout(prompts)
+
+    def _kv(self, layer: int):
+        t = self.tuned
+        if t.kv_key is None:
+            return None, None
+        key = t.kv_key[layer]
+        return key, (t.kv_value[layer] if t.kv_value is not None else key)
+
+    def forward_features(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
+                         segment_gate: torch.Tensor | None = None) -> torch.Tensor:
+        """The backbone's pooled representation (B, num_features) with prompts in place."""
+        bb = self.backbone
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_backbone):
+            x = bb.patch_embed(images)  # (B, H, W, C)
+        batch = x.shape[0]
+        layer = 0
+        for s, stage in enumerate(bb.layers):
+            x = stage.downsample(x)
+            carried = None  # shallow prompts live in the first stage only: patch merging drops them
+            for block in stage.blocks:
+                if self.visual_mode == "deep":
+                    prompts = self._layer_prompts(layer, batch, token_gate, segment_gate)
+                elif self.visual_mode == "shallow" and layer == 0:
+                    prompts = self._layer_prompts(0, batch, token_gate, segment_gate)
+                else:
+                    prompts = carried
+                key, value = self._kv(layer)
+                if prompts is None and key is None:
+                    x = block(x)  # nothing to add: timm's own block, exactly the frozen computation
+                else:
+                    x, prompt_out = prompted_swin_block(block, x, prompts, key, value)
+                    if self.visual_mode == "shallow" and prompts is not None:
+                        carried = prompts + block.drop_path1(prompt_out)
+                        carried = carried + block.drop_path2(block.mlp(block.norm2(carried)))
+                layer += 1
+        x = bb.norm(x)
+        return bb.forward_head(x, pre_logits=True)
+
+    # ----------------------------------------------------------------------------------------------
+    # Accounting
+    def tuned_param_count(self, include_head: bool = True) -> int:
+        """Closed-form count after pruning: surviving visual-prompt entries + key-value prompts (+ head)."""
+        t = self.tuned
+        if self.train_backbone:
+            total = sum(p.numel() for p in self.backbone.parameters())
+        else:
+            total = sum(int(self.channel_mask(i).sum().item()) for i in range(len(t.visual or [])))
+            for kv in (t.kv_key, t.kv_value):
+                total += sum(tensor.numel() for tensor in (kv or []))
+        if include_head:
+            total += t.head.weight.numel() + t.head.bias.numel()
+        return total
