@@ -71,8 +71,37 @@ def _load_weights(model: torch.nn.Module, path: Path, what: str) -> None:
     model.load_state_dict(state, strict=False)
 
 
+def resolve_global_pool(name: str, global_pool: str = "auto") -> str | None:
+    """The pooling a ViT's head should read: `auto` follows the checkpoint's own protocol.
+
+    MAE encoders were trained without a [CLS] objective and are evaluated on the mean of the patch
+    tokens (the MAE paper's fine-tuning, and VPT's MAE setting), so `auto` gives `avg` for MAE tags
+    (`vit_base_patch16_224.mae`); supervised and MoCo v3 ViTs read the [CLS] token, timm's default
+    (None: leave the model as timm built it).
+    """
+    if global_pool != "auto":
+        return global_pool
+    tag = name.split(".", 1)[1] if "." in name else ""
+    return "avg" if "mae" in tag.split("_") or tag.startswith("mae") else None
+
+
+def _set_global_pool(model, name: str, global_pool: str) -> None:
+    pool = resolve_global_pool(name, global_pool)
+    if pool is None:
+        return
+    if isinstance(model, SwinTransformer):
+        if pool != "avg":
+            raise BackboneError(f"'{name}' is a Swin Transformer: it has no [CLS] token, so its head reads the "
+                                "average of the last feature map; drop --global-pool token")
+        return
+    if pool == "token" and not model.has_class_token:
+        raise BackboneError(f"'{name}' has no [CLS] token; use --global-pool avg")
+    # keeps the pretrained final norm (no new, untrained fc_norm): features = mean of normalised patch tokens
+    model.reset_classifier(0, global_pool=pool)
+
+
 def create_backbone(name: str, pretrained: bool = True, weights: str | Path | None = None,
-                    img_size: int | None = None) -> VisionTransformer | SwinTransformer:
+                    img_size: int | None = None, global_pool: str = "auto") -> VisionTransformer | SwinTransformer:
     """Build a frozen-ready timm ViT (or Swin) without its classification head.
 
     Args:
@@ -81,6 +110,8 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | Path | No
         pretrained: load the hub weights (timm names) or the shipped weights (`demo`).
         weights: a local `.safetensors` file to load instead of the hub (works offline).
         img_size: input size; timm interpolates position embeddings when it differs from the default.
+        global_pool: `auto`, `token` or `avg` (see `resolve_global_pool`); normalisation always comes
+            from the checkpoint's own config (`data_config`), e.g. ImageNet mean/std for MAE.
     """
     if name == DEMO_NAME:
         if img_size not in (None, DEMO_CONFIG["img_size"]):
@@ -94,6 +125,7 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | Path | No
                 raise BackboneError(f"the demo weights {DEMO_WEIGHTS} are missing; run `python -m e2vpt pretrain` "
                                     "or use --no-pretrained")
             _load_weights(model, DEMO_WEIGHTS, DEMO_NAME)
+        _set_global_pool(model, name, global_pool)
         return model
 
     base = name.split(".")[0]
@@ -119,6 +151,7 @@ def create_backbone(name: str, pretrained: bool = True, weights: str | Path | No
                             "SwinTransformer; pick a vit_* or swin_* model")
     if weights is not None:
         _load_weights(model, Path(weights), name)
+    _set_global_pool(model, name, global_pool)
     return model
 
 

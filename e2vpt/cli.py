@@ -35,10 +35,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("model")
-    g.add_argument("--backbone", help="`demo` (shipped, offline) or a timm ViT name, e.g. vit_base_patch16_224.augreg_in21k")
+    g.add_argument("--backbone", help="`demo` (shipped, offline) or a timm ViT/Swin name, e.g. vit_base_patch16_224.augreg_in21k, vit_base_patch16_224.mae, swin_base_patch4_window7_224")
     _bool_flag(g, "pretrained", "load pretrained backbone weights (default: yes)")
     g.add_argument("--weights", help="local backbone weights (.safetensors) instead of the hub")
     g.add_argument("--img-size", type=int, help="input size (default: the backbone's)")
+    g.add_argument("--global-pool", choices=("auto", "token", "avg"),
+                   help="head features: [CLS] token or patch average (auto: avg for MAE weights, else timm's default)")
     g.add_argument("--method", choices=METHODS)
     g.add_argument("--prompt-len", type=int, help="visual prompt tokens per layer (p)")
     g.add_argument("--kv-len", type=int, help="key-value prompts per layer (l); 0 for none")

@@ -54,6 +54,8 @@ class TrainConfig:
         pretrained: load pretrained weights for the backbone.
         weights: local `.safetensors` backbone weights (instead of the hub).
         img_size: input size (None: the backbone's own).
+        global_pool: features the head reads: `token` ([CLS]), `avg` (mean of the patch tokens, prompts
+            excluded) or `auto` (the checkpoint's own habit: `avg` for MAE weights, timm's default otherwise).
         dataset: dataset name (see `e2vpt.data.list_datasets()`).
         data_root: folder holding the dataset, for datasets that need one.
         download: let torchvision download a dataset (needs network).
@@ -89,6 +91,7 @@ class TrainConfig:
     pretrained: bool = True
     weights: str | None = None
     img_size: int | None = None
+    global_pool: Literal["auto", "token", "avg"] = "auto"
     dataset: str = "digits"
     data_root: str | None = None
     download: bool = False
@@ -124,6 +127,8 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
 
+        need(self.global_pool in ("auto", "token", "avg"),
+             f"global pool '{self.global_pool}' is not one of auto, token, avg")
         need(self.method in METHODS, f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
         spec = self.spec
         if spec.visual != "none":

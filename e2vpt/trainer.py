@@ -180,7 +180,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
-        backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights, img_size=cfg.img_size)
+        backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights, img_size=cfg.img_size,
+                                   global_pool=cfg.global_pool)
         dc = data_config(backbone)
         self.splits = load_splits(cfg.dataset, root=cfg.data_root, img_size=dc["input_size"][-1], mean=dc["mean"],
                                   std=dc["std"], seed=0, download=cfg.download, train_augment=cfg.train_augment)
@@ -582,7 +583,7 @@ def load_run_model(run_dir: str | Path, device: str = "cpu", round_index: int | 
     config = TrainConfig.from_dict(run.config())
     torch.manual_seed(config.seed)  # a random-init backbone (--no-pretrained) is rebuilt exactly as `Trainer.setup` built it
     backbone = create_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights,
-                               img_size=config.img_size)
+                               img_size=config.img_size, global_pool=config.global_pool)
     dc = data_config(backbone)
     splits = load_splits(config.dataset, root=config.data_root, img_size=dc["input_size"][-1], mean=dc["mean"],
                          std=dc["std"], seed=0, download=False)
