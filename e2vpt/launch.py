@@ -237,7 +237,7 @@ def _check_backbone(config: TrainConfig) -> None:
 
     base = config.backbone.split(".")[0]
     if not (timm.is_model(config.backbone) or timm.is_model(base)):
-        raise BackboneError(f"unknown backbone '{config.backbone}'; use `demo` or a timm ViT name such as "
+        raise BackboneError(f"unknown backbone '{config.backbone}'; use `demo` or a timm ViT or Swin name such as "
                             "vit_base_patch16_224.augreg_in21k")
 
 

@@ -85,6 +85,18 @@ class PromptTuned(nn.Module):
     backbone: nn.Module
     tuned: nn.Module
 
+    def _store_options(self, prompt_len: int, visual: str, kv_len: int, kv_shared: bool, segments: int,
+                       segment_layout: str, train_backbone: bool) -> int:
+        """Record the prompt settings, freeze the backbone (unless `full` trains it) and return the
+        effective prompt length (0 when `visual` is `none`)."""
+        prompt_len = 0 if visual == "none" else prompt_len
+        self.prompt_len, self.visual_mode, self.kv_len, self.kv_shared = prompt_len, visual, kv_len, kv_shared
+        self.segments, self.segment_layout = segments, segment_layout
+        self.train_backbone = train_backbone
+        for p in self.backbone.parameters():
+            p.requires_grad_(train_backbone)
+        return prompt_len
+
     def trainable_named_parameters(self):
         """(name, parameter) of everything this method trains."""
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
@@ -120,12 +132,62 @@ class PromptTuned(nn.Module):
         t.segment_mask.copy_(segment_mask.to(t.segment_mask))
         self.zero_pruned()
 
+    def tuned_param_count(self, include_head: bool = True) -> int:
+        """Closed-form count of tuned parameters after pruning (E2VPT-SPEC.md section 5): surviving
+        visual-prompt entries + every key-value prompt (+ the head); the whole backbone for `full`."""
+        t = self.tuned
+        if self.train_backbone:
+            total = self.backbone_param_count()
+        else:
+            total = self.kept_prompt_entries()
+            total += sum(p.numel() for name, p in t.named_parameters() if name.startswith("kv_"))
+        if include_head:
+            total += t.head.weight.numel() + t.head.bias.numel()
+        return total
+
+    def kept_prompt_entries(self) -> int:
+        raise NotImplementedError
+
     def backbone_param_count(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters())
 
     def forward(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
                 segment_gate: torch.Tensor | None = None) -> torch.Tensor:
         return self.tuned.head(self.forward_features(images, token_gate, segment_gate))
+
+    # ----------------------------------------------------------------------------------------------
+    # Prompts a layer reads
+    def channel_segment_of(self, layer: int) -> torch.Tensor:
+        """Index of the segment each channel of `layer`'s prompts belongs to (see `segment_of_channel`)."""
+        raise NotImplementedError
+
+    def _layer_prompts(self, layer: int, batch: int, token_gate, segment_gate) -> torch.Tensor | None:
+        """The visual prompts layer `layer` reads, (B, kept, width), or None when it reads none."""
+        t = self.tuned
+        if t.visual is None:
+            return None
+        kept = t.token_mask[layer].nonzero().squeeze(1)
+        if kept.numel() == 0:
+            return None
+        channel_segment = self.channel_segment_of(layer)
+        prompts = t.visual[layer][kept]  # (kept, width)
+        seg = t.segment_mask[layer, kept]  # (kept, R)
+        if not bool(seg.all()):
+            prompts = prompts * seg[:, channel_segment]
+        prompts = prompts.unsqueeze(0).expand(batch, -1, -1)  # (B, kept, width)
+        if token_gate is not None:
+            prompts = prompts * token_gate[:, layer, kept, None]
+        if segment_gate is not None:
+            prompts = prompts * segment_gate[:, layer][:, kept][:, :, channel_segment]
+        return self.prompt_dropout(prompts)
+
+    def _kv(self, layer: int):
+        """Layer `layer`'s key and value prompts, (heads, l, head_dim) each, or (None, None)."""
+        t = self.tuned
+        if t.kv_key is None:
+            return None, None
+        key = t.kv_key[layer]
+        return key, (t.kv_value[layer] if t.kv_value is not None else key)
 
 
 class PromptedViT(PromptTuned):
@@ -161,16 +223,11 @@ class PromptedViT(PromptTuned):
         self.num_prefix = backbone.num_prefix_tokens
         attn = backbone.blocks[0].attn
         self.heads, self.head_dim = attn.num_heads, attn.head_dim
-        if visual == "none":
-            prompt_len = 0
         if segments > self.dim:
             raise ConfigError(f"{segments} segments per token is more than the embedding dimension {self.dim} "
                               "allows; use --segments 16 or fewer than the width")
-        self.prompt_len, self.visual_mode, self.kv_len, self.kv_shared = prompt_len, visual, kv_len, kv_shared
-        self.segments, self.segment_layout = segments, segment_layout
-        self.train_backbone = train_backbone
-        for p in backbone.parameters():
-            p.requires_grad_(train_backbone)
+        prompt_len = self._store_options(prompt_len, visual, kv_len, kv_shared, segments, segment_layout,
+                                         train_backbone)
 
         prompt_layers = self.num_layers if visual == "deep" else 1
         self.tuned = nn.Module()
@@ -218,6 +275,9 @@ class PromptedViT(PromptTuned):
         if self.tuned.visual is not None:
             self.tuned.visual.mul_(self.channel_mask())
 
+    def channel_segment_of(self, layer: int) -> torch.Tensor:
+        return self.channel_segment
+
     def channel_mask(self) -> torch.Tensor:
         """(prompt layers, p, dim) 0/1: token mask times its segments spread onto channels."""
         seg = self.tuned.segment_mask[:, :, self.channel_segment]
@@ -225,32 +285,6 @@ class PromptedViT(PromptTuned):
 
     # ----------------------------------------------------------------------------------------------
     # Forward
-    def _layer_prompts(self, layer: int, batch: int, token_gate, segment_gate) -> torch.Tensor | None:
-        """The visual prompts layer `layer` reads, (B, kept, dim), or None when it reads none."""
-        t = self.tuned
-        if t.visual is None:
-            return None
-        kept = t.token_mask[layer].nonzero().squeeze(1)
-        if kept.numel() == 0:
-            return None
-        prompts = t.visual[layer, kept]  # (kept, dim)
-        seg = t.segment_mask[layer, kept]  # (kept, R)
-        if not bool(seg.all()):
-            prompts = prompts * seg[:, self.channel_segment]
-        prompts = prompts.unsqueeze(0).expand(batch, -1, -1)  # (B, kept, dim)
-        if token_gate is not None:
-            prompts = prompts * token_gate[:, layer, kept, None]
-        if segment_gate is not None:
-            prompts = prompts * segment_gate[:, layer][:, kept][:, :, self.channel_segment]
-        return self.prompt_dropout(prompts)
-
-    def _kv(self, layer: int):
-        t = self.tuned
-        if t.kv_key is None:
-            return None, None
-        key = t.kv_key[layer]
-        return key, (t.kv_value[layer] if t.kv_value is not None else key)
-
     def forward_features(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
                          segment_gate: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone's pooled representation (B, dim) with prompts in place.
@@ -282,19 +316,6 @@ class PromptedViT(PromptTuned):
         x = bb.norm(x)
         return bb.forward_head(x, pre_logits=True)
 
-    # ----------------------------------------------------------------------------------------------
-    # Accounting
-    def tuned_param_count(self, include_head: bool = True) -> int:
-        """Closed-form count of tuned parameters after pruning (E2VPT-SPEC.md section 5)."""
-        t = self.tuned
-        if self.train_backbone:
-            total = sum(p.numel() for p in self.backbone.parameters())
-        else:
-            total = 0
-            if t.visual is not None:
-                total += int(self.channel_mask().sum().item())
-            if t.kv_key is not None:
-                total += t.kv_key.numel() * (1 if t.kv_value is None else 2)
-        if include_head:
-            total += t.head.weight.numel() + t.head.bias.numel()
-        return total
+    def kept_prompt_entries(self) -> int:
+        """Visual-prompt values that survive pruning (0 without visual prompts)."""
+        return int(self.channel_mask().sum().item()) if self.tuned.visual is not None else 0

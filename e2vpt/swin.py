@@ -129,21 +129,15 @@ class PromptedSwin(PromptTuned):
             raise BackboneError(f"block {odd[0]} of this backbone is a {type(blocks[odd[0]]).__name__}; prompts are "
                                 "supported on timm Swin models built from SwinTransformerBlock (swin_* v1)")
         self.num_layers = len(blocks)
-        self.stage_of_layer = [s for s, stage in enumerate(backbone.layers) for _ in stage.blocks]
         self.layer_dims = [b.dim for b in blocks]
         self.layer_heads = [b.attn.num_heads for b in blocks]
         self.layer_head_dims = [b.attn.qkv.out_features // 3 // b.attn.num_heads for b in blocks]
         self.dim = backbone.num_features
-        if visual == "none":
-            prompt_len = 0
         if segments > min(self.layer_dims):
             raise ConfigError(f"{segments} segments per token is more than the narrowest stage's width "
                               f"{min(self.layer_dims)} allows; use --segments {min(16, min(self.layer_dims))}")
-        self.prompt_len, self.visual_mode, self.kv_len, self.kv_shared = prompt_len, visual, kv_len, kv_shared
-        self.segments, self.segment_layout = segments, segment_layout
-        self.train_backbone = train_backbone
-        for p in backbone.parameters():
-            p.requires_grad_(train_backbone)
+        prompt_len = self._store_options(prompt_len, visual, kv_len, kv_shared, segments, segment_layout,
+                                         train_backbone)
 
         prompt_layers = self.num_layers if visual == "deep" else 1
         self.tuned = nn.Module()
@@ -185,12 +179,15 @@ class PromptedSwin(PromptTuned):
 
     # ----------------------------------------------------------------------------------------------
     # Masks
+    def channel_segment_of(self, layer: int) -> torch.Tensor:
+        """Segments tile each block's own width."""
+        segment = segment_of_channel(self.layer_dims[layer], self.segments, self.segment_layout)
+        return segment.to(self.tuned.segment_mask.device)
+
     def channel_mask(self, layer: int) -> torch.Tensor:
         """(p, width of the block) 0/1: the layer's token mask times its segments spread onto channels."""
         t = self.tuned
-        dim = self.layer_dims[layer]
-        segment = segment_of_channel(dim, self.segments, self.segment_layout).to(t.segment_mask.device)
-        return t.segment_mask[layer][:, segment] * t.token_mask[layer][:, None]
+        return t.segment_mask[layer][:, self.channel_segment_of(layer)] * t.token_mask[layer][:, None]
 
     @torch.no_grad()
     def zero_pruned(self) -> None:
@@ -199,34 +196,6 @@ class PromptedSwin(PromptTuned):
 
     # ----------------------------------------------------------------------------------------------
     # Forward
-    def _layer_prompts(self, layer: int, batch: int, token_gate, segment_gate) -> torch.Tensor | None:
-        """The visual prompts block `layer` reads, (B, kept, width), or None when it reads none."""
-        t = self.tuned
-        if t.visual is None:
-            return None
-        kept = t.token_mask[layer].nonzero().squeeze(1)
-        if kept.numel() == 0:
-            return None
-        channel_segment = segment_of_channel(self.layer_dims[layer], self.segments, self.segment_layout)
-        channel_segment = channel_segment.to(kept.device)
-        prompts = t.visual[layer][kept]
-        seg = t.segment_mask[layer, kept]
-        if not bool(seg.all()):
-            prompts = prompts * seg[:, channel_segment]
-        prompts = prompts.unsqueeze(0).expand(batch, -1, -1)
-        if token_gate is not None:
-            prompts = prompts * token_gate[:, layer, kept, None]
-        if segment_gate is not None:
-            prompts = prompts * segment_gate[:, layer][:, kept][:, :, channel_segment]
-        return self.prompt_dropout(prompts)
-
-    def _kv(self, layer: int):
-        t = self.tuned
-        if t.kv_key is None:
-            return None, None
-        key = t.kv_key[layer]
-        return key, (t.kv_value[layer] if t.kv_value is not None else key)
-
     def forward_features(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
                          segment_gate: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone's pooled representation (B, num_features) with prompts in place."""
@@ -257,17 +226,5 @@ class PromptedSwin(PromptTuned):
         x = bb.norm(x)
         return bb.forward_head(x, pre_logits=True)
 
-    # ----------------------------------------------------------------------------------------------
-    # Accounting
-    def tuned_param_count(self, include_head: bool = True) -> int:
-        """Closed-form count after pruning: surviving visual-prompt entries + key-value prompts (+ head)."""
-        t = self.tuned
-        if self.train_backbone:
-            total = sum(p.numel() for p in self.backbone.parameters())
-        else:
-            total = sum(int(self.channel_mask(i).sum().item()) for i in range(len(t.visual or [])))
-            for kv in (t.kv_key, t.kv_value):
-                total += sum(tensor.numel() for tensor in (kv or []))
-        if include_head:
-            total += t.head.weight.numel() + t.head.bias.numel()
-        return total
+    def kept_prompt_entries(self) -> int:
+        return sum(int(self.channel_mask(i).sum().item()) for i in range(len(self.tuned.visual or [])))

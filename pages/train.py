@@ -22,7 +22,8 @@ PAPER = {**DEFAULTS.to_dict(), "backbone": "vit_base_patch16_224.augreg_in21k", 
          "segment_layout": "interleaved", "rewind": "init", "select_round": "best", "device": "auto", "amp": True}
 PRESETS = {"Demo (CPU, about a minute)": DEMO, "Paper: ViT-B/16 on a GPU": PAPER}
 BACKBONES = ["demo", "vit_base_patch16_224.augreg_in21k", "vit_small_patch16_224.augreg_in21k",
-             "vit_tiny_patch16_224.augreg_in21k"]
+             "vit_tiny_patch16_224.augreg_in21k", "vit_base_patch16_224.mae", "swin_base_patch4_window7_224.ms_in22k",
+             "swin_tiny_patch4_window7_224.ms_in1k"]
 DATASETS = {d["name"]: d for d in list_datasets()}
 FIELDS = [f for f in DEFAULTS.to_dict() if f != "extra"]
 
@@ -94,7 +95,7 @@ with st.form("train"):
     c1, c2, c3 = st.columns(3)
     with c1:
         st.selectbox("Backbone", BACKBONES, key="cfg_backbone", persist_state="session", accept_new_options=True,
-                     help="`demo` is a small ViT that ships with the app; any timm ViT name works (type it).")
+                     help="`demo` is a small ViT that ships with the app; any timm ViT or Swin name works (type it).")
         st.checkbox("Pretrained backbone", key="cfg_pretrained", persist_state="session")
         st.selectbox("Method", METHODS, key="cfg_method", persist_state="session",
                      help="linear: head only · full: everything · vpt-shallow/deep: visual prompts · "
@@ -145,6 +146,9 @@ with st.form("train"):
             st.checkbox("Training augmentation", key="cfg_train_augment", persist_state="session")
             st.number_input("Image size (0 = the backbone's)", min_value=0, max_value=1024, step=16, key="cfg_img_size", persist_state="session")
             st.text_input("Backbone weights (.safetensors under the data root)", key="cfg_weights", persist_state="session")
+            st.radio("Head reads", ["auto", "token", "avg"], key="cfg_global_pool", persist_state="session", horizontal=True,
+                     help="token: the [CLS] token · avg: the mean of the patch tokens (MAE, Swin) · "
+                          "auto: what the checkpoint was made for")
     submitted = st.form_submit_button("Start training", type="primary", icon=":material/rocket_launch:")
 
 
