@@ -1,0 +1,190 @@
+"""Helpers the benchmark scripts share: threads, machine description, busy-machine warning, tables, CSV.
+
+Benchmarks are scripts, not tests: each prints a table, writes CSV (and Markdown) under
+`benchmarks/results/`, and ends with one fixed summary line. Timings are only meaningful on an idle
+machine, so every script warns (on stderr and in its output) when another heavy process runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Iterable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def set_threads(n: int) -> int:
+    """`torch.set_num_threads(n)` (intra-op threads) and return what torch reports."""
+    import torch
+
+    torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """What a timing depends on: CPU, cores, torch version, threads, device."""
+    import torch
+
+    info = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "device": device, "python": platform.python_version()}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def other_heavy_processes(min_cpu_s: float = 30.0) -> list[str]:
+    """Other processes of this machine that look heavy: the demo pretraining job, or any python
+    process (not us, not our parent) that has used more than `min_cpu_s` CPU seconds recently."""
+    found = []
+    me = {os.getpid(), os.getppid()}
+    tick = os.sysconf("SC_CLK_TCK")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in me:
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, cpu_s = fields[0], (int(fields[11]) + int(fields[12])) / tick
+        if "e2vpt.pretrain" in cmd or "e2vpt pretrain" in cmd:
+            found.append(f"pid {proc.name}: {cmd[:100]}")
+        elif state == "R" and "python" in cmd and cpu_s > min_cpu_s:
+            found.append(f"pid {proc.name} (running, {cpu_s:.0f} CPU s): {cmd[:100]}")
+    return found
+
+
+def cpu_busy_fraction(seconds: float = 1.0) -> float:
+    """Fraction of all cores busy over the next `seconds` (from /proc/stat), this process included."""
+    import time
+
+    def read():
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return idle, sum(fields)
+
+    try:
+        i0, t0 = read()
+        time.sleep(seconds)
+        i1, t1 = read()
+    except OSError:
+        return 0.0
+    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def busy_warning() -> str | None:
+    """A one-line warning when the machine is not idle (timings would be meaningless), else None.
+
+    Busy = another process uses more than a fifth of the machine over one second, or the demo
+    pretraining job runs.
+    """
+    busy = cpu_busy_fraction(1.0)
+    heavy = other_heavy_processes()
+    if heavy or busy > 0.2:
+        detail = "; ".join(heavy[:3]) if heavy else "no single culprit found"
+        return (f"WARNING: machine not idle ({100 * busy:.0f}% of {os.cpu_count()} cores busy over 1 s; {detail}); "
+                "timings are not comparable")
+    return None
+
+
+def fmt(value, digits: int = 2) -> str:
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence], file=None) -> None:
+    """A table on stdout: rich when installed (and stdout is a terminal), plain aligned text otherwise."""
+    rows = [[str(c) for c in r] for r in rows]
+    file = file or sys.stdout
+    try:
+        if not file.isatty():
+            raise ImportError
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        widths = [max(len(str(c)), *(len(r[i]) for r in rows)) if rows else len(str(c)) for i, c in enumerate(columns)]
+        print(f"\n{title}", file=file)
+        print("  ".join(str(c).ljust(w) for c, w in zip(columns, widths)), file=file)
+        print("  ".join("-" * w for w in widths), file=file)
+        for r in rows:
+            print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, widths))), file=file)
+        file.flush()
+        return
+    table = Table(title=title)
+    for i, c in enumerate(columns):
+        table.add_column(str(c), justify="left" if i == 0 else "right")
+    for r in rows:
+        table.add_row(*r)
+    Console(file=file).print(table)
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence]) -> str:
+    lines = ["| " + " | ".join(str(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict], fieldnames: Sequence[str] | None = None) -> None:
+    """Write rows atomically (temporary file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fieldnames = list(fieldnames or (rows[0].keys() if rows else []))
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def append_csv_row(path: Path, row: dict, fieldnames: Sequence[str]) -> None:
+    """Append one row (header first when the file is new) and flush it to disk: resumable logs."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file() or path.stat().st_size == 0
+    if not new:  # an older file keeps its own columns; refuse to drop a value it has no column for
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        lost = [k for k in fieldnames if k not in header and row.get(k) not in (None, "")]
+        if lost:
+            raise ValueError(f"{path} has no column for {', '.join(lost)}; write to a new file")
+        fieldnames = header
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(fieldnames), extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
