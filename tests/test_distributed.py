@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-ARGS = ["train", "--backbone", "demo", "--no-pretrained", "--dataset", "digits", "--method", "e2vpt", "--epochs", "1",
+ARGS = ["train", "--backbone", "demo", "--dataset", "digits", "--method", "e2vpt", "--epochs", "1",
         "--retrain-epochs", "1", "--prune-rounds", "1", "--prompt-len", "4", "--kv-len", "2", "--batch-size", "64",
         "--seed", "3", "--quiet"]
 
