@@ -79,8 +79,9 @@ def prompted_block(block: Block, x: torch.Tensor, key_prompt, value_prompt) -> t
 
 class PromptTuned(nn.Module):
     """What every prompted backbone shares: the `tuned.` parameters, their saving and loading, the
-    frozen backbone's eval mode, and mask installation. Subclasses (`PromptedViT`, `PromptedSwin`)
-    define the forward, `reset_tuned`, `zero_pruned`, `channel_mask` and `tuned_param_count`."""
+    frozen backbone's eval mode, mask installation, the prompts a layer reads and the parameter count.
+    Subclasses (`PromptedViT`, `PromptedSwin`) define `forward_features`, `reset_tuned`, `zero_pruned`,
+    `channel_segment_of` and `kept_prompt_entries`."""
 
     backbone: nn.Module
     tuned: nn.Module

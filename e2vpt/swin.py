@@ -155,6 +155,9 @@ class PromptedSwin(PromptTuned):
         self.tuned.head = nn.Linear(self.dim, num_classes)
         self.tuned.register_buffer("token_mask", torch.ones(prompt_layers, max(prompt_len, 1)))
         self.tuned.register_buffer("segment_mask", torch.ones(prompt_layers, max(prompt_len, 1), segments))
+        for dim in sorted(set(self.layer_dims)):  # segments tile each stage's own width
+            self.register_buffer(f"channel_segment_{dim}", segment_of_channel(dim, segments, segment_layout),
+                                 persistent=False)
         self.prompt_dropout = nn.Dropout(prompt_dropout)
         self.reset_tuned()
 
@@ -180,9 +183,7 @@ class PromptedSwin(PromptTuned):
     # ----------------------------------------------------------------------------------------------
     # Masks
     def channel_segment_of(self, layer: int) -> torch.Tensor:
-        """Segments tile each block's own width."""
-        segment = segment_of_channel(self.layer_dims[layer], self.segments, self.segment_layout)
-        return segment.to(self.tuned.segment_mask.device)
+        return getattr(self, f"channel_segment_{self.layer_dims[layer]}")
 
     def channel_mask(self, layer: int) -> torch.Tensor:
         """(p, width of the block) 0/1: the layer's token mask times its segments spread onto channels."""
