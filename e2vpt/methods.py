@@ -1,8 +1,9 @@
 """One engine, six methods: which parameters each trains (see `config.METHOD_SPECS`).
 
-linear: head only (on ViT and Swin backbones alike). full: everything. vpt-shallow / vpt-deep: visual prompts in the first / every
+linear: head only. full: everything. vpt-shallow / vpt-deep: visual prompts in the first / every
 layer + head. e2vpt-noprune: deep visual + key-value prompts + head. e2vpt: the same, then pruning
-and rewinding. All share the model class, data, loop and logging, so comparisons are fair.
+and rewinding. All share the model class (`PromptedViT`, or `PromptedSwin` on a Swin backbone), data,
+loop and logging, so comparisons are fair.
 """
 
 from __future__ import annotations

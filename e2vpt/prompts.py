@@ -124,6 +124,17 @@ class PromptTuned(nn.Module):
         self.backbone.eval()
         return self
 
+    def _visual_prompt_bound(self, width: int) -> float:
+        """VPT's xavier-uniform bound for prompts of `width` channels: fan-in of one RGB patch."""
+        patch = self.backbone.patch_embed.patch_size
+        fan_in = 3 * math.prod(patch) if isinstance(patch, tuple) else 3 * patch * patch
+        return math.sqrt(6.0 / (fan_in + width))
+
+    @torch.no_grad()
+    def _reset_head(self, generator: torch.Generator | None = None) -> None:
+        self.tuned.head.weight.normal_(0.0, 0.02, generator=generator)
+        self.tuned.head.bias.zero_()
+
     # ----------------------------------------------------------------------------------------------
     # Masks
     def set_masks(self, token_mask: torch.Tensor, segment_mask: torch.Tensor) -> None:
@@ -255,19 +266,14 @@ class PromptedViT(PromptTuned):
         """(Re)initialise prompts and head: VPT's xavier bound for visual prompts, kaiming-uniform
         (the official code's choice) for key-value prompts, a small normal head."""
         t = self.tuned
-        if t.visual is not None:
-            patch = self.backbone.patch_embed.patch_size
-            fan_in = 3 * math.prod(patch) if isinstance(patch, tuple) else 3 * patch * patch
-            bound = math.sqrt(6.0 / (fan_in + self.dim))
-            with torch.no_grad():
-                t.visual.uniform_(-bound, bound, generator=generator)
-        for kv in (t.kv_key, t.kv_value):
-            if kv is not None:
-                with torch.no_grad():
-                    kv.uniform_(-1 / math.sqrt(self.dim), 1 / math.sqrt(self.dim), generator=generator)
         with torch.no_grad():
-            t.head.weight.normal_(0.0, 0.02, generator=generator)
-            t.head.bias.zero_()
+            if t.visual is not None:
+                bound = self._visual_prompt_bound(self.dim)
+                t.visual.uniform_(-bound, bound, generator=generator)
+            for kv in (t.kv_key, t.kv_value):
+                if kv is not None:
+                    kv.uniform_(-1 / math.sqrt(self.dim), 1 / math.sqrt(self.dim), generator=generator)
+        self._reset_head(generator)
 
     # ----------------------------------------------------------------------------------------------
     # Masks

@@ -54,19 +54,14 @@ def prompted_window_attention(attn: WindowAttention, windows: torch.Tensor, shif
         k = torch.cat([key_prompt.to(k.dtype).unsqueeze(0).expand(bw, -1, -1, -1), k], dim=2)
         v = torch.cat([value_prompt.to(v.dtype).unsqueeze(0).expand(bw, -1, -1, -1), v], dim=2)
     bias = attn._get_rel_pos_bias()  # (1, heads, area, area): window tokens only
-    if shift_mask is not None:
+    if shift_mask is not None:  # one mask per window: give windows their own batch dimension
         n_win = shift_mask.shape[0]
         bias = bias.unsqueeze(1) + shift_mask.to(bias.dtype)[None, :, None]  # (1, nW, heads, area, area)
-        bias = F.pad(bias, (kv_len + n_prompts, 0, n_prompts, 0))  # prompts: no bias, never masked
-        shape = (batch, n_win, heads)
-        out = F.scaled_dot_product_attention(q.reshape(*shape, n, -1), k.reshape(*shape, k.shape[2], -1),
-                                             v.reshape(*shape, v.shape[2], -1), attn_mask=bias.to(q.dtype),
-                                             dropout_p=attn.attn_drop.p if attn.training else 0.0)
-        out = out.reshape(bw, heads, n, -1)
-    else:
-        bias = F.pad(bias, (kv_len + n_prompts, 0, n_prompts, 0))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
-                                             dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        q, k, v = (t.reshape(batch, n_win, heads, t.shape[2], -1) for t in (q, k, v))
+    bias = F.pad(bias, (kv_len + n_prompts, 0, n_prompts, 0))  # prompts: no bias, never masked
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                         dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    out = out.reshape(bw, heads, n, -1)
     out = out.transpose(1, 2).reshape(bw, n, -1)
     return attn.proj_drop(attn.proj(out))
 
@@ -167,18 +162,15 @@ class PromptedSwin(PromptTuned):
         """VPT's xavier bound (patch fan-in, the block's width) for visual prompts, kaiming-uniform
         for key-value prompts, a small normal head: `PromptedViT.reset_tuned`, per block width."""
         t = self.tuned
-        patch = self.backbone.patch_embed.patch_size
-        fan_in = 3 * math.prod(patch) if isinstance(patch, tuple) else 3 * patch * patch
         with torch.no_grad():
             for i, prompt in enumerate(t.visual or []):
-                bound = math.sqrt(6.0 / (fan_in + self.layer_dims[i]))
+                bound = self._visual_prompt_bound(self.layer_dims[i])
                 prompt.uniform_(-bound, bound, generator=generator)
             for kv in (t.kv_key, t.kv_value):
                 for i, tensor in enumerate(kv or []):
                     bound = 1 / math.sqrt(self.layer_dims[i])
                     tensor.uniform_(-bound, bound, generator=generator)
-            t.head.weight.normal_(0.0, 0.02, generator=generator)
-            t.head.bias.zero_()
+        self._reset_head(generator)
 
     # ----------------------------------------------------------------------------------------------
     # Masks
@@ -205,7 +197,7 @@ class PromptedSwin(PromptTuned):
             x = bb.patch_embed(images)  # (B, H, W, C)
         batch = x.shape[0]
         layer = 0
-        for s, stage in enumerate(bb.layers):
+        for stage in bb.layers:
             x = stage.downsample(x)
             carried = None  # shallow prompts live in the first stage only: patch merging drops them
             for block in stage.blocks:
