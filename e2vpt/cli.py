@@ -13,14 +13,9 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
-from pathlib import Path
 
 from .config import METHODS, TrainConfig, load_config_file
 from .errors import RunDirError, UserError
-
-DEFAULT_RUNS_ROOT = Path("runs")
-
 
 def _bool_flag(parser, name: str, help: str) -> None:
     parser.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
@@ -31,7 +26,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags for every TrainConfig field; defaults are None so a --config file is only overridden by
     flags that were actually given."""
     p.add_argument("--config", help="YAML or JSON file of settings; flags override it")
-    p.add_argument("--run-dir", help="where the run is written (default: runs/<time>-<method>-<dataset>)")
+    p.add_argument("--run-dir", help="where the run is written (default: <runs root>/<time>-<method>-<dataset>, "
+                                     "the runs root being $E2VPT_RUNS_ROOT, else ./runs)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     g = p.add_argument_group("model")
@@ -86,7 +82,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .runs import RunDir
+    from .runs import RunDir, new_run_id, runs_root
     from .trainer import train
 
     if args.resume:
@@ -97,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train(config, run.path, resume=True, quiet=args.quiet)
     else:
         config = config_from_args(args)
-        run_dir = args.run_dir or DEFAULT_RUNS_ROOT / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}-{config.dataset}"
+        run_dir = args.run_dir or runs_root() / new_run_id(config)
         summary = train(config, run_dir, quiet=args.quiet)
         print(f"run directory: {run_dir}")
     print(json.dumps({k: summary[k] for k in ("method", "dataset", "test_acc", "val_acc", "tuned_params",
@@ -113,11 +109,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from .runs import list_runs
+    from .runs import list_runs, root_or_default, runs_root
 
-    rows = list_runs(args.root)
+    root = root_or_default(args.root, runs_root)
+    rows = list_runs(root)
     if not rows:
-        print(f"no runs under {args.root}")
+        print(f"no runs under {root}")
     for r in rows:
         acc = f"{r['test_acc']:.3f}" if r.get("test_acc") is not None else "-"
         pct = f"{r['tuned_pct']:.3f}%" if r.get("tuned_pct") is not None else "-"
@@ -136,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("runs", help="list runs")
-    p.add_argument("--root", default=str(DEFAULT_RUNS_ROOT))
+    p.add_argument("--root", help="runs folder (default: $E2VPT_RUNS_ROOT, else ./runs)")
     p.set_defaults(func=cmd_runs)
     try:
         from .pretrain import add_pretrain_arguments, run_pretrain

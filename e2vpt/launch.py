@@ -3,12 +3,8 @@
 Training never runs inside a page script. `start_run` writes a fresh run folder (`config.json`,
 status `queued`) and spawns `python -m e2vpt train --config ... --run-dir ... --quiet` in its own
 process session, so the app stays responsive, a page refresh or a server restart finds the run again
-(its id is in the URL) and closing the browser does not stop it. Everything a user names (a run id
-from the URL, a data folder, a weights file) is resolved and checked to stay inside the configured
-roots, so nothing outside them is read, listed or deleted:
-
-- runs root: `$E2VPT_RUNS_ROOT`, else `./runs`;
-- data root: `$E2VPT_DATA_ROOT`, else `./data`.
+(its id is in the URL) and closing the browser does not stop it. Roots, ids and the listing live in
+`e2vpt.runs`; every path checked here stays inside those roots.
 
 No Streamlit here: a notebook or a script can drive runs the same way.
 """
@@ -16,7 +12,6 @@ No Streamlit here: a notebook or a script can drive runs the same way.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -26,122 +21,14 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .errors import BackboneError, DataError, RunDirError
-from .runs import ACTIVE_STATES, RunDir, atomic_write_bytes, atomic_write_json, read_json
+from .fileio import atomic_write_bytes, atomic_write_json, read_json
+from .runs import (ACTIVE_STATES, DATA_ROOT_ENV, RunDir, data_root, inside, new_run_id, open_run, root_or_default,
+                   run_path, runs_root)
 
-RUNS_ROOT_ENV = "E2VPT_RUNS_ROOT"
-DATA_ROOT_ENV = "E2VPT_DATA_ROOT"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 # Child processes this server started, polled now and then so finished ones are reaped (no zombies).
 _CHILDREN: dict[int, subprocess.Popen] = {}
-
-
-# --------------------------------------------------------------------------------------------------
-# roots and paths
-def runs_root() -> Path:
-    """The folder every run lives in (created on first use)."""
-    root = Path(os.environ.get(RUNS_ROOT_ENV) or "runs").expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def data_root() -> Path:
-    """The folder user datasets and weights files must live in (not created: it may not exist)."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or "data").expanduser().resolve()
-
-
-def _root(root: str | Path | None, default) -> Path:
-    return default() if root is None else Path(root).expanduser().resolve()
-
-
-def inside(path: str | Path, root: str | Path, what: str = "path") -> Path:
-    """`path` resolved (symlinks followed; relative paths are taken relative to `root`); raises
-    `RunDirError` if it leaves `root`."""
-    root = Path(root).resolve()
-    path = Path(path).expanduser()
-    resolved = (path if path.is_absolute() else root / path).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise RunDirError(f"{what} {str(path)!r} is outside {root}; only files under that folder can be used")
-    return resolved
-
-
-def check_run_id(run_id: str) -> str:
-    run_id = str(run_id or "").strip()
-    if not RUN_ID_PATTERN.fullmatch(run_id) or run_id in (".", ".."):
-        raise RunDirError(f"{run_id!r} is not a run id (letters, digits, '.', '_' and '-' only); "
-                          "pick a run from the list")
-    return run_id
-
-
-def run_path(run_id: str, root: str | Path | None = None) -> Path:
-    """The folder of `run_id` under the runs root (it need not exist yet)."""
-    root = _root(root, runs_root)
-    path = inside(root / check_run_id(run_id), root, "run folder")
-    if path == root:
-        raise RunDirError("the runs root itself is not a run")
-    return path
-
-
-def open_run(run_id: str, root: str | Path | None = None) -> RunDir:
-    """The existing run `run_id`; `RunDirError` with a clear message if it is gone or was never a run."""
-    path = run_path(run_id, root)
-    run = RunDir(path)
-    if not path.is_dir():
-        raise RunDirError(f"run {run_id} no longer exists under {_root(root, runs_root)} "
-                          "(deleted or moved); pick another run")
-    if not run.exists():
-        raise RunDirError(f"{run_id} is not a run directory (it has no config.json)")
-    return run
-
-
-def list_runs(root: str | Path | None = None) -> list[dict]:
-    """Every run under the runs root, newest first (see `e2vpt.runs.list_runs` for the fields).
-
-    Unlike the engine's listing, entries whose real path leaves the root (a symlink pointing
-    elsewhere) are skipped without being read.
-    """
-    root = _root(root, runs_root)
-    rows = []
-    if not root.is_dir():
-        return rows
-    for entry in sorted(root.iterdir()):
-        try:
-            path = inside(entry, root)
-        except RunDirError:
-            continue
-        if entry.is_symlink() or not path.is_dir() or not RUN_ID_PATTERN.fullmatch(entry.name):
-            continue
-        run = RunDir(path)
-        if not run.exists():
-            continue
-        config = read_json(run.config_file, {}) or {}
-        status = run.status()
-        summary = run.summary() or {}
-        rows.append({"id": run.id, "path": str(path), "state": status.get("state"),
-                     "progress": status.get("progress"), "message": status.get("message", ""),
-                     "method": config.get("method"), "dataset": config.get("dataset"),
-                     "backbone": config.get("backbone"), "test_acc": summary.get("test_acc"),
-                     "val_acc": summary.get("val_acc"), "tuned_pct": summary.get("tuned_pct"),
-                     "tuned_params": summary.get("tuned_params"), "wall_s": summary.get("wall_s"),
-                     "created": (config.get("extra") or {}).get("created") or status.get("updated")})
-    rows.sort(key=lambda r: (str(r.get("created") or ""), r["id"]), reverse=True)
-    return rows
-
-
-def data_folders(root: str | Path | None = None) -> list[str]:
-    """Sub-folders of the data root (names relative to it), two levels deep, for a picker."""
-    root = _root(root, data_root)
-    if not root.is_dir():
-        return []
-    def folders(path: Path) -> list[Path]:  # links are skipped: they could point outside the root
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
-
-    found = []
-    for first in folders(root):
-        found.append(first.name)
-        found += [f"{first.name}/{second.name}" for second in folders(first)]
-    return found[:500]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -149,18 +36,6 @@ def data_folders(root: str | Path | None = None) -> list[str]:
 def is_active(run: RunDir) -> bool:
     """True while the run is queued or training (a dead process reads as `interrupted`, not active)."""
     return run.status().get("state") in ACTIVE_STATES
-
-
-def new_run_id(config: TrainConfig, root: str | Path | None = None) -> str:
-    """A fresh id like `20261124-120102-e2vpt-digits` (a `-2`, `-3`... suffix if taken)."""
-    root = _root(root, runs_root)
-    dataset = re.sub(r"[^A-Za-z0-9._-]+", "-", str(config.dataset)).strip("-") or "data"
-    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}-{dataset}"
-    run_id, n = base, 1
-    while (root / run_id).exists():
-        n += 1
-        run_id = f"{base}-{n}"
-    return run_id
 
 
 def planned_epochs(run: RunDir) -> int | None:
@@ -194,7 +69,7 @@ def check_inputs(config: TrainConfig, data: str | Path | None = None) -> TrainCo
     """
     from .data import canonical_name, list_datasets
 
-    droot = _root(data, data_root)
+    droot = root_or_default(data, data_root)
     name = canonical_name(config.dataset)
     entry = next(e for e in list_datasets() if e["name"] == name)
     values = config.to_dict()
@@ -284,7 +159,7 @@ def start_run(config: TrainConfig, root: str | Path | None = None, run_id: str |
 
     Returns the `RunDir`; its status is `queued` until the trainer takes over.
     """
-    root = _root(root, runs_root)
+    root = root_or_default(root, runs_root)
     root.mkdir(parents=True, exist_ok=True)
     config = check_inputs(config, data)
     run_id = run_id or new_run_id(config, root)
@@ -379,7 +254,7 @@ def _as_run(run: RunDir | str | Path, root: str | Path | None) -> RunDir:
     if isinstance(run, RunDir):
         root = run.path.resolve().parent if root is None else root
         run = run.path
-    root = _root(root, runs_root)
+    root = root_or_default(root, runs_root)
     path = Path(run)
     if len(path.parts) == 1 and not path.is_absolute():
         return open_run(str(path), root)

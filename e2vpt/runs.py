@@ -1,109 +1,38 @@
-"""The run directory: the contract between the trainer, the CLI, the app and the analyses.
+"""Runs: the run directory (the contract between the trainer, the CLI, the app and the analyses),
+where runs live, their ids and the listing. The one runs API every entry point uses.
 
-Every file is written atomically (temp file in the same folder, fsync, `os.replace`), so a crash
-leaves either the old or the new file, never half of one. `metrics.jsonl` is append-only with one
-whole line per write; a torn last line (a crash mid-append) is skipped on read. A run that says
-`running` but whose process is gone is reported as `interrupted`. See docs/ARCHITECTURE.md.
+Every run file is written with `e2vpt.fileio` (whole or not at all). A run that says `running` but
+whose process is gone is reported as `interrupted`. See docs/ARCHITECTURE.md.
+
+Roots, honoured by the app, the CLI and notebooks alike:
+
+- runs root: `$E2VPT_RUNS_ROOT`, else `./runs`;
+- data root: `$E2VPT_DATA_ROOT`, else `./data`.
+
+Everything a user names (a run id from the URL, a data folder, a weights file) is resolved and
+checked to stay inside those roots, so nothing outside them is read, listed or deleted.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import fcntl
-import json
-import math
 import os
-import tempfile
+import re
+import time
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from .errors import RunDirError
+from .fileio import atomic_write_json, read_json, read_jsonl
 
+RUNS_ROOT_ENV = "E2VPT_RUNS_ROOT"
+DATA_ROOT_ENV = "E2VPT_DATA_ROOT"
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: tensors to lists, NaN/inf to None (JSON has no NaN)."""
-    if isinstance(value, torch.Tensor):
-        value = value.tolist()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(_clean(value), indent=1) + "\n").encode())
-
-
-def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_json(path: str | Path, default: Any = None) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return default
-
-
-def append_jsonl(path: str | Path, record: dict) -> None:
-    """Append one whole line; if a previous crash tore the last line, start on a fresh line."""
-    line = json.dumps(_clean(record)) + "\n"
-    with open(path, "ab+") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell() > 0:
-            f.seek(-1, os.SEEK_END)
-            if f.read(1) != b"\n":
-                line = "\n" + line
-        f.write(line.encode())
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """All whole records; torn or corrupt lines are skipped, never fatal."""
-    records = []
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        return records
-    for line in text.splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def _now() -> str:
@@ -241,15 +170,83 @@ class RunDir:
         return load_file(str(self.weights_file))
 
 
-def list_runs(root: str | Path) -> list[dict]:
-    """Every run under `root`, newest first: id, path, status and the summary fields when done."""
-    root = Path(root)
+# --------------------------------------------------------------------------------------------------
+# roots, ids and the listing (what the app, the CLI and notebooks all use)
+def runs_root() -> Path:
+    """The folder every run lives in (created on first use)."""
+    root = Path(os.environ.get(RUNS_ROOT_ENV) or "runs").expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def data_root() -> Path:
+    """The folder user datasets and weights files must live in (not created: it may not exist)."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or "data").expanduser().resolve()
+
+
+def root_or_default(root: str | Path | None, default) -> Path:
+    return default() if root is None else Path(root).expanduser().resolve()
+
+
+def inside(path: str | Path, root: str | Path, what: str = "path") -> Path:
+    """`path` resolved (symlinks followed; relative paths are taken relative to `root`); raises
+    `RunDirError` if it leaves `root`."""
+    root = Path(root).resolve()
+    path = Path(path).expanduser()
+    resolved = (path if path.is_absolute() else root / path).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise RunDirError(f"{what} {str(path)!r} is outside {root}; only files under that folder can be used")
+    return resolved
+
+
+def check_run_id(run_id: str) -> str:
+    run_id = str(run_id or "").strip()
+    if not RUN_ID_PATTERN.fullmatch(run_id) or run_id in (".", ".."):
+        raise RunDirError(f"{run_id!r} is not a run id (letters, digits, '.', '_' and '-' only); "
+                          "pick a run from the list")
+    return run_id
+
+
+def run_path(run_id: str, root: str | Path | None = None) -> Path:
+    """The folder of `run_id` under the runs root (it need not exist yet)."""
+    root = root_or_default(root, runs_root)
+    path = inside(root / check_run_id(run_id), root, "run folder")
+    if path == root:
+        raise RunDirError("the runs root itself is not a run")
+    return path
+
+
+def open_run(run_id: str, root: str | Path | None = None) -> RunDir:
+    """The existing run `run_id`; `RunDirError` with a clear message if it is gone or was never a run."""
+    path = run_path(run_id, root)
+    run = RunDir(path)
+    if not path.is_dir():
+        raise RunDirError(f"run {run_id} no longer exists under {root_or_default(root, runs_root)} "
+                          "(deleted or moved); pick another run")
+    if not run.exists():
+        raise RunDirError(f"{run_id} is not a run directory (it has no config.json)")
+    return run
+
+
+def list_runs(root: str | Path | None = None) -> list[dict]:
+    """Every run under the runs root, newest first (see `e2vpt.runs.list_runs` for the fields).
+
+    Unlike the engine's listing, entries whose real path leaves the root (a symlink pointing
+    elsewhere) are skipped without being read.
+    """
+    root = root_or_default(root, runs_root)
     rows = []
     if not root.is_dir():
         return rows
-    for path in root.iterdir():
+    for entry in sorted(root.iterdir()):
+        try:
+            path = inside(entry, root)
+        except RunDirError:
+            continue
+        if entry.is_symlink() or not path.is_dir() or not RUN_ID_PATTERN.fullmatch(entry.name):
+            continue
         run = RunDir(path)
-        if not path.is_dir() or not run.exists():
+        if not run.exists():
             continue
         config = read_json(run.config_file, {}) or {}
         status = run.status()
@@ -260,6 +257,33 @@ def list_runs(root: str | Path) -> list[dict]:
                      "backbone": config.get("backbone"), "test_acc": summary.get("test_acc"),
                      "val_acc": summary.get("val_acc"), "tuned_pct": summary.get("tuned_pct"),
                      "tuned_params": summary.get("tuned_params"), "wall_s": summary.get("wall_s"),
-                     "created": config.get("extra", {}).get("created") or status.get("updated")})
-    rows.sort(key=lambda r: str(r.get("created") or ""), reverse=True)
+                     "created": (config.get("extra") or {}).get("created") or status.get("updated")})
+    rows.sort(key=lambda r: (str(r.get("created") or ""), r["id"]), reverse=True)
     return rows
+
+
+def data_folders(root: str | Path | None = None) -> list[str]:
+    """Sub-folders of the data root (names relative to it), two levels deep, for a picker."""
+    root = root_or_default(root, data_root)
+    if not root.is_dir():
+        return []
+    def folders(path: Path) -> list[Path]:  # links are skipped: they could point outside the root
+        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+
+    found = []
+    for first in folders(root):
+        found.append(first.name)
+        found += [f"{first.name}/{second.name}" for second in folders(first)]
+    return found[:500]
+
+
+def new_run_id(config, root: str | Path | None = None) -> str:
+    """A fresh id like `20261124-120102-e2vpt-digits` (a `-2`, `-3`... suffix if taken)."""
+    root = root_or_default(root, runs_root)
+    dataset = re.sub(r"[^A-Za-z0-9._-]+", "-", str(config.dataset)).strip("-") or "data"
+    base = f"{time.strftime('%Y%m%d-%H%M%S')}-{config.method}-{dataset}"
+    run_id, n = base, 1
+    while (root / run_id).exists():
+        n += 1
+        run_id = f"{base}-{n}"
+    return run_id

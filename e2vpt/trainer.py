@@ -32,7 +32,8 @@ from .distributed import DistContext, global_batches, local_batches
 from .errors import RunDirError, UserError
 from .methods import build_model
 from .pruning import prune_segments, prune_tokens, rewind, score_importance
-from .runs import RunDir, append_jsonl, atomic_save_safetensors, atomic_write_json, read_jsonl
+from .fileio import append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, read_jsonl
+from .runs import RunDir
 
 
 class Cancelled(Exception):
@@ -515,8 +516,6 @@ class Trainer:
                 return pruned
             return r.get("epoch", 0) <= epochs_done
         records = [r for r in read_jsonl(self.run.metrics_file) if keep(r)]
-        from .runs import atomic_write_bytes
-
         atomic_write_bytes(self.run.metrics_file, "".join(json.dumps(r) + "\n" for r in records).encode())
 
     def _finish(self) -> dict:

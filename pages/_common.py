@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from e2vpt import charts, launch
+from e2vpt import runs as run_store
 from e2vpt.errors import UserError
 from e2vpt.runs import ACTIVE_STATES, RunDir
 
@@ -67,7 +68,7 @@ def user_errors(what: str = "") -> Iterator[None]:
 # runs and the current run
 def runs() -> list[dict]:
     try:
-        return launch.list_runs()
+        return run_store.list_runs()
     except OSError as exc:
         st.error(f"cannot read the runs folder: {exc}")
         return []
@@ -112,7 +113,7 @@ def sidebar_run_picker() -> None:
         elif current:
             row = by_id[current]
             st.caption(f"{row.get('method') or '?'} on {row.get('dataset') or '?'} · {row.get('state')}")
-        st.caption(f"Runs folder: `{launch.runs_root()}`")
+        st.caption(f"Runs folder: `{run_store.runs_root()}`")
 
 
 def set_current_run(run_id: str | None) -> None:
@@ -130,7 +131,7 @@ def current_run(required: bool = True) -> RunDir | None:
     missing = st.session_state.get("missing_run")
     if run_id:
         try:
-            return launch.open_run(run_id)
+            return run_store.open_run(run_id)
         except UserError as exc:
             missing = run_id
             if required:
@@ -244,7 +245,7 @@ def _resume_button(run: RunDir, key: str) -> None:
 @st.fragment(run_every=POLL_SECONDS)
 def _live_panel(run_id: str, key: str) -> None:
     try:
-        run = launch.open_run(run_id)
+        run = run_store.open_run(run_id)
     except UserError as exc:
         st.warning(f"{exc}. It was deleted while it was open.")
         return
@@ -264,7 +265,7 @@ def _live_panel(run_id: str, key: str) -> None:
 def run_panel(run_id: str, key: str = "panel") -> None:
     """Progress, curves and the actions that fit the run's state (Cancel while it trains, Resume after)."""
     with user_errors():
-        run = launch.open_run(run_id)
+        run = run_store.open_run(run_id)
         status = run.status()
         state = status.get("state")
         if state in ACTIVE_STATES:

@@ -4,7 +4,8 @@ import inspect
 
 import streamlit as st
 
-from e2vpt import charts, launch
+from e2vpt import charts
+from e2vpt import runs as run_store
 from e2vpt.analysis.embeddings import compare_run_embeddings, run_embedding_report
 from pages._common import current_run, run_banner, runs, show_chart, through_app, user_errors
 
@@ -72,7 +73,7 @@ with user_errors():
         if partner == FROZEN:
             side = ("frozen backbone", report(str(run.path), stamp(run.path), True, **params))
         elif partner:
-            other = launch.open_run(partner)
+            other = run_store.open_run(partner)
             side = (partner, report(str(other.path), stamp(other.path), False, **params))
     if side is None:
         show_chart(charts.embedding_scatter(main, view, title=f"{run.id}: {view_label}"),

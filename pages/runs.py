@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from e2vpt import launch
+from e2vpt import runs as run_store
 from e2vpt.runs import ACTIVE_STATES
 from pages._common import run_panel, runs, set_current_run, through_app, user_errors
 
@@ -15,7 +16,7 @@ st.markdown("Every run under the runs folder, newest first. Select a row to open
 
 rows = runs()
 if not rows:
-    st.info(f"No runs yet under `{launch.runs_root()}`. Start one on **Train**.", icon=":material/folder_off:")
+    st.info(f"No runs yet under `{run_store.runs_root()}`. Start one on **Train**.", icon=":material/folder_off:")
     st.stop()
 
 table = pd.DataFrame([{

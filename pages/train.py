@@ -5,6 +5,7 @@ import json
 import streamlit as st
 
 from e2vpt import launch
+from e2vpt import runs as run_store
 from e2vpt.backbones import DEMO_WEIGHTS
 from e2vpt.config import METHODS, TrainConfig
 from e2vpt.data import list_datasets
@@ -70,7 +71,7 @@ def add_upload() -> None:
         tmp.write(upload.getbuffer())
         tmp.flush()
         try:
-            folder, skipped = safe_extract_zip(tmp.name, launch.data_root(), name=upload.name.rsplit(".", 1)[0])
+            folder, skipped = safe_extract_zip(tmp.name, run_store.data_root(), name=upload.name.rsplit(".", 1)[0])
         except UserError as exc:
             st.session_state["upload_result"] = ("error", f"Not added: {exc}")
             return
@@ -104,9 +105,9 @@ with st.form("train"):
         st.selectbox("Dataset", list(DATASETS), key="cfg_dataset", persist_state="session",
                      format_func=lambda n: f"{n} ({DATASETS[n]['kind']})",
                      help="Built-in datasets need no files. Others read a folder under the data root.")
-        folders = launch.data_folders()
+        folders = run_store.data_folders()
         st.text_input("Data folder (for datasets that need one)", key="cfg_data_root", persist_state="session",
-                      placeholder="e.g. my-images", help=f"A folder under the data root `{launch.data_root()}` "
+                      placeholder="e.g. my-images", help=f"A folder under the data root `{run_store.data_root()}` "
                       "(set E2VPT_DATA_ROOT to change it)." + (" Found there: " + ", ".join(
                           f"`{f}`" for f in folders[:30]) if folders else " It holds no folders yet."))
         st.number_input("Epochs", min_value=0, max_value=1000, step=1, key="cfg_epochs", persist_state="session")
@@ -177,7 +178,7 @@ if submitted:
             previous = None
             if last.get("fingerprint") == fingerprint:
                 try:
-                    previous = launch.open_run(last["run_id"])
+                    previous = run_store.open_run(last["run_id"])
                 except Exception:
                     previous = None
             if previous is not None and launch.is_active(previous):
@@ -186,7 +187,7 @@ if submitted:
                                              "it, or cancel it first.")
                 set_current_run(previous.id)
             else:
-                run_id = launch.new_run_id(config)
+                run_id = run_store.new_run_id(config)
                 st.session_state["last_start"] = {"fingerprint": fingerprint, "run_id": run_id}
                 run = launch.start_run(config, run_id=run_id)
                 set_current_run(run.id)

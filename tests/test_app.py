@@ -22,6 +22,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from e2vpt import charts, launch
+from e2vpt import runs as run_store
 from e2vpt.config import TrainConfig
 from e2vpt.errors import BackboneError, DataError, RunDirError, UserError
 from e2vpt.runs import RunDir
@@ -64,8 +65,8 @@ def roots(tmp_path, monkeypatch):
     runs, data = tmp_path / "runs", tmp_path / "data"
     runs.mkdir()
     data.mkdir()
-    monkeypatch.setenv(launch.RUNS_ROOT_ENV, str(runs))
-    monkeypatch.setenv(launch.DATA_ROOT_ENV, str(data))
+    monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
+    monkeypatch.setenv(run_store.DATA_ROOT_ENV, str(data))
     return runs, data
 
 
@@ -339,8 +340,8 @@ def test_run_ids_cannot_leave_the_runs_root(roots):
     runs, _ = roots
     for bad in ["../x", "..", ".", "/etc", "a/b", "", "x" * 200, "-rf"]:
         with pytest.raises(RunDirError):
-            launch.run_path(bad, runs)
-    assert launch.run_path("20260101-e2vpt", runs) == runs.resolve() / "20260101-e2vpt"
+            run_store.run_path(bad, runs)
+    assert run_store.run_path("20260101-e2vpt", runs) == runs.resolve() / "20260101-e2vpt"
 
 
 def test_listing_skips_links_that_point_outside_the_root(roots, fake_run, tmp_path):
@@ -350,7 +351,7 @@ def test_listing_skips_links_that_point_outside_the_root(roots, fake_run, tmp_pa
     fake_run(outside, "secret")
     (runs / "linked").symlink_to(outside / "secret")
     fake_run(runs, "20260101-000000-e2vpt-digits")
-    assert [r["id"] for r in launch.list_runs(runs)] == ["20260101-000000-e2vpt-digits"]
+    assert [r["id"] for r in run_store.list_runs(runs)] == ["20260101-000000-e2vpt-digits"]
     with pytest.raises(RunDirError):
         launch.delete_run("linked", runs)
     assert (outside / "secret" / "config.json").is_file()
@@ -547,7 +548,7 @@ def test_a_real_run_is_cancelled_cleanly_and_resumed_to_the_end(real_run):
 def test_every_page_shows_the_real_run(real_run, monkeypatch, page):
     runs, run, events = real_run
     assert events["final"]["state"] == "done", events["log"]
-    monkeypatch.setenv(launch.RUNS_ROOT_ENV, str(runs))
+    monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
     at = open_page(page, run=run.id)
     no_exception(at)
     assert not at.error, texts(at, "error")

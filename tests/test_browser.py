@@ -65,8 +65,9 @@ def server(tmp_path_factory):
     yield url, runs
     # stop runs still training (they live in their own sessions), then the server
     from e2vpt import launch
+    from e2vpt import runs as run_store
 
-    for row in launch.list_runs(runs):
+    for row in run_store.list_runs(runs):
         if row["state"] in ("queued", "running"):
             launch.cancel_run(row["id"], runs)
     os.killpg(proc.pid, signal.SIGTERM)

@@ -22,11 +22,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from e2vpt import runs as runs_module
+from e2vpt import fileio as fileio_module
 from e2vpt.config import TrainConfig
 from e2vpt.data import load_splits
 from e2vpt.errors import BackboneError, DataError, RunDirError, UserError
-from e2vpt.runs import RunDir, append_jsonl, atomic_write_json, read_jsonl
+from e2vpt.fileio import append_jsonl, atomic_write_json, read_jsonl
+from e2vpt.runs import RunDir
 from e2vpt.trainer import NumericsError, Trainer, train
 from e2vpt.uploads import safe_extract_zip
 
@@ -123,7 +124,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, reference, 
 
 def test_kill_9_mid_write_leaves_old_or_new_file_never_half(tmp_path):
     target = tmp_path / "status.json"
-    script = (f"import sys; sys.path.insert(0, {str(Path.cwd())!r}); from e2vpt.runs import atomic_write_json\n"
+    script = (f"import sys; sys.path.insert(0, {str(Path.cwd())!r}); from e2vpt.fileio import atomic_write_json\n"
               f"i = 0\nwhile True:\n    i += 1\n    atomic_write_json({str(target)!r}, {{'i': i, 'pad': 'x' * 2_000_000}})\n")
     for delay in (0.2, 0.35, 0.5):
         proc = subprocess.Popen([sys.executable, "-c", script])
@@ -153,7 +154,7 @@ def test_full_disk_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(runs_module.os, "fsync", no_space)
+    monkeypatch.setattr(fileio_module.os, "fsync", no_space)
     with pytest.raises(OSError):
         atomic_write_json(path, {"old": False})
     assert json.loads(path.read_text()) == {"old": True}
@@ -163,7 +164,7 @@ def test_full_disk_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
 def test_full_disk_during_training_fails_with_a_hint_and_resumes(tmp_path, monkeypatch, reference):
     run_dir = tmp_path / "run"
     calls = {"n": 0}
-    real = runs_module.atomic_save_safetensors
+    real = fileio_module.atomic_save_safetensors
 
     def fill_disk_on_third_checkpoint(path, *args, **kwargs):
         if Path(path).name == "checkpoint.safetensors":

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from e2vpt.backbones import create_backbone
 from e2vpt.config import TrainConfig
-from e2vpt.runs import RunDir, read_jsonl
+from e2vpt.fileio import read_jsonl
+from e2vpt.runs import RunDir
 from e2vpt.trainer import Trainer, evaluate_run, train
 
 FAST = dict(backbone="demo", pretrained=True, dataset="digits", epochs=1, retrain_epochs=1, prompt_len=4,

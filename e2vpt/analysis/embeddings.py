@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from ..errors import RunDirError
-from ..runs import RunDir, atomic_save_safetensors, atomic_write_json, read_json
+from ..fileio import atomic_save_safetensors, atomic_write_json, read_json
+from ..runs import RunDir
 from .geometry import analyze_embeddings, compare_embeddings
 
 SPLITS = ("train", "val", "test")
