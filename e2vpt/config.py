@@ -1,18 +1,28 @@
-"""`TrainConfig`: every choice a run makes, validated once, stored in the run directory.
+"""`TrainConfig`: every choice a run makes, declared once, validated once, stored in the run directory.
+
+Each field carries its own description in `field(metadata=...)`: help text, bounds, the group it
+belongs to and how the Train form shows it; choices come from its `Literal` type. Everything else is
+generated from that one declaration: the `python -m e2vpt train` flags (`cli.py`), the validation in
+`__post_init__` (one-line errors naming the field), the app's Train form (`pages/train.py`) and the
+settings table in `docs/SETTINGS.md` (`python -m e2vpt settings`). Adding a hyper-parameter is one
+edit here.
 
 The spec leaves several points open (mask scope, segment layout, importance sign, rewind reading);
-each is a field here so that a run records which reading it used. Validation happens in
-`__post_init__` and raises `ConfigError` with a message naming the fix, so the CLI, the app and a
-notebook all reject an impossible setting the same way before any work starts.
+each is a field so that a run records which reading it used.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
+import re
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import ConfigError
 
@@ -22,6 +32,15 @@ Method = Literal["linear", "full", "vpt-shallow", "vpt-deep", "e2vpt-noprune", "
 # Learning rates that work for each family on the demo backbone with AdamW; a user's --lr wins.
 DEFAULT_LR = {"linear": 1e-2, "full": 3e-4, "vpt-shallow": 1e-2, "vpt-deep": 1e-2,
               "e2vpt-noprune": 1e-2, "e2vpt": 1e-2}
+
+# Section titles of the CLI help, the docs table and the Train form, in display order.
+GROUPS = {"model": "model", "prompts": "prompts", "data": "data", "optimisation": "optimisation",
+          "pruning": "pruning (e2vpt)", "run": "run"}
+
+# Backbones the Train form suggests (any timm ViT or Swin name is accepted).
+SUGGESTED_BACKBONES = ("demo", "vit_base_patch16_224.augreg_in21k", "vit_small_patch16_224.augreg_in21k",
+                       "vit_tiny_patch16_224.augreg_in21k", "vit_base_patch16_224.mae",
+                       "swin_base_patch4_window7_224.ms_in22k", "swin_tiny_patch4_window7_224.ms_in1k")
 
 
 @dataclass
@@ -43,123 +62,137 @@ METHOD_SPECS = {
     "e2vpt": MethodSpec("deep", True, True, False),
 }
 
+def setting(default: Any, help: str, *, group: str, label: str, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None, pattern: str | None = None, none_means: str | None = None,
+            basic: bool = False, widget: str | None = None, step: float | None = None,
+            form_max: float | None = None, choice_labels: dict | None = None) -> Any:
+    """A `TrainConfig` field with everything the CLI, the validation, the form and the docs need.
+
+    Args:
+        default: the value when nothing is given.
+        help: one sentence for `--help`, the form's tooltip and the docs table.
+        group: a key of `GROUPS` (CLI argument group, docs section, form column).
+        label: the Train form's label.
+        ge, gt, le, lt: numeric bounds (inclusive / exclusive).
+        pattern: a regular expression a string value must match in full.
+        none_means: for optional fields, what None stands for (the form writes 0 or an empty box for it).
+        basic: shown at the top of the Train form rather than under "More settings".
+        widget: the form widget when the type's default does not fit (`slider`, `select`).
+        step, form_max: the form widget's step and its upper end when the bound is open (`lt`).
+        choice_labels: words the form shows for some choices (the value stays the choice).
+    """
+    assert group in GROUPS, group
+    meta = {"help": help, "group": group, "label": label, "ge": ge, "gt": gt, "le": le, "lt": lt, "pattern": pattern,
+            "none_means": none_means, "basic": basic, "widget": widget, "step": step, "form_max": form_max,
+            "choice_labels": choice_labels or {}}
+    return field(default=default, metadata={"setting": meta})
+
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one run.
+    """Hyper-parameters of one run. Each field's meaning, bounds and flag are in its `setting(...)`
+    below (listed in docs/SETTINGS.md); `extra` holds bookkeeping (e.g. the creation time), not settings."""
 
-    Args:
-        method: which parameters are trained (see `METHOD_SPECS`).
-        backbone: `demo` or a timm ViT name.
-        pretrained: load pretrained weights for the backbone.
-        weights: local `.safetensors` backbone weights (instead of the hub).
-        img_size: input size (None: the backbone's own).
-        global_pool: features the head reads: `token` ([CLS]), `avg` (mean of the patch tokens, prompts
-            excluded) or `auto` (the checkpoint's own habit: `avg` for MAE weights, timm's default otherwise).
-        dataset: dataset name (see `e2vpt.data.list_datasets()`).
-        data_root: folder holding the dataset, for datasets that need one.
-        download: let torchvision download a dataset (needs network).
-        prompt_len: visual prompt tokens per layer (p).
-        kv_len: key-value prompts per layer (l); 0 disables them.
-        kv_shared: one tensor serves as both key and value prompt (the official code's default).
-        prompt_dropout: dropout on visual prompts while training.
-        epochs: epochs of the first training phase.
-        retrain_epochs: epochs after each pruning round (None: same as `epochs`).
-        batch_size: images per step.
-        optimizer: `adamw` or `sgd` (momentum 0.9, VPT's recipe).
-        lr: learning rate (None: the method's default in `DEFAULT_LR`).
-        weight_decay: decoupled (AdamW) or L2 (SGD) weight decay.
-        warmup_epochs: linear warm-up before cosine decay, in epochs (stepped per batch).
-        label_smoothing: cross-entropy label smoothing.
-        prune_rounds: pruning rounds for `e2vpt` (each: score, prune, rewind, retrain).
-        prune_ratio: fraction of the surviving prompt tokens pruned in each round.
-        segment_ratio: fraction of the surviving segments pruned in each round.
-        segments: segments per prompt token (R; the official code uses 16).
-        mask_scope: `layer` (one token mask per layer and position) or `shared` (paper: one per position).
-        segment_layout: `interleaved` (official: segment r holds channels r, r+R, ...) or `contiguous`.
-        importance: `abs` (paper: mean |dL/dmask| per image) or `signed` (official code: mean signed gradient).
-        rewind: `init` (survivors reset to their initial values) or `reinit` (fresh random values, official code).
-        select_round: `best` (best validation accuracy among pruning rounds, ties to more pruning) or `last`.
-        seed: seeds initialisation, data order and dropout.
-        device: `auto` (CUDA when present), `cpu` or `cuda[:N]`.
-        amp: bfloat16 autocast on CUDA (ignored on the CPU).
-        train_augment: training-time augmentation (random resized crop + flip, FGVC style).
-    """
-
-    method: Method = "e2vpt"
-    backbone: str = "demo"
-    pretrained: bool = True
-    weights: str | None = None
-    img_size: int | None = None
-    global_pool: Literal["auto", "token", "avg"] = "auto"
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = False
-    prompt_len: int = 8
-    kv_len: int = 4
-    kv_shared: bool = False
-    prompt_dropout: float = 0.0
-    epochs: int = 4
-    retrain_epochs: int | None = 2
-    batch_size: int = 64
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float | None = None
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 0.5
-    label_smoothing: float = 0.0
-    prune_rounds: int = 2
-    prune_ratio: float = 0.5
-    segment_ratio: float = 0.25
-    segments: int = 16
-    mask_scope: Literal["layer", "shared"] = "layer"
-    segment_layout: Literal["interleaved", "contiguous"] = "interleaved"
-    importance: Literal["abs", "signed"] = "abs"
-    rewind: Literal["init", "reinit"] = "init"
-    select_round: Literal["best", "last"] = "best"
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    train_augment: bool = False
+    # model
+    backbone: str = setting("demo", "`demo` (shipped, offline) or a timm ViT/Swin name, e.g. "
+                            "vit_base_patch16_224.augreg_in21k, vit_base_patch16_224.mae, swin_base_patch4_window7_224",
+                            group="model", label="Backbone", basic=True, widget="select", pattern=r"\S+")
+    pretrained: bool = setting(True, "load pretrained backbone weights", group="model",
+                               label="Pretrained backbone", basic=True)
+    method: Method = setting("e2vpt", "which parameters are trained: linear (head), full (everything), "
+                             "vpt-shallow/vpt-deep (visual prompts), e2vpt-noprune (visual + key-value prompts), "
+                             "e2vpt (the same, then pruned)", group="model", label="Method", basic=True,
+                             widget="select")
+    weights: str | None = setting(None, "local .safetensors backbone weights instead of the hub", group="model",
+                                  label="Backbone weights (.safetensors under the data root)",
+                                  none_means="the hub's or the shipped weights")
+    img_size: int | None = setting(None, "input size in pixels", group="model", label="Image size", ge=8, le=4096,
+                                   none_means="the backbone's", step=16)
+    global_pool: Literal["auto", "token", "avg"] = setting(
+        "auto", "features the head reads: token ([CLS]), avg (mean of the patch tokens, prompts excluded) or auto "
+        "(avg for MAE weights, timm's default otherwise)", group="model", label="Head reads")
+    # prompts
+    prompt_len: int = setting(8, "visual prompt tokens per layer (p)", group="prompts",
+                              label="Visual prompt tokens per layer (p)", ge=0, le=1024, basic=True)
+    kv_len: int = setting(4, "key-value prompts per layer (l); 0 disables them", group="prompts",
+                          label="Key-value prompts per layer (l)", ge=0, le=1024, basic=True)
+    kv_shared: bool = setting(False, "one tensor serves as both key and value prompt (the official code's default)",
+                              group="prompts", label="Key and value prompts share one tensor")
+    prompt_dropout: float = setting(0.0, "dropout on visual prompts while training", group="prompts",
+                                    label="Prompt dropout", ge=0.0, lt=1.0, step=0.05, form_max=0.99)
+    # data
+    dataset: str = setting("digits", "digits, fashion-mnist, dsprites-loc, dsprites-ori, clevr-count, a torchvision "
+                           "name, imagefolder, vtab or fgvc", group="data", label="Dataset", basic=True,
+                           widget="select", pattern=r"\S+")
+    data_root: str | None = setting(None, "folder holding the dataset, for datasets that need one", group="data",
+                                    label="Data folder (for datasets that need one)", basic=True,
+                                    none_means="the data root, for datasets that read one")
+    download: bool = setting(False, "let torchvision download the dataset (needs network)", group="data",
+                             label="Download the dataset (torchvision, needs network)")
+    train_augment: bool = setting(False, "random resized crop + flip while training (FGVC style)", group="data",
+                                  label="Training augmentation")
+    # optimisation
+    epochs: int = setting(4, "epochs of the first training phase", group="optimisation", label="Epochs",
+                          ge=1, le=10_000, basic=True)
+    retrain_epochs: int | None = setting(2, "epochs after each pruning round", group="optimisation",
+                                         label="Epochs after each pruning round", ge=1, le=10_000,
+                                         none_means="the same as epochs", basic=True)
+    batch_size: int = setting(64, "images per step", group="optimisation", label="Batch size", ge=1, le=65_536,
+                              step=8)
+    optimizer: Literal["adamw", "sgd"] = setting("adamw", "adamw, or sgd with momentum 0.9 (VPT's recipe)",
+                                                 group="optimisation", label="Optimizer")
+    lr: float | None = setting(None, "learning rate", group="optimisation", label="Learning rate", gt=0.0, le=100.0,
+                               none_means="the method's default")
+    weight_decay: float = setting(1e-4, "decoupled (AdamW) or L2 (SGD) weight decay", group="optimisation",
+                                  label="Weight decay", ge=0.0, le=10.0)
+    warmup_epochs: float = setting(0.5, "linear warm-up before cosine decay, in epochs (stepped per batch)",
+                                   group="optimisation", label="Warm-up epochs", ge=0.0, le=10_000.0, step=0.5)
+    label_smoothing: float = setting(0.0, "cross-entropy label smoothing", group="optimisation",
+                                     label="Label smoothing", ge=0.0, lt=1.0, step=0.05, form_max=0.99)
+    # pruning
+    prune_rounds: int = setting(2, "pruning rounds for e2vpt (each: score, prune, rewind, retrain)", group="pruning",
+                                label="Pruning rounds", ge=0, le=100, basic=True)
+    prune_ratio: float = setting(0.5, "fraction of the surviving prompt tokens pruned in each round",
+                                 group="pruning", label="Tokens pruned per round", ge=0.0, lt=1.0, basic=True,
+                                 widget="slider", step=0.05, form_max=0.95)
+    segment_ratio: float = setting(0.25, "fraction of the surviving segments pruned in each round", group="pruning",
+                                   label="Segments pruned per round", ge=0.0, lt=1.0, widget="slider", step=0.05,
+                                   form_max=0.95)
+    segments: int = setting(16, "segments per prompt token (R; the official code uses 16)", group="pruning",
+                            label="Segments per token (R)", ge=1, le=4096)
+    mask_scope: Literal["layer", "shared"] = setting(
+        "layer", "layer: each layer prunes its own tokens, ranked across layers; shared: position k is pruned in "
+        "every layer (paper)", group="pruning", label="Token mask")
+    segment_layout: Literal["interleaved", "contiguous"] = setting(
+        "interleaved", "interleaved (official: segment r holds channels r, r+R, ...) or contiguous slices",
+        group="pruning", label="Segment layout")
+    importance: Literal["abs", "signed"] = setting(
+        "abs", "abs (paper: mean |dL/dmask| per image) or signed (official code: mean signed gradient)",
+        group="pruning", label="Importance")
+    rewind: Literal["init", "reinit"] = setting(
+        "init", "init: survivors reset to their initial values; reinit: fresh random values (official code)",
+        group="pruning", label="Rewind survivors to")
+    select_round: Literal["best", "last"] = setting(
+        "best", "the round a run keeps: best validation accuracy among the pruning rounds (ties to more pruning), "
+        "or the last", group="pruning", label="Keep the round with",
+        choice_labels={"best": "best validation accuracy", "last": "most pruning"})
+    # run
+    seed: int = setting(0, "seeds initialisation, data order and dropout", group="run", label="Seed", ge=0,
+                        le=2**32 - 1)
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N", group="run", label="Device",
+                          pattern=r"auto|cpu|cuda(:\d+)?", widget="select")
+    amp: bool = setting(True, "bfloat16 autocast on CUDA (ignored on the CPU)", group="run",
+                        label="bfloat16 autocast on CUDA")
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise ConfigError(message)
-
-        need(self.global_pool in ("auto", "token", "avg"),
-             f"global pool '{self.global_pool}' is not one of auto, token, avg")
-        need(self.method in METHODS, f"unknown method '{self.method}'; choose one of {', '.join(METHODS)}")
-        spec = self.spec
-        if spec.visual != "none":
-            need(isinstance(self.prompt_len, int) and self.prompt_len > 0,
-                 f"prompt length must be a positive integer for {self.method}, got {self.prompt_len}; "
-                 "use e.g. --prompt-len 10")
-        need(isinstance(self.kv_len, int) and self.kv_len >= 0,
-             f"kv length must be 0 or more, got {self.kv_len}; use e.g. --kv-len 5")
-        need(0.0 <= self.prune_ratio < 1.0,
-             f"prune ratio must be in [0, 1), got {self.prune_ratio}; e.g. --prune-ratio 0.5 prunes half each round")
-        need(0.0 <= self.segment_ratio < 1.0,
-             f"segment ratio must be in [0, 1), got {self.segment_ratio}; e.g. --segment-ratio 0.25")
-        need(self.prune_rounds >= 0, f"prune rounds must be 0 or more, got {self.prune_rounds}")
-        need(self.segments >= 1, f"segments must be at least 1, got {self.segments}; the official code uses 16")
-        need(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
-        need(self.retrain_epochs is None or self.retrain_epochs >= 1,
-             f"retrain epochs must be at least 1, got {self.retrain_epochs}")
-        need(self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}")
-        need(self.lr is None or self.lr > 0, f"learning rate must be positive, got {self.lr}")
-        need(self.weight_decay >= 0, f"weight decay must be 0 or more, got {self.weight_decay}")
-        need(0.0 <= self.prompt_dropout < 1.0, f"prompt dropout must be in [0, 1), got {self.prompt_dropout}")
-        need(0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}")
-        need(self.warmup_epochs >= 0, f"warm-up epochs must be 0 or more, got {self.warmup_epochs}")
-        need(self.img_size is None or self.img_size >= 8, f"image size must be at least 8, got {self.img_size}")
-        need(self.optimizer in ("adamw", "sgd"), f"optimizer must be adamw or sgd, got '{self.optimizer}'")
-        need(self.mask_scope in ("layer", "shared"), f"mask scope must be layer or shared, got '{self.mask_scope}'")
-        need(self.segment_layout in ("interleaved", "contiguous"),
-             f"segment layout must be interleaved or contiguous, got '{self.segment_layout}'")
-        need(self.importance in ("abs", "signed"), f"importance must be abs or signed, got '{self.importance}'")
-        need(self.rewind in ("init", "reinit"), f"rewind must be init or reinit, got '{self.rewind}'")
-        need(self.select_round in ("best", "last"), f"select round must be best or last, got '{self.select_round}'")
+        for f in settings():
+            setattr(self, f.name, check_value(f, getattr(self, f.name)))
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"extra must be a mapping, got {type(self.extra).__name__}")
+        if self.spec.visual != "none" and self.prompt_len == 0:
+            raise ConfigError(f"prompt_len (--prompt-len) must be at least 1 for {self.method}, which trains visual "
+                              "prompts; use e.g. --prompt-len 10")
 
     @property
     def spec(self) -> MethodSpec:
@@ -183,11 +216,150 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        if not isinstance(values, dict):
+            raise ConfigError(f"settings must be a mapping of names to values, not {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(str(k) for k in set(values) - known)
         if unknown:
-            raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(sorted(known))}")
         return cls(**values)
+
+
+# --------------------------------------------------------------------------------------------------
+# The declarations, read back: what the CLI, the form and the docs are generated from.
+def settings() -> list[dataclasses.Field]:
+    """The `TrainConfig` fields that are settings (everything but `extra`), in declaration order."""
+    return [f for f in dataclasses.fields(TrainConfig) if "setting" in f.metadata]
+
+
+def meta(f: dataclasses.Field) -> dict:
+    return f.metadata["setting"]
+
+
+def flag(f: dataclasses.Field) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+@functools.cache
+def _hints() -> dict:
+    return typing.get_type_hints(TrainConfig)
+
+
+def kind(f: dataclasses.Field) -> tuple[type, tuple | None, bool]:
+    """(base type, choices or None, optional) of a setting, read from its annotation."""
+    hint, optional = _hints()[f.name], False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        return type(choices[0]), choices, optional
+    return hint, None, optional
+
+
+def _num(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def bounds_text(f: dataclasses.Field) -> str:
+    """The bounds of a numeric setting in words, e.g. `1 to 10000` or `at least 0 and below 1`."""
+    m = meta(f)
+    if m["ge"] is not None and m["le"] is not None:
+        return f"{_num(m['ge'])} to {_num(m['le'])}"
+    words = [f"at least {_num(m['ge'])}" if m["ge"] is not None else None,
+             f"more than {_num(m['gt'])}" if m["gt"] is not None else None,
+             f"at most {_num(m['le'])}" if m["le"] is not None else None,
+             f"below {_num(m['lt'])}" if m["lt"] is not None else None]
+    return " and ".join(w for w in words if w)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return f"{value!r} ({type(value).__name__})" if not isinstance(value, (bool, int, float)) else repr(value)
+
+
+def check_value(f: dataclasses.Field, value: Any) -> Any:
+    """`value` checked against the setting's type, choices and bounds; returns it (an integral float
+    for an integer setting comes back as an int). Raises `ConfigError` naming the field and its flag."""
+    m, (base, choices, optional) = meta(f), kind(f)
+    where = f"{f.name} ({flag(f)})"
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where} needs a value; it has no 'unset' state")
+    if choices is not None:
+        if value not in choices or type(value) is not base:
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, choices))}, got {_describe(value)}")
+        return value
+    if base is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {_describe(value)}")
+        return value
+    if base is str:
+        if not isinstance(value, str) or (m["pattern"] and not re.fullmatch(m["pattern"], value)):
+            expected = {"device": "auto, cpu, cuda or cuda:N"}.get(f.name, "a name" if m["pattern"] else "text")
+            raise ConfigError(f"{where} must be {expected}, got {_describe(value)}")
+        return value
+    if base is int:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be a whole number, got {_describe(value)}")
+    elif base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where} must be a finite number, got {value}")
+        value = float(value)
+    out = ((m["ge"] is not None and value < m["ge"]) or (m["gt"] is not None and value <= m["gt"])
+           or (m["le"] is not None and value > m["le"]) or (m["lt"] is not None and value >= m["lt"]))
+    if out:
+        raise ConfigError(f"{where} must be {bounds_text(f)}, got {_num(value)}")
+    return value
+
+
+def settings_markdown() -> str:
+    """The settings table of docs/SETTINGS.md, generated from the declarations (`python -m e2vpt settings`)."""
+    lines = ["# Settings", "",
+             "Every setting of a run, generated from `e2vpt/config.py` by `python -m e2vpt settings` (do not edit "
+             "by hand). The same names work as `python -m e2vpt train` flags, as keys of a `--config` YAML/JSON file, "
+             "as `TrainConfig(...)` arguments and in the app's Train form.", ""]
+    for group, title in GROUPS.items():
+        lines += [f"## {title[0].upper()}{title[1:]}", "", "| setting | flag | values | default | meaning |",
+                  "|---|---|---|---|---|"]
+        for f in settings():
+            m = meta(f)
+            if m["group"] != group:
+                continue
+            base, choices, optional = kind(f)
+            values = " / ".join(f"`{c}`" for c in choices) if choices else (
+                "true / false" if base is bool else f"{base.__name__}" + (f", {bounds_text(f)}" if bounds_text(f) else ""))
+            if optional:
+                values += f"; unset = {m['none_means']}"
+            default = "unset" if f.default is None else f"`{str(f.default).lower() if base is bool else f.default}`"
+            lines.append(f"| `{f.name}` | `{flag(f)}` | {values} | {default} | {m['help'].replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets: whole settings for a purpose (the Train form's preset buttons; a notebook's starting point).
+PRESETS = {
+    "demo": {},  # the defaults: the shipped demo ViT on digits, about a minute on a CPU
+    "paper": {"backbone": "vit_base_patch16_224.augreg_in21k", "pretrained": True, "prompt_len": 10, "kv_len": 5,
+              "kv_shared": True, "mask_scope": "shared", "optimizer": "sgd", "lr": 0.25, "batch_size": 64,
+              "epochs": 100, "retrain_epochs": 100, "warmup_epochs": 10.0, "weight_decay": 1e-4, "prune_rounds": 2,
+              "prune_ratio": 0.5, "segment_ratio": 0.25, "segments": 16, "segment_layout": "interleaved",
+              "rewind": "init", "select_round": "best", "device": "auto", "amp": True},
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """The settings of preset `name` (see `PRESETS`), with `overrides` on top."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of {', '.join(PRESETS)}")
+    return TrainConfig.from_dict({**PRESETS[name], **overrides})
 
 
 def load_config_file(path: str | Path) -> dict:

@@ -184,6 +184,28 @@ def data_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV) or "data").expanduser().resolve()
 
 
+def with_data_root(config):
+    """`config` with its data paths made absolute the way every entry point reads them, for the CLI
+    and notebooks (the app checks more strictly, see `launch.check_inputs`).
+
+    A relative `data_root` or `weights` is taken under `$E2VPT_DATA_ROOT` when that is set (else under
+    the current folder, as a shell user expects), and a torchvision dataset given no folder reads the
+    data root itself. The run records the absolute paths, so a resume works from any folder.
+    """
+    from .data import canonical_name, list_datasets
+
+    values = config.to_dict()
+    base = Path(os.environ[DATA_ROOT_ENV]).expanduser() if os.environ.get(DATA_ROOT_ENV) else Path.cwd()
+    for name in ("data_root", "weights"):
+        if values[name]:
+            path = Path(values[name]).expanduser()
+            values[name] = str((path if path.is_absolute() else base / path).resolve())
+    entry = {e["name"]: e for e in list_datasets()}.get(canonical_name(config.dataset))
+    if not values["data_root"] and entry["kind"] == "torchvision":
+        values["data_root"] = str(data_root())
+    return type(config).from_dict(values)
+
+
 def root_or_default(root: str | Path | None, default) -> Path:
     return default() if root is None else Path(root).expanduser().resolve()
 

@@ -229,10 +229,11 @@ def test_a_bad_run_id_in_the_url_reads_nothing_and_explains(roots, bad):
 def test_an_impossible_setting_is_refused_before_a_run_exists(roots):
     runs, _ = roots
     at = open_page("pages/train.py")
-    at.number_input(key="cfg_epochs").set_value(0)
+    at.selectbox(key="cfg_method").set_value("vpt-deep")
+    at.number_input(key="cfg_prompt_len").set_value(0)
     submit(at)
     no_exception(at)
-    assert "epochs must be at least 1" in texts(at, "error")
+    assert "must be at least 1 for vpt-deep" in texts(at, "error")
     assert list(runs.iterdir()) == []
 
 
