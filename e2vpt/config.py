@@ -7,8 +7,8 @@ generated from that one declaration: the `python -m e2vpt train` flags (`cli.py`
 settings table in `docs/SETTINGS.md` (`python -m e2vpt settings`). Adding a hyper-parameter is one
 edit here.
 
-The spec leaves several points open (mask scope, segment layout, importance sign, rewind reading);
-each is a field so that a run records which reading it used.
+The spec (docs/E2VPT-SPEC.md) leaves several points open (mask scope, segment layout, importance sign,
+rewind reading); each is a field so that a run records which reading it used.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The Poincaré ball: features in, points, distances and class centroids out.
 
 Why a module of its own: the paper's claim that E2VPT separates classes better than VPT is made in a
-Poincaré disk, and the official code has no script for that figure (spec section 9), so the protocol
-is ours and must be explicit. This module is that protocol's geometry, as pure functions on arrays:
+Poincaré disk, and the official code has no script for that figure (docs/E2VPT-SPEC.md section 9),
+so the protocol is ours and must be explicit. This module is that protocol's geometry, as pure functions
+on arrays:
 
 1. centre the features (optional, on by default), 2. clip their norms to `clip_r`
    (Guo et al., CVPR 2022; Ermolov et al., CVPR 2022), 3. map them into the ball of curvature -c with
