@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from .config import GROUPS, TrainConfig, bounds_text, flag, kind, load_config_file, meta, settings, settings_markdown
-from .errors import RunDirError, UserError
+from .errors import Cancelled, RunDirError, UserError
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per `TrainConfig` setting, generated from its declaration (help, choices, bounds).
@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .trainer import evaluate_run
+    from .build import evaluate_run
 
     print(json.dumps(evaluate_run(run_argument(args.run_dir), device=args.device), indent=1))
     return 0
@@ -142,10 +142,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stopped by the user; partial results are kept in the run directory", file=sys.stderr)
         return 130
-    except Exception as exc:
-        from .trainer import Cancelled
-
-        if isinstance(exc, Cancelled):
-            print("cancelled; partial results are kept in the run directory", file=sys.stderr)
-            return 3
-        raise
+    except Cancelled:
+        print("cancelled; partial results are kept in the run directory", file=sys.stderr)
+        return 3

@@ -5,6 +5,10 @@ phase r first scores the prompts, prunes, rewinds the survivors and then retrain
 with a checkpoint (model, optimiser, schedule, best-so-far) written atomically, and every random
 draw is seeded from (seed, phase, epoch), so `--resume` after a crash continues from the last
 completed epoch and reaches the same result as an uninterrupted run.
+
+This file is the loop and a run's life (start, resume, cancel, fail, finish). Building the model
+lives in `build.py`, shared with evaluation and analysis so a reloaded run is the trained one; the
+checkpoint files' layout lives in `checkpoints.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import contextlib
 import errno
 import json
 import math
-import os
 import shutil
 import signal
 import time
@@ -26,30 +29,14 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .backbones import create_backbone, data_config
+from .build import build_model_and_splits, evaluate, resolve_device
+from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistContext, global_batches, local_batches
-from .errors import RunDirError, UserError
-from .methods import build_model
-from .pruning import prune_segments, prune_tokens, rewind, score_importance
+from .errors import Cancelled, NumericsError, RunDirError, UserError
 from .fileio import append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, read_jsonl
+from .pruning import prune_segments, prune_tokens, rewind, score_importance
 from .runs import RunDir
-
-
-class Cancelled(Exception):
-    """The user asked the run to stop (Cancel button, SIGTERM, Ctrl-C)."""
-
-
-class NumericsError(UserError):
-    """The loss became NaN or infinite."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for CUDA but no GPU is visible; use --device cpu or auto")
-    return torch.device(name)
 
 
 def _seed_for(seed: int, *parts: int) -> int:
@@ -77,70 +64,6 @@ class Phase:
     @property
     def name(self) -> str:
         return "train" if self.index == 0 else "retrain"
-
-
-@torch.no_grad()
-def evaluate(model, loader, device, autocast=None, ctx: DistContext | None = None) -> tuple[float, float]:
-    """(mean loss, accuracy) over a loader; with `ctx`, summed over every rank's shard."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, total = 0.0, 0, 0
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        with autocast() if autocast else contextlib.nullcontext():
-            logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-        total += labels.numel()
-    model.train(was_training)
-    if ctx is not None and ctx.enabled:
-        sums = ctx.all_reduce(torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=device))
-        loss_sum, correct, total = sums[0].item(), int(sums[1].item()), int(sums[2].item())
-    return loss_sum / max(total, 1), correct / max(total, 1)
-
-
-def _optimizer_to_tensors(optimizer) -> tuple[dict, dict]:
-    """Split an optimiser state dict into safetensors-able tensors and JSON for the rest."""
-    state = optimizer.state_dict()
-    tensors, plain = {}, {}
-    for pid, values in state["state"].items():
-        for key, value in values.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{pid}.{key}"] = value
-            else:
-                plain[f"{pid}.{key}"] = value
-    return tensors, {"param_groups": state["param_groups"], "plain": plain}
-
-
-def _optimizer_from_tensors(optimizer, tensors: dict, meta: dict) -> None:
-    state: dict = {}
-    for name, value in tensors.items():
-        _, pid, key = name.split(".", 2)
-        state.setdefault(int(pid), {})[key] = value
-    for name, value in meta["plain"].items():
-        pid, key = name.split(".", 1)
-        state.setdefault(int(pid), {})[key] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
-def _importance_to_json(pending) -> dict | None:
-    if not pending:
-        return None
-    importance, score_s = pending
-    return {"token": importance.token, "segment": importance.segment, "images": importance.images,
-            "score_s": score_s}
-
-
-def _importance_from_json(value: dict | None):
-    """Inverse of `_importance_to_json` (JSON null stands for NaN: an already pruned piece)."""
-    if not value:
-        return None
-    from .pruning import Importance
-
-    def tensor(nested) -> torch.Tensor:
-        return torch.tensor(json.loads(json.dumps(nested).replace("null", "NaN")), dtype=torch.float32)
-
-    return Importance(tensor(value["token"]), tensor(value["segment"]), value["images"]), value["score_s"]
 
 
 class Trainer:
@@ -175,19 +98,11 @@ class Trainer:
     # setup
     def setup(self) -> None:
         """Backbone, data and model: everything before the first step."""
-        from .data import load_splits
-
         cfg = self.config
-        torch.manual_seed(cfg.seed)
         if self.device.type == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
-        backbone = create_backbone(cfg.backbone, pretrained=cfg.pretrained, weights=cfg.weights, img_size=cfg.img_size,
-                                   global_pool=cfg.global_pool)
-        dc = data_config(backbone)
-        self.splits = load_splits(cfg.dataset, root=cfg.data_root, img_size=dc["input_size"][-1], mean=dc["mean"],
-                                  std=dc["std"], seed=0, download=cfg.download, train_augment=cfg.train_augment)
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, backbone, self.splits.num_classes).to(self.device)
+        model, self.splits = build_model_and_splits(cfg, download=cfg.download, train_augment=cfg.train_augment)
+        self.model = model.to(self.device)
         self.initial_state = self.model.tuned_state()
         self.train_model = self.model
         if self.dist.enabled:
@@ -293,31 +208,18 @@ class Trainer:
     def _save_checkpoint(self, phase_index: int, epochs_done: int, optimizer, scheduler, best: dict) -> None:
         if self.writer is None:
             return
-        tensors = {f"model.{k}": v for k, v in self.model.tuned_state().items()}
-        tensors.update({f"best.{k}": v for k, v in best.get("state", {}).items()})
-        meta = {"phase": phase_index, "epochs_done": epochs_done, "best_val": best.get("val_acc"),
-                "best_epoch": best.get("epoch"), "rounds": self.rounds, "wall_s": self._wall(),
-                "units_done": self.units_done, "pending": _importance_to_json(getattr(self, "pending", None))}
-        if optimizer is not None:
-            opt_tensors, opt_meta = _optimizer_to_tensors(optimizer)
-            tensors.update(opt_tensors)
-            meta["optimizer"] = opt_meta
-            meta["scheduler"] = scheduler.state_dict()
-        # tensors first, then the JSON that points at them: a crash between keeps the older pair usable
-        atomic_save_safetensors(self.run.checkpoint_file, tensors)
-        atomic_write_json(self.run.checkpoint_meta_file, meta)
+        save_checkpoint(self.run, phase=phase_index, epochs_done=epochs_done, model_state=self.model.tuned_state(),
+                        best=best, rounds=self.rounds, wall_s=self._wall(), units_done=self.units_done,
+                        pending=self.pending, optimizer=optimizer, scheduler=scheduler)
 
-    def _load_checkpoint(self):
-        meta = json.loads(self.run.checkpoint_meta_file.read_text())
-        tensors = load_file(str(self.run.checkpoint_file))
-        self.model.load_tuned_state({k[6:]: v.to(self.device) for k, v in tensors.items() if k.startswith("model.")})
-        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
-        best = {"val_acc": meta["best_val"], "epoch": meta["best_epoch"], "state": best_state} if best_state else {}
-        self.rounds = meta["rounds"]
-        self.wall_offset = meta["wall_s"]
-        self.units_done = meta["units_done"]
-        opt = {k: v for k, v in tensors.items() if k.startswith("optim.")}
-        return meta, best, opt
+    def _load_checkpoint(self) -> Checkpoint:
+        """Put the model and the records back where the checkpoint left them."""
+        checkpoint = load_checkpoint(self.run)
+        self.model.load_tuned_state({k: v.to(self.device) for k, v in checkpoint.model_state.items()})
+        self.rounds = checkpoint.rounds
+        self.wall_offset = checkpoint.wall_s
+        self.units_done = checkpoint.units_done
+        return checkpoint
 
     # ----------------------------------------------------------------------------------------------
     # the loop
@@ -387,16 +289,18 @@ class Trainer:
                    "scored_images": importance.images, "wall_s": round(self._wall(), 3)})
         return importance, score_s
 
-    def _run_phase(self, phase: Phase, start_epoch: int, resume_state=None) -> None:
-        """Train one phase (pruning first when it is a pruning round) and record its result."""
+    def _run_phase(self, phase: Phase, start_epoch: int, resume_state: Checkpoint | None = None) -> None:
+        """Train one phase (pruning first when it is a pruning round) and record its result.
+
+        `resume_state` is a checkpoint taken inside this phase: its optimiser, schedule, best-so-far
+        and pruning scores carry on from where they were.
+        """
         optimizer, scheduler = self._make_optimizer(phase.epochs)
         best: dict = {}
         if resume_state is not None:
-            meta, best, opt_tensors = resume_state
-            if "optimizer" in meta:
-                _optimizer_from_tensors(optimizer, opt_tensors, meta["optimizer"])
-                scheduler.load_state_dict(meta["scheduler"])
-            self.pending = _importance_from_json(meta.get("pending"))
+            resume_state.restore_optimizer(optimizer, scheduler)
+            best = resume_state.best
+            self.pending = resume_state.pending
         elif phase.index > 0:
             self.pending = self._prune(phase)
             self._save_checkpoint(phase.index, 0, optimizer, scheduler, best)
@@ -437,7 +341,6 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         """Run every phase and return the summary (also written to summary.json)."""
         self.started = time.monotonic()
-        resume_meta = None
         created = False
         if self.writer is not None:
             if resume:
@@ -469,10 +372,9 @@ class Trainer:
                 elif self.writer is not None:
                     atomic_save_safetensors(self.run.init_file, self.initial_state)
                 if resume and self.run.checkpoint_meta_file.is_file():
-                    resume_meta = self._load_checkpoint()
-                    meta = resume_meta[0]
-                    start_phase, start_epoch = meta["phase"], meta["epochs_done"]
-                    resume_state = resume_meta if "optimizer" in meta else None
+                    checkpoint = self._load_checkpoint()
+                    start_phase, start_epoch = checkpoint.phase, checkpoint.epochs_done
+                    resume_state = checkpoint if checkpoint.mid_phase else None
                     self._truncate_metrics(start_phase, start_epoch, pruned=resume_state is not None)
                 elif resume:
                     self._truncate_metrics(0, 0, pruned=False)
@@ -485,10 +387,7 @@ class Trainer:
         except (Cancelled, KeyboardInterrupt):
             self._status("cancelled", "cancelled by the user; partial results are kept", force=True)
             raise
-        except NumericsError as exc:
-            self._status("failed", str(exc), force=True)
-            raise
-        except UserError as exc:
+        except UserError as exc:  # NumericsError too
             self._status("failed", str(exc), force=True)
             raise
         except OSError as exc:
@@ -569,46 +468,6 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
         trainer.dist.shutdown()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def load_run_model(run_dir: str | Path, device: str = "cpu", round_index: int | None = None):
-    """Rebuild a saved run's model (backbone + tuned tensors) for evaluation and analysis.
-
-    Returns (model, config, splits). `round_index` picks a pruning round's saved state instead of the final one.
-    """
-    from .data import load_splits
-
-    run = RunDir(run_dir)
-    config = TrainConfig.from_dict(run.config())
-    torch.manual_seed(config.seed)  # a random-init backbone (--no-pretrained) is rebuilt exactly as `Trainer.setup` built it
-    backbone = create_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights,
-                               img_size=config.img_size, global_pool=config.global_pool)
-    dc = data_config(backbone)
-    splits = load_splits(config.dataset, root=config.data_root, img_size=dc["input_size"][-1], mean=dc["mean"],
-                         std=dc["std"], seed=0, download=False)
-    model = build_model(config, backbone, splits.num_classes)
-    if round_index is None:
-        state = run.load_weights()
-    else:
-        path = run.path / f"round_{round_index}.safetensors"
-        if not path.is_file():
-            raise RunDirError(f"{run.path} has no saved state for round {round_index}")
-        state = load_file(str(path))
-    model.load_tuned_state(state)
-    return model.to(torch.device(device)).eval(), config, splits
-
-
-def evaluate_run(run_dir: str | Path, device: str = "auto") -> dict:
-    """Re-evaluate a saved run on its validation and test splits."""
-    dev = resolve_device(device)
-    model, config, splits = load_run_model(run_dir, device=str(dev))
-    results = {}
-    for split in ("val", "test"):
-        loader = DataLoader(getattr(splits, split), batch_size=256)
-        loss, acc = evaluate(model, loader, dev)
-        results[f"{split}_loss"], results[f"{split}_acc"] = loss, acc
-    results["tuned_params"] = model.tuned_param_count()
-    return results
 
 
 def train_or_reuse(config: TrainConfig, run_dir: str | Path, quiet: bool = True) -> dict:

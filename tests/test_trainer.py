@@ -7,12 +7,14 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 
 from e2vpt.backbones import create_backbone
+from e2vpt.build import evaluate, evaluate_run, load_run_model
 from e2vpt.config import TrainConfig
 from e2vpt.fileio import read_jsonl
 from e2vpt.runs import RunDir
-from e2vpt.trainer import Trainer, evaluate_run, train
+from e2vpt.trainer import Trainer, train
 
 FAST = dict(backbone="demo", pretrained=True, dataset="digits", epochs=1, retrain_epochs=1, prompt_len=4,
             kv_len=2, batch_size=64, seed=0)
@@ -46,6 +48,17 @@ def test_short_run_beats_chance_and_reloads_to_the_same_accuracy(e2vpt_run):
     again = evaluate_run(run_dir, device="cpu")
     assert again["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-9)
     assert again["tuned_params"] == summary["tuned_params"]
+
+
+def test_every_pruning_round_reloads_to_the_test_accuracy_it_recorded(e2vpt_run):
+    """Training and reloading build the model in one place (`e2vpt/build.py`), so each round's saved
+    state, rebuilt from the run directory alone, scores exactly what the trainer recorded for it."""
+    run_dir, _, _ = e2vpt_run
+    rounds = json.loads((run_dir / "pruning.json").read_text())["rounds"]
+    for record in rounds:
+        model, _, splits = load_run_model(run_dir, round_index=record["round"])
+        _, test_acc = evaluate(model, DataLoader(splits.test, batch_size=256), torch.device("cpu"))
+        assert test_acc == record["test_acc"], record["round"]
 
 
 def test_backbone_is_bit_identical_after_training(e2vpt_run):
@@ -132,8 +145,8 @@ def test_cli_refuses_bad_input_with_one_line_and_nonzero_exit(tmp_path, e2vpt_ru
     cases = [
         (["train", "--backbone", "no_such_vit", "--no-pretrained"], "unknown backbone"),
         (["train", "--backbone", "resnet18", "--no-pretrained"], "not a timm VisionTransformer"),
-        (["train", "--prompt-len", "0"], "prompt length"),
-        (["train", "--prune-ratio", "1.5"], "prune ratio"),
+        (["train", "--prompt-len", "0"], "prompt_len (--prompt-len)"),
+        (["train", "--prune-ratio", "1.5"], "prune_ratio (--prune-ratio)"),
         (["train", "--segments", "1000", "--no-pretrained"], "embedding dimension"),
         (["train", "--run-dir", str(e2vpt_run[0])], "already holds a finished run"),
         (["train", "--weights", str(e2vpt_run[0] / "weights.safetensors")], "does not fit backbone"),
