@@ -163,7 +163,3 @@ def data_config(backbone: torch.nn.Module) -> dict:
     if patch_embed is not None and getattr(patch_embed, "img_size", None):
         input_size = (input_size[0], *patch_embed.img_size)  # the size the model was built for wins
     return {"mean": tuple(cfg["mean"]), "std": tuple(cfg["std"]), "input_size": input_size}
-
-
-def count_params(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

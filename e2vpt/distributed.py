@@ -56,14 +56,6 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
-    def broadcast_object(self, value):
-        """Rank 0's value on every rank (e.g. an error message, so all ranks stop together)."""
-        if not self.enabled:
-            return value
-        box = [value]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
 
 def global_batches(n: int, batch_size: int, shuffle: bool, seed: int) -> list[list[int]]:
     """The index batches of one epoch, identical on every rank."""

@@ -4,9 +4,10 @@ Why no module surgery: timm's `Block.forward` is two residual lines and `Attenti
 We call timm's own sub-modules (patch embedding, norms, qkv, proj, mlp) and only re-state those two
 forwards, so the backbone's state dict and weights stay exactly timm's and nothing is forked or
 patched. Every trainable tensor lives under `self.tuned` (one name prefix: `tuned.`), so "save what
-was tuned" is one filter.
+was tuned" is one filter. Constructing a model first runs `timm_compat.check_timm`, which refuses, with
+one clear message, a timm whose `Attention`/`Block` no longer have or compute what is re-stated here.
 
-Sequence at layer i (E2VPT-SPEC.md section 1):  [prefix tokens ; P_i (kept tokens only) ; patches]
+Sequence at layer i (docs/E2VPT-SPEC.md section 1):  [prefix tokens ; P_i (kept tokens only) ; patches]
 - deep: P_i's outputs are dropped after layer i and replaced by P_{i+1};
 - shallow (VPT-shallow): P_0 enters layer 0 and its outputs flow through every later layer.
 Key-value prompts (section 2) are concatenated to each layer's keys and values after the frozen
@@ -22,6 +23,7 @@ d(loss)/d(gate).
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,7 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 
 from .errors import BackboneError, ConfigError
+from .timm_compat import check_timm
 
 
 def segment_of_channel(dim: int, segments: int, layout: str) -> torch.Tensor:
@@ -77,11 +80,18 @@ def prompted_block(block: Block, x: torch.Tensor, key_prompt, value_prompt) -> t
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 
 
-class PromptTuned(nn.Module):
+class PromptTuned(nn.Module, ABC):
     """What every prompted backbone shares: the `tuned.` parameters, their saving and loading, the
-    frozen backbone's eval mode, mask installation, the prompts a layer reads and the parameter count.
-    Subclasses (`PromptedViT`, `PromptedSwin`) define `forward_features`, `reset_tuned`, `zero_pruned`,
-    `channel_segment_of` and `kept_prompt_entries`."""
+    frozen backbone's eval mode, masks and the channels they cover, the prompts a layer reads and the
+    parameter count.
+
+    A subclass (`PromptedViT`, `PromptedSwin`) wraps one backbone family. Its `__init__` sets
+    `backbone`, calls `_store_options`, builds `tuned` (`visual`: one (p, width) prompt set per prompt
+    layer, or None; `kv_key`/`kv_value`: one (heads, l, head_dim) tensor per layer, or None; `head`;
+    buffers `token_mask` (prompt layers x p) and `segment_mask` (prompt layers x p x R)), sets
+    `prompt_dropout` and calls `reset_tuned`. It implements the abstract methods below:
+    `forward_features`, `reset_tuned` and `channel_segment_of`.
+    """
 
     backbone: nn.Module
     tuned: nn.Module
@@ -119,7 +129,7 @@ class PromptTuned(nn.Module):
         self.load_state_dict(state, strict=False)
 
     def train(self, mode: bool = True) -> "PromptTuned":
-        """Backbone dropout/drop-path stay off (eval mode) whatever the phase, as the spec says."""
+        """Backbone dropout/drop-path stay off (eval mode) whatever the phase, as docs/E2VPT-SPEC.md section 3 says."""
         super().train(mode)
         self.backbone.eval()
         return self
@@ -137,6 +147,21 @@ class PromptTuned(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     # Masks
+    def channel_mask(self, layer: int) -> torch.Tensor:
+        """(p, width of `layer`'s prompts) 0/1: the layer's token mask times its segments spread onto channels.
+
+        `layer` indexes the prompt layers (the rows of `token_mask`): every block for deep prompts,
+        only 0 for shallow ones."""
+        t = self.tuned
+        return t.segment_mask[layer][:, self.channel_segment_of(layer)] * t.token_mask[layer][:, None]
+
+    @torch.no_grad()
+    def zero_pruned(self) -> None:
+        """Zero every pruned visual-prompt value (after each optimiser step, so nothing revives it)."""
+        visual = self.tuned.visual
+        for layer in range(len(visual) if visual is not None else 0):
+            visual[layer].mul_(self.channel_mask(layer))
+
     def set_masks(self, token_mask: torch.Tensor, segment_mask: torch.Tensor) -> None:
         """Install pruning masks and zero the pruned prompt values so a pruned prompt stays pruned."""
         t = self.tuned
@@ -145,7 +170,7 @@ class PromptTuned(nn.Module):
         self.zero_pruned()
 
     def tuned_param_count(self, include_head: bool = True) -> int:
-        """Closed-form count of tuned parameters after pruning (E2VPT-SPEC.md section 5): surviving
+        """Closed-form count of tuned parameters after pruning (docs/E2VPT-SPEC.md section 5): surviving
         visual-prompt entries + every key-value prompt (+ the head); the whole backbone for `full`."""
         t = self.tuned
         if self.train_backbone:
@@ -158,7 +183,11 @@ class PromptTuned(nn.Module):
         return total
 
     def kept_prompt_entries(self) -> int:
-        raise NotImplementedError
+        """Visual-prompt values that survive pruning (0 without visual prompts)."""
+        visual = self.tuned.visual
+        if visual is None:
+            return 0
+        return int(sum(self.channel_mask(layer).sum() for layer in range(len(visual))).item())
 
     def backbone_param_count(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters())
@@ -169,9 +198,25 @@ class PromptTuned(nn.Module):
 
     # ----------------------------------------------------------------------------------------------
     # Prompts a layer reads
+    @abstractmethod
     def channel_segment_of(self, layer: int) -> torch.Tensor:
-        """Index of the segment each channel of `layer`'s prompts belongs to (see `segment_of_channel`)."""
-        raise NotImplementedError
+        """Index of the segment each channel of `layer`'s prompts belongs to, (width,) (see
+        `segment_of_channel`)."""
+
+    @abstractmethod
+    def reset_tuned(self, generator: torch.Generator | None = None) -> None:
+        """(Re)initialise every prompt and the head, drawing from `generator` (the global RNG if None)."""
+
+    @abstractmethod
+    def forward_features(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
+                         segment_gate: torch.Tensor | None = None) -> torch.Tensor:
+        """The backbone's pooled representation (B, features) with prompts in place.
+
+        Args:
+            images: (B, 3, H, W), normalised.
+            token_gate: optional (B, prompt layers, p) multipliers of the visual prompts (importance scoring).
+            segment_gate: optional (B, prompt layers, p, R) multipliers of their segments (importance scoring).
+        """
 
     def _layer_prompts(self, layer: int, batch: int, token_gate, segment_gate) -> torch.Tensor | None:
         """The visual prompts layer `layer` reads, (B, kept, width), or None when it reads none."""
@@ -223,6 +268,7 @@ class PromptedViT(PromptTuned):
                  segment_layout: str = "interleaved", prompt_dropout: float = 0.0,
                  train_backbone: bool = False) -> None:
         super().__init__()
+        check_timm("vit")
         if not isinstance(backbone, VisionTransformer):
             raise BackboneError(f"PromptedViT needs a timm VisionTransformer, got {type(backbone).__name__}")
         odd = [i for i, b in enumerate(backbone.blocks) if type(b) is not Block or type(b.attn) is not Attention]
@@ -277,18 +323,8 @@ class PromptedViT(PromptTuned):
 
     # ----------------------------------------------------------------------------------------------
     # Masks
-    @torch.no_grad()
-    def zero_pruned(self) -> None:
-        if self.tuned.visual is not None:
-            self.tuned.visual.mul_(self.channel_mask())
-
     def channel_segment_of(self, layer: int) -> torch.Tensor:
-        return self.channel_segment
-
-    def channel_mask(self) -> torch.Tensor:
-        """(prompt layers, p, dim) 0/1: token mask times its segments spread onto channels."""
-        seg = self.tuned.segment_mask[:, :, self.channel_segment]
-        return seg * self.tuned.token_mask[:, :, None]
+        return self.channel_segment  # every layer has the same width
 
     # ----------------------------------------------------------------------------------------------
     # Forward
@@ -322,7 +358,3 @@ class PromptedViT(PromptTuned):
             x = torch.cat([x[:, :n_prefix], x[:, n_prefix + carried:]], dim=1)
         x = bb.norm(x)
         return bb.forward_head(x, pre_logits=True)
-
-    def kept_prompt_entries(self) -> int:
-        """Visual-prompt values that survive pruning (0 without visual prompts)."""
-        return int(self.channel_mask().sum().item()) if self.tuned.visual is not None else 0

@@ -1,4 +1,4 @@
-"""Prompt pruning and rewinding (E2VPT-SPEC.md section 4).
+"""Prompt pruning and rewinding (docs/E2VPT-SPEC.md section 4).
 
 Importance of a prompt piece = how much the loss depends on a multiplicative mask over it:
 S = E_x |dL(x)/d(mask)| (Michel et al. 2019; Molchanov et al. 2017). The model multiplies its
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .prompts import PromptedViT
+from .prompts import PromptTuned
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Importance:
     images: int
 
 
-def score_importance(model: PromptedViT, loader: DataLoader, device: torch.device, mode: str = "abs",
+def score_importance(model: PromptTuned, loader: DataLoader, device: torch.device, mode: str = "abs",
                      autocast=None, progress=None, all_reduce=None) -> Importance:
     """Mean (absolute or signed) per-image gradient of the loss w.r.t. token and segment masks.
 
@@ -134,7 +134,7 @@ def prune_segments(token_mask: torch.Tensor, segment_mask: torch.Tensor, scores:
 
 
 @torch.no_grad()
-def rewind(model: PromptedViT, initial_state: dict[str, torch.Tensor], how: str = "init",
+def rewind(model: PromptTuned, initial_state: dict[str, torch.Tensor], how: str = "init",
            generator: torch.Generator | None = None) -> None:
     """Reset prompts and head for retraining; masks are kept and pruned entries stay zero.
 

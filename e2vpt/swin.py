@@ -1,4 +1,4 @@
-"""`PromptedSwin`: E2VPT on a frozen timm Swin Transformer (E2VPT-SPEC.md section 7).
+"""`PromptedSwin`: E2VPT on a frozen timm Swin Transformer (docs/E2VPT-SPEC.md section 7).
 
 Swin attends inside local windows and halves the resolution (doubling the width) at every stage, so
 prompts follow the stages:
@@ -12,7 +12,8 @@ prompts follow the stages:
   (visual or key-value) gets no bias and is visible from, and sees, every token of every window.
 
 As for ViTs, nothing in timm is patched: we call the block's own norms, qkv, projection, MLP and
-relative-position table, and only re-state the window attention and the block's attention branch. A
+relative-position table, and only re-state the window attention and the block's attention branch
+(`timm_compat.check_timm` verifies at construction that the installed timm still fits them). A
 block with no live prompt and no key-value prompt runs timm's own `block(x)`, so with every visual
 prompt pruned (and no key-value prompts) the model is exactly the frozen backbone. Masks, pruning,
 rewinding and saving are shared with `PromptedViT` through `PromptTuned`; the masks keep their
@@ -31,6 +32,7 @@ from torch import nn
 
 from .errors import BackboneError, ConfigError
 from .prompts import PromptTuned, segment_of_channel
+from .timm_compat import check_timm
 
 
 def prompted_window_attention(attn: WindowAttention, windows: torch.Tensor, shift_mask: torch.Tensor | None,
@@ -115,6 +117,7 @@ class PromptedSwin(PromptTuned):
                  segment_layout: str = "interleaved", prompt_dropout: float = 0.0,
                  train_backbone: bool = False) -> None:
         super().__init__()
+        check_timm("swin")
         if not isinstance(backbone, SwinTransformer):
             raise BackboneError(f"PromptedSwin needs a timm SwinTransformer, got {type(backbone).__name__}")
         self.backbone = backbone
@@ -177,16 +180,6 @@ class PromptedSwin(PromptTuned):
     def channel_segment_of(self, layer: int) -> torch.Tensor:
         return getattr(self, f"channel_segment_{self.layer_dims[layer]}")
 
-    def channel_mask(self, layer: int) -> torch.Tensor:
-        """(p, width of the block) 0/1: the layer's token mask times its segments spread onto channels."""
-        t = self.tuned
-        return t.segment_mask[layer][:, self.channel_segment_of(layer)] * t.token_mask[layer][:, None]
-
-    @torch.no_grad()
-    def zero_pruned(self) -> None:
-        for i, prompt in enumerate(self.tuned.visual or []):
-            prompt.mul_(self.channel_mask(i))
-
     # ----------------------------------------------------------------------------------------------
     # Forward
     def forward_features(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
@@ -218,6 +211,3 @@ class PromptedSwin(PromptTuned):
                 layer += 1
         x = bb.norm(x)
         return bb.forward_head(x, pre_logits=True)
-
-    def kept_prompt_entries(self) -> int:
-        return sum(int(self.channel_mask(i).sum().item()) for i in range(len(self.tuned.visual or [])))

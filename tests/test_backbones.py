@@ -44,7 +44,7 @@ def test_avg_pooling_ignores_prompts_and_token_pooling_reads_cls():
 def test_impossible_pooling_is_a_clear_error():
     with pytest.raises(BackboneError, match="no \\[CLS\\] token"):
         create_backbone("swin_tiny_patch4_window7_224", pretrained=False, img_size=32, global_pool="token")
-    with pytest.raises(ConfigError, match="global pool"):
+    with pytest.raises(ConfigError, match="global.pool"):
         TrainConfig(global_pool="max")
 
 

@@ -1,5 +1,6 @@
-"""Properties of the prompted ViT, read as a specification of E2VPT-SPEC.md sections 1-5."""
+"""Properties of the prompted ViT, read as a specification of docs/E2VPT-SPEC.md sections 1-5."""
 
+import inspect
 import math
 
 import pytest
@@ -10,8 +11,9 @@ from timm.models.vision_transformer import VisionTransformer
 from e2vpt.config import METHODS, TrainConfig
 from e2vpt.errors import BackboneError, ConfigError
 from e2vpt.methods import build_model
-from e2vpt.prompts import PromptedViT, segment_of_channel
+from e2vpt.prompts import PromptedViT, PromptTuned, segment_of_channel
 from e2vpt.pruning import prune_segments, prune_tokens, rewind, score_importance
+from e2vpt.swin import PromptedSwin
 
 DIM, DEPTH, HEADS, CLASSES = 32, 2, 4, 5
 
@@ -41,6 +43,28 @@ def test_every_prompt_pruned_equals_frozen_backbone(kwargs):
     t = model.tuned
     model.set_masks(torch.zeros_like(t.token_mask), t.segment_mask)
     assert torch.allclose(model.forward_features(images()), expected, atol=1e-6)
+
+
+def test_prompt_tuned_is_an_abstract_contract_both_backbones_fulfil_with_one_signature():
+    """A new backbone family subclasses `PromptTuned` and must define exactly these three methods; the
+    shared ones (masks, counts, saving) have one signature whatever the backbone."""
+    assert PromptTuned.__abstractmethods__ == {"forward_features", "reset_tuned", "channel_segment_of"}
+    with pytest.raises(TypeError, match="abstract"):
+        PromptTuned()
+
+    class WithoutSegments(PromptTuned):
+        def forward_features(self, images, token_gate=None, segment_gate=None):
+            return images
+
+        def reset_tuned(self, generator=None):
+            pass
+
+    with pytest.raises(TypeError, match="channel_segment_of"):
+        WithoutSegments()
+    for name in ("forward_features", "reset_tuned", "channel_segment_of", "channel_mask", "zero_pruned",
+                 "kept_prompt_entries", "set_masks", "tuned_param_count", "forward"):
+        assert inspect.signature(getattr(PromptedViT, name)) == inspect.signature(getattr(PromptTuned, name)), name
+        assert inspect.signature(getattr(PromptedSwin, name)) == inspect.signature(getattr(PromptTuned, name)), name
 
 
 def test_without_prompts_model_equals_backbone_and_prompts_change_it():
@@ -200,14 +224,16 @@ def test_rewind_restores_survivors_and_keeps_pruned_pruned():
     segment_mask[0, 0, 2] = 0
     model.set_masks(token_mask, segment_mask)
     rewind(model, initial, "init")
-    channel_mask = model.channel_mask()
+    channel_mask = torch.stack([model.channel_mask(layer) for layer in range(DEPTH)])
+    assert channel_mask[0, 0].tolist() == [float(c % 4 != 2) for c in range(DIM)]  # interleaved segment 2
+    assert not channel_mask[:, 1].any()
     assert torch.equal(t.visual[channel_mask > 0], initial["tuned.visual"][channel_mask > 0])
     assert bool((t.visual[channel_mask == 0] == 0).all())
     assert torch.equal(t.kv_key, initial["tuned.kv_key"]) and torch.equal(t.head.weight, initial["tuned.head.weight"])
     assert torch.equal(t.token_mask, token_mask)
     rewind(model, initial, "reinit", torch.Generator().manual_seed(5))
     assert not torch.equal(t.kv_key, initial["tuned.kv_key"])
-    assert bool((t.visual[model.channel_mask() == 0] == 0).all()) and torch.equal(t.token_mask, token_mask)
+    assert bool((t.visual[channel_mask == 0] == 0).all()) and torch.equal(t.token_mask, token_mask)
 
 
 def per_image_loader(n=6):
@@ -252,9 +278,9 @@ def test_prune_segments_respects_minimum_per_token():
 
 
 def test_bad_inputs_are_clear_errors():
-    with pytest.raises(ConfigError, match="prompt length"):
+    with pytest.raises(ConfigError, match="prompt.len"):
         TrainConfig(method="vpt-deep", prompt_len=0)
-    with pytest.raises(ConfigError, match="prune ratio"):
+    with pytest.raises(ConfigError, match="prune.ratio"):
         TrainConfig(prune_ratio=1.0)
     with pytest.raises(ConfigError, match="embedding dimension"):
         PromptedViT(tiny_vit(), CLASSES, prompt_len=2, segments=DIM + 1)

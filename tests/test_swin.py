@@ -1,15 +1,16 @@
-"""E2VPT on Swin (E2VPT-SPEC.md section 7): prompts per stage width, key-value prompts in every window."""
+"""E2VPT on Swin (docs/E2VPT-SPEC.md section 7): prompts per stage width, key-value prompts in every window."""
 
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from timm.models.swin_transformer import SwinTransformer
 
 from e2vpt.config import TrainConfig
-from e2vpt.errors import ConfigError
+from e2vpt.errors import BackboneError, ConfigError
 from e2vpt.methods import build_model
 from e2vpt.pruning import prune_segments, prune_tokens, rewind, score_importance
 from e2vpt.swin import PromptedSwin, prompted_swin_block
@@ -195,6 +196,49 @@ def test_pruning_scores_prunes_and_rewinds_like_on_a_vit():
     assert torch.isfinite(pruned_out).all()
 
 
+def test_importance_is_the_mean_per_image_gate_gradient_and_pruned_pieces_are_nan():
+    """S = mean over images of |dL(x)/d gate|. A gate multiplies its prompt values, so dL/d gate is the
+    sum, over the token's (or segment's) channels, of value x dL/d value: the reference below takes
+    that from the prompts' own gradients, one image at a time, with no gate in the model at all."""
+    model = PromptedSwin(tiny_swin(), CLASSES, prompt_len=3, visual="deep", kv_len=2, segments=4)
+    t = model.tuned
+    token_mask = torch.ones_like(t.token_mask)
+    token_mask[0, 1] = 0
+    token_mask[4] = 0  # a block with every prompt pruned runs timm's own block: no gate reaches it
+    segment_mask = torch.ones_like(t.segment_mask)
+    segment_mask[2, 0, 3] = 0
+    segment_mask[5, 2, :2] = 0
+    model.set_masks(token_mask, segment_mask)
+    x, y = images(4), torch.tensor([0, 1, 2, 3])
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
+    scores = score_importance(model, loader, torch.device("cpu"), "abs")
+    signed = score_importance(model, loader, torch.device("cpu"), "signed")
+
+    model.eval()
+    token_ref, segment_ref = torch.zeros(6, 3), torch.zeros(6, 3, 4)
+    signed_token_ref = torch.zeros(6, 3)
+    for b in range(4):
+        loss = F.cross_entropy(model(x[b:b + 1]), y[b:b + 1])
+        grads = torch.autograd.grad(loss, list(t.visual), allow_unused=True)  # block 4 reads no prompt
+        for i, (value, grad) in enumerate(zip(t.visual, grads)):
+            per_channel = (value * grad).detach() if grad is not None else torch.zeros_like(value)  # (p, width)
+            per_segment = torch.zeros(3, 4).index_add_(1, model.channel_segment_of(i), per_channel)
+            token_ref[i] += per_channel.sum(1).abs() / 4
+            signed_token_ref[i] += per_channel.sum(1) / 4
+            segment_ref[i] += per_segment.abs() / 4
+    alive_tokens = token_mask > 0
+    alive_segments = (segment_mask > 0) & alive_tokens[..., None]
+    assert scores.images == 4 and scores.token.shape == (6, 3) and scores.segment.shape == (6, 3, 4)
+    assert torch.isnan(scores.token[~alive_tokens]).all() and torch.isfinite(scores.token[alive_tokens]).all()
+    assert torch.isnan(scores.segment[~alive_segments]).all() and torch.isfinite(scores.segment[alive_segments]).all()
+    assert bool((scores.token[alive_tokens] > 0).all())
+    assert torch.allclose(scores.token[alive_tokens], token_ref[alive_tokens], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(scores.segment[alive_segments], segment_ref[alive_segments], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(signed.token[alive_tokens], signed_token_ref[alive_tokens], rtol=1e-4, atol=1e-7)
+    # a token's signed score is the sum of its surviving segments' (pruned ones are NaN)
+    assert torch.allclose(signed.segment.nansum(-1)[alive_tokens], signed.token[alive_tokens], rtol=1e-4, atol=1e-7)
+
+
 def test_saved_tuned_state_reloads_and_refuses_another_swin():
     a = PromptedSwin(tiny_swin(), CLASSES, prompt_len=3, kv_len=2, segments=4)
     b = PromptedSwin(tiny_swin(), CLASSES, prompt_len=3, kv_len=2, segments=4)
@@ -202,7 +246,8 @@ def test_saved_tuned_state_reloads_and_refuses_another_swin():
     b.load_tuned_state(a.tuned_state())
     assert torch.equal(a(images()), b(images()))
     other = PromptedSwin(tiny_swin(), CLASSES, prompt_len=5, kv_len=2, segments=4)
-    with pytest.raises(Exception, match="shape"):
+    with pytest.raises(BackboneError, match=r"saved tensor 'tuned\.token_mask' has shape \(6, 3\), this model "
+                                            r"expects \(6, 5\); the weights come from another configuration"):
         other.load_tuned_state(a.tuned_state())
 
 
@@ -213,11 +258,12 @@ def test_too_many_segments_for_the_narrowest_stage_is_a_clear_error():
 
 def test_a_swin_run_trains_prunes_records_and_reloads(tmp_path, monkeypatch):
     """The whole engine (trainer, pruning record, saved weights, reload, analysis) on a Swin backbone."""
-    import e2vpt.trainer as trainer_module
+    import e2vpt.build as build_module
     from e2vpt.analysis.pruning_views import importance_maps, pruning_trajectory
-    from e2vpt.trainer import evaluate_run, train
+    from e2vpt.build import evaluate_run
+    from e2vpt.trainer import train
 
-    monkeypatch.setattr(trainer_module, "create_backbone", lambda *args, **kwargs: tiny_swin())
+    monkeypatch.setattr(build_module, "create_backbone", lambda *args, **kwargs: tiny_swin())
     config = TrainConfig(method="e2vpt", backbone="tiny-swin", pretrained=False, dataset="digits", epochs=1,
                          retrain_epochs=1, prune_rounds=1, prompt_len=4, kv_len=2, batch_size=64)
     summary = train(config, tmp_path / "swin", quiet=True)
@@ -227,4 +273,16 @@ def test_a_swin_run_trains_prunes_records_and_reloads(tmp_path, monkeypatch):
     assert torch.tensor(rounds[1]["token_mask"]).shape == (6, 4) and rounds[1]["kept_tokens"] == 12
     assert summary["test_acc"] > 0.2  # 10 classes; random-init tiny Swin, prompts and head only
     assert evaluate_run(tmp_path / "swin", device="cpu")["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-9)
-    assert len(importance_maps(tmp_path / "swin")) >= 1 and pruning_trajectory(tmp_path / "swin")
+    maps = importance_maps(tmp_path / "swin")
+    assert [m["round"] for m in maps] == [0, 1] and maps[0]["token_scores"] is None  # round 0 is not scored
+    scores = maps[1]["token_scores"]
+    assert scores.shape == (6, 4) and np.isfinite(scores).all() and (scores > 0).all()  # all alive when scored
+    assert np.array_equal(maps[1]["token_mask"], np.array(rounds[1]["token_mask"]))
+    assert np.nanmax(maps[1]["token_scores_normalised"]) == 1.0
+    trajectory = pruning_trajectory(tmp_path / "swin")
+    assert list(trajectory["rounds"]["round"]) == [0, 1]
+    assert list(trajectory["rounds"]["kept_tokens"]) == [rounds[0]["kept_tokens"], 12]
+    layers = trajectory["layers"]
+    assert len(layers) == 2 * 6 and layers[layers["round"] == 1]["kept_fraction"].sum() == pytest.approx(12 / 4)
+    lifetimes = trajectory["lifetimes"]
+    assert len(lifetimes) == 6 * 4 and int((lifetimes["pruned_in_round"] == 1).sum()) == 24 - 12
