@@ -25,10 +25,10 @@ from safetensors.torch import load_file, save_file
 from e2vpt import fileio as fileio_module
 from e2vpt.config import TrainConfig
 from e2vpt.data import load_splits
-from e2vpt.errors import BackboneError, DataError, RunDirError, UserError
+from e2vpt.errors import BackboneError, DataError, NumericsError, RunDirError, UserError
 from e2vpt.fileio import append_jsonl, atomic_write_json, read_jsonl
 from e2vpt.runs import RunDir
-from e2vpt.trainer import NumericsError, Trainer, train
+from e2vpt.trainer import Trainer, train
 from e2vpt.uploads import safe_extract_zip
 
 pytestmark = pytest.mark.fault
@@ -123,18 +123,154 @@ def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, reference, 
 
 
 def test_kill_9_mid_write_leaves_old_or_new_file_never_half(tmp_path):
-    target = tmp_path / "status.json"
-    script = (f"import sys; sys.path.insert(0, {str(Path.cwd())!r}); from e2vpt.fileio import atomic_write_json\n"
-              f"i = 0\nwhile True:\n    i += 1\n    atomic_write_json({str(target)!r}, {{'i': i, 'pad': 'x' * 2_000_000}})\n")
-    for delay in (0.2, 0.35, 0.5):
-        proc = subprocess.Popen([sys.executable, "-c", script])
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        if target.exists():
-            assert json.loads(target.read_text())["i"] >= 1
-    leftovers = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    assert len(leftovers) <= 1  # at most the temp file of the killed write, never the real file half-written
+    """SIGKILL a process in the middle of rewriting a multi-MB JSON file with `atomic_write_json`, at several
+    moments inside a write: afterwards the file is always one whole value the writer wrote, never half of one.
+
+    A child imports e2vpt once (seconds), says `ready` on stdout, then forks one writer per round. A writer
+    rewrites the target in a loop, printing `start i` / `done i` around each write of a value that carries
+    its own check (`n` == len(`pad`), `pad` is one letter chosen by `i`). Each round waits for a completed
+    write, times it, then kills the writer during the next one: at a fraction of the measured write time,
+    or a few milliseconds after the folder first changes (the moment bytes hit the disk, where a write in
+    place would leave a truncated file). Only kills that land between `start` and `done` count; a moment
+    is retried until one does.
+    """
+    import re
+    import select
+
+    child = r'''
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+from e2vpt.fileio import atomic_write_json
+
+target = sys.argv[2]
+
+
+def say(line):
+    os.write(1, (line + "\n").encode())  # one small write(2) per line: lines of two processes never interleave
+
+
+def write_forever():
+    say(f"writer {os.getpid()}")
+    deadline = time.monotonic() + 60  # a writer never outlives a crashed test by long
+    i = 0
+    while time.monotonic() < deadline:
+        i += 1
+        n = 3_000_000 + 500_000 * (i % 4)
+        pad = "abcdefghijklmnopqrstuvwxyz"[i % 26] * n
+        say(f"start {i}")
+        atomic_write_json(target, {"writer": os.getpid(), "i": i, "n": n, "pad": pad})
+        say(f"done {i}")
+
+
+say("ready")
+for _ in iter(sys.stdin.readline, ""):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            write_forever()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    say(f"reaped {pid}")
+'''
+    repo = Path(__file__).resolve().parents[1]
+    folder = tmp_path / "out"
+    folder.mkdir()
+    target = folder / "status.json"
+    err_path = tmp_path / "child.stderr"
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-c", child, str(repo), str(target)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err)
+    fd, pending = proc.stdout.fileno(), b""
+
+    def next_line(timeout=60.0):
+        """(arrival time, line) of the child's next stdout line."""
+        nonlocal pending
+        deadline = time.monotonic() + timeout
+        while b"\n" not in pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise TimeoutError(f"child silent; stderr: {err_path.read_text()[-2000:]}")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"child exited early; stderr: {err_path.read_text()[-2000:]}")
+            pending += chunk
+        line, pending = pending.split(b"\n", 1)
+        return time.monotonic(), line.decode()
+
+    def check_whole(writer, done, started):
+        assert target.exists(), "the target vanished"
+        text = target.read_text()
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise AssertionError(f"half-written target ({len(text)} chars): {exc}") from None
+        assert sorted(value) == ["i", "n", "pad", "writer"]
+        # the last finished write, or the one in flight if the kill fell between its rename and `done`
+        assert value["writer"] == writer and value["i"] in (done, started), (value["writer"], value["i"], done, started)
+        letter = "abcdefghijklmnopqrstuvwxyz"[value["i"] % 26]
+        assert value["n"] == len(value["pad"]) and value["pad"] == letter * value["n"], "value not self-consistent"
+        stray = [p.name for p in folder.iterdir() if p != target]
+        assert all(re.fullmatch(r"\.status\.json\..+\.tmp", name) for name in stray), stray
+
+    def folder_state():
+        try:
+            return sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(folder))
+        except FileNotFoundError:  # a temp file renamed away between listing and stat: a change too
+            return None
+
+    moments = ([("of the write time", fraction) for fraction in (0.0, 0.1, 0.25, 0.4, 0.55, 0.7, 0.85)]
+               + [("s after the folder changed", delay) for delay in (0.0, 0.0005, 0.001, 0.002, 0.004)])
+    kills, writer = [], None
+    try:
+        assert next_line()[1] == "ready"
+        for moment, amount in moments:
+            for _ in range(8):
+                proc.stdin.write(b"go\n")
+                proc.stdin.flush()
+                kind, pid = next_line()[1].split()
+                assert kind == "writer"
+                writer, started, done, began, took = int(pid), 0, 0, 0.0, None
+                while True:  # wait for a completed write and time it, then for the next write to start
+                    at, line = next_line()
+                    kind, i = line.split()
+                    if kind == "start":
+                        started, began = int(i), at
+                        if done:
+                            break
+                    else:
+                        done, took = int(i), at - began
+                if moment == "of the write time":
+                    time.sleep(amount * took)
+                else:
+                    before, deadline = folder_state(), time.monotonic() + 10
+                    while folder_state() == before and time.monotonic() < deadline:
+                        pass
+                    time.sleep(amount)
+                os.kill(writer, signal.SIGKILL)
+                while True:  # the lines it printed before dying, up to the fork server's `reaped`
+                    kind, i = next_line()[1].split()
+                    if kind == "reaped":
+                        writer_pid, writer = writer, None
+                        break
+                    started, done = (int(i), done) if kind == "start" else (started, int(i))
+                check_whole(writer_pid, done, started)
+                kills.append((amount, moment, started > done))
+                if started > done:  # died inside a write: this moment is covered
+                    break
+            else:
+                raise AssertionError(f"no kill at {amount} {moment} landed inside a write: {kills}")
+    finally:
+        if writer is not None:  # a writer not yet reaped: never leave it rewriting files after a failure
+            try:
+                os.kill(writer, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        proc.stdin.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+        proc.stdout.close()
 
 
 def test_torn_metrics_line_is_ignored_and_next_append_starts_fresh(tmp_path):
@@ -173,15 +309,15 @@ def test_full_disk_during_training_fails_with_a_hint_and_resumes(tmp_path, monke
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real(path, *args, **kwargs)
 
-    import e2vpt.trainer as trainer_module
+    import e2vpt.checkpoints as checkpoints_module
 
-    monkeypatch.setattr(trainer_module, "atomic_save_safetensors", fill_disk_on_third_checkpoint)
+    monkeypatch.setattr(checkpoints_module, "atomic_save_safetensors", fill_disk_on_third_checkpoint)
     with pytest.raises(UserError, match="disk is full"):
         train(TrainConfig(**BASE), run_dir, quiet=True)
     status = RunDir(run_dir).status()
     assert status["state"] == "failed" and "--resume" in status["message"]
     assert_run_intact(run_dir)
-    monkeypatch.setattr(trainer_module, "atomic_save_safetensors", real)
+    monkeypatch.setattr(checkpoints_module, "atomic_save_safetensors", real)
     summary = train(TrainConfig(**BASE), run_dir, resume=True, quiet=True)
     assert summary["test_acc"] == reference[0]["test_acc"]
 
