@@ -7,7 +7,7 @@ import streamlit as st
 from e2vpt import launch
 from e2vpt import runs as run_store
 from e2vpt.backbones import DEMO_WEIGHTS
-from e2vpt.config import SUGGESTED_BACKBONES, TrainConfig, meta, preset, settings
+from e2vpt.config import SUGGESTED_BACKBONES, TrainConfig, flag, meta, preset, settings
 from e2vpt.config import kind as setting_kind
 from e2vpt.data import list_datasets
 from e2vpt.errors import ConfigError, UserError
@@ -155,6 +155,15 @@ with st.form("train"):
     submitted = st.form_submit_button("Start training", type="primary", icon=":material/rocket_launch:")
 
 
+def in_form_words(error: ConfigError) -> str:
+    """A settings error with the field named by its label in this form, not by its CLI flag."""
+    named = {f.name: f for f in settings()}.get(error.setting)
+    if named is None:
+        return str(error)
+    return str(error).replace(f"{named.name} ({flag(named)})", f"“{meta(named)['label']}”").replace(
+        f"use e.g. {flag(named)}", "e.g.")
+
+
 def form_values() -> dict:
     return {f.name: from_widget(f, st.session_state[f"cfg_{f.name}"]) for f in settings()}
 
@@ -164,7 +173,7 @@ if submitted:
         try:
             config = TrainConfig.from_dict(form_values())
         except ConfigError as exc:
-            st.error(f"Not started: {exc}", icon=":material/block:")
+            st.error(f"Not started: {in_form_words(exc)}", icon=":material/block:")
         else:
             fingerprint = json.dumps(config.to_dict(), sort_keys=True)
             last = st.session_state.get("last_start") or {}

@@ -233,7 +233,8 @@ def test_an_impossible_setting_is_refused_before_a_run_exists(roots):
     at.number_input(key="cfg_prompt_len").set_value(0)
     submit(at)
     no_exception(at)
-    assert "must be at least 1 for vpt-deep" in texts(at, "error")
+    assert "“Visual prompt tokens per layer (p)” must be at least 1 for vpt-deep" in texts(at, "error")
+    assert "--" not in texts(at, "error")  # said in the form's words, not the command line's
     assert list(runs.iterdir()) == []
 
 
