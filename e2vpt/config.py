@@ -192,7 +192,7 @@ class TrainConfig:
             raise ConfigError(f"extra must be a mapping, got {type(self.extra).__name__}")
         if self.spec.visual != "none" and self.prompt_len == 0:
             raise ConfigError(f"prompt_len (--prompt-len) must be at least 1 for {self.method}, which trains visual "
-                              "prompts; use e.g. --prompt-len 10")
+                              "prompts; use e.g. --prompt-len 10", "prompt_len")
 
     @property
     def spec(self) -> MethodSpec:
@@ -287,35 +287,35 @@ def check_value(f: dataclasses.Field, value: Any) -> Any:
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"{where} needs a value; it has no 'unset' state")
+        raise ConfigError(f"{where} needs a value; it has no 'unset' state", f.name)
     if choices is not None:
         if value not in choices or type(value) is not base:
-            raise ConfigError(f"{where} must be one of {', '.join(map(str, choices))}, got {_describe(value)}")
+            raise ConfigError(f"{where} must be one of {', '.join(map(str, choices))}, got {_describe(value)}", f.name)
         return value
     if base is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{where} must be true or false, got {_describe(value)}")
+            raise ConfigError(f"{where} must be true or false, got {_describe(value)}", f.name)
         return value
     if base is str:
         if not isinstance(value, str) or (m["pattern"] and not re.fullmatch(m["pattern"], value)):
             expected = {"device": "auto, cpu, cuda or cuda:N"}.get(f.name, "a name" if m["pattern"] else "text")
-            raise ConfigError(f"{where} must be {expected}, got {_describe(value)}")
+            raise ConfigError(f"{where} must be {expected}, got {_describe(value)}", f.name)
         return value
     if base is int:
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} must be a whole number, got {_describe(value)}")
+            raise ConfigError(f"{where} must be a whole number, got {_describe(value)}", f.name)
     elif base is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where} must be a number, got {_describe(value)}")
+            raise ConfigError(f"{where} must be a number, got {_describe(value)}", f.name)
         if not math.isfinite(value):
-            raise ConfigError(f"{where} must be a finite number, got {value}")
+            raise ConfigError(f"{where} must be a finite number, got {value}", f.name)
         value = float(value)
     out = ((m["ge"] is not None and value < m["ge"]) or (m["gt"] is not None and value <= m["gt"])
            or (m["le"] is not None and value > m["le"]) or (m["lt"] is not None and value >= m["lt"]))
     if out:
-        raise ConfigError(f"{where} must be {bounds_text(f)}, got {_num(value)}")
+        raise ConfigError(f"{where} must be {bounds_text(f)}, got {_num(value)}", f.name)
     return value
 
 
