@@ -132,7 +132,7 @@ def drive(page, url: str, runs: Path) -> None:
     no_exception_on(page)
 
     # a demo E2VPT run on the shipped pretrained ViT, through the form (its screenshots feed the README)
-    assert page.get_by_label("Pretrained backbone").is_checked()
+    assert page.get_by_role("checkbox", name="Pretrained backbone").is_checked()
     set_number(page, "Epochs", 3)
     set_number(page, "Epochs after each pruning round", 1)
     set_number(page, "Visual prompt tokens per layer (p)", 8)

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from e2vpt.config import TrainConfig
 from e2vpt.runs import DATA_ROOT_ENV, RUNS_ROOT_ENV, list_runs, with_data_root
 
@@ -19,6 +21,7 @@ def cli(*args, env: dict, cwd: Path):
                           cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
 
 
+@pytest.mark.slow
 def test_cli_runs_live_under_the_runs_root_the_app_reads(tmp_path):
     runs, elsewhere = tmp_path / "X", tmp_path / "cwd"
     elsewhere.mkdir()

@@ -100,6 +100,7 @@ KILL_POINTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_kill_9_then_resume_gives_the_uninterrupted_result(tmp_path, reference, point):
     run_dir = tmp_path / "run"
@@ -297,6 +298,7 @@ def test_full_disk_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
+@pytest.mark.slow
 def test_full_disk_during_training_fails_with_a_hint_and_resumes(tmp_path, monkeypatch, reference):
     run_dir = tmp_path / "run"
     calls = {"n": 0}
@@ -322,6 +324,7 @@ def test_full_disk_during_training_fails_with_a_hint_and_resumes(tmp_path, monke
     assert summary["test_acc"] == reference[0]["test_acc"]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_as_failed_with_step_and_hint_and_keeps_checkpoint(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     original = torch.nn.functional.cross_entropy
@@ -446,6 +449,7 @@ def test_archive_extracts_only_images_into_a_fresh_folder(tmp_path):
     assert len(skipped) == 2
 
 
+@pytest.mark.slow
 def test_second_trainer_on_the_same_run_is_refused(tmp_path):
     run_dir = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *CLI_BASE, "--run-dir", str(run_dir)],
@@ -474,6 +478,7 @@ def test_missing_run_directories_get_a_clear_message(args, expected):
     assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_two_runs_at_once_each_in_its_own_directory(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *CLI_BASE, "--epochs", "1",
                                "--prune-rounds", "0", "--run-dir", str(tmp_path / f"run{i}")],

@@ -29,6 +29,7 @@ def e2vpt_run(tmp_path_factory):
     return run_dir, summary, trainer
 
 
+@pytest.mark.slow
 def test_run_directory_holds_every_file_of_the_contract(e2vpt_run):
     run_dir, summary, _ = e2vpt_run
     for name in ("config.json", "status.json", "metrics.jsonl", "pruning.json", "summary.json", "weights.safetensors"):
@@ -42,6 +43,7 @@ def test_run_directory_holds_every_file_of_the_contract(e2vpt_run):
     assert all(k.startswith("tuned.") for k in weights) and "tuned.token_mask" in weights
 
 
+@pytest.mark.slow
 def test_short_run_beats_chance_and_reloads_to_the_same_accuracy(e2vpt_run):
     run_dir, summary, _ = e2vpt_run
     assert summary["test_acc"] > 0.3  # 10 classes: chance is 0.1
@@ -50,6 +52,7 @@ def test_short_run_beats_chance_and_reloads_to_the_same_accuracy(e2vpt_run):
     assert again["tuned_params"] == summary["tuned_params"]
 
 
+@pytest.mark.slow
 def test_every_pruning_round_reloads_to_the_test_accuracy_it_recorded(e2vpt_run):
     """Training and reloading build the model in one place (`e2vpt/build.py`), so each round's saved
     state, rebuilt from the run directory alone, scores exactly what the trainer recorded for it."""
@@ -61,6 +64,7 @@ def test_every_pruning_round_reloads_to_the_test_accuracy_it_recorded(e2vpt_run)
         assert test_acc == record["test_acc"], record["round"]
 
 
+@pytest.mark.slow
 def test_backbone_is_bit_identical_after_training(e2vpt_run):
     _, _, trainer = e2vpt_run
     fresh = create_backbone("demo", pretrained=True)
@@ -68,6 +72,7 @@ def test_backbone_is_bit_identical_after_training(e2vpt_run):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_pruning_record_shrinks_each_round_and_masks_are_nested(e2vpt_run):
     run_dir, summary, _ = e2vpt_run
     pruning = json.loads((run_dir / "pruning.json").read_text())
@@ -87,6 +92,7 @@ def test_pruning_record_shrinks_each_round_and_masks_are_nested(e2vpt_run):
     assert pruning["selected_round"] == summary["selected_round"] >= 1
 
 
+@pytest.mark.slow
 def test_metrics_have_one_line_per_epoch_and_one_per_prune(e2vpt_run):
     records = read_jsonl(e2vpt_run[0] / "metrics.jsonl")
     assert [(r["kind"], r["round"]) for r in records] == [("epoch", 0), ("prune", 1), ("epoch", 1), ("prune", 2),
@@ -103,6 +109,7 @@ def test_every_method_trains_from_the_same_loop(tmp_path, method):
         assert summary["tuned_pct"] < 1
 
 
+@pytest.mark.slow
 def test_a_random_init_backbone_run_reloads_to_the_same_accuracy(tmp_path):
     """--no-pretrained: the backbone is not saved, so reloading must rebuild the same random weights."""
     summary = train(TrainConfig(method="vpt-deep", **dict(FAST, pretrained=False)), tmp_path / "random", quiet=True)
@@ -110,6 +117,7 @@ def test_a_random_init_backbone_run_reloads_to_the_same_accuracy(tmp_path):
     assert again["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_the_same_result_across_pruning_rounds(tmp_path, monkeypatch):
     config = dict(FAST, method="e2vpt", prune_rounds=1, retrain_epochs=2)
     reference = train(TrainConfig(**config), tmp_path / "reference", quiet=True)
@@ -141,6 +149,7 @@ def cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "e2vpt", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
+@pytest.mark.slow
 def test_cli_refuses_bad_input_with_one_line_and_nonzero_exit(tmp_path, e2vpt_run):
     cases = [
         (["train", "--backbone", "no_such_vit", "--no-pretrained"], "unknown backbone"),
@@ -163,6 +172,7 @@ def test_cli_refuses_bad_input_with_one_line_and_nonzero_exit(tmp_path, e2vpt_ru
     assert (e2vpt_run[0] / "summary.json").is_file()  # the finished run was not touched
 
 
+@pytest.mark.slow
 def test_cli_config_file_with_flag_override(tmp_path):
     (tmp_path / "c.yaml").write_text("method: linear\nepochs: 1\nbackbone: demo\npretrained: false\nlr: 0.5\n")
     result = cli("train", "--config", str(tmp_path / "c.yaml"), "--lr", "0.01", "--run-dir", str(tmp_path / "run"),
