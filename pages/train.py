@@ -23,18 +23,18 @@ MORE_COLUMNS = {"pruning": 0, "optimisation": 1, "model": 2, "prompts": 2, "data
 
 
 def to_widget(f, value):
-    """A setting's value as its widget holds it: an unset optional number is 0, an unset text is ''."""
-    if value is None and setting_kind(f)[2]:
-        return "" if setting_kind(f)[0] is str else 0
+    """A setting's value as its widget holds it: an unset optional text is '' (an unset number stays empty)."""
+    if value is None and setting_kind(f)[0] is str:
+        return ""
     return value
 
 
 def from_widget(f, value):
-    """The widget's value as a setting (0 or '' back to unset where the setting is optional)."""
+    """The widget's value as a setting (an empty optional box is unset)."""
     base, _, optional = setting_kind(f)
     if base is str and isinstance(value, str):
         value = value.strip()
-    if optional and value in (0, ""):
+    if optional and value == "":
         return None
     return int(value) if base is int and isinstance(value, float) and value.is_integer() else value
 
@@ -54,8 +54,6 @@ def setting_widget(f) -> None:
     m, (base, choices, optional) = meta(f), setting_kind(f)
     key, label, help = f"cfg_{f.name}", m["label"], m["help"]
     common = dict(key=key, help=help, persist_state="session")
-    if optional and base is not str:
-        label = f"{label} (0 = {m['none_means']})"
     if f.name == "backbone":
         st.selectbox(label, SUGGESTED_BACKBONES, accept_new_options=True, **common)
     elif f.name == "dataset":
@@ -76,9 +74,9 @@ def setting_widget(f) -> None:
         else:
             st.radio(label, choices, format_func=words, horizontal=True, **common)
     elif base is str:
-        st.text_input(label, **common)
+        st.text_input(label, placeholder=f"empty: {m['none_means']}" if optional else None, **common)
     else:
-        low = 0 if optional else (m["ge"] if m["ge"] is not None else m["gt"])
+        low = m["ge"] if m["ge"] is not None else m["gt"]
         high = m["form_max"] if m["lt"] is not None else m["le"]
         if base is float:
             low, high = (None if low is None else float(low)), (None if high is None else float(high))
@@ -86,8 +84,9 @@ def setting_widget(f) -> None:
         if m["widget"] == "slider":
             st.slider(label, low, high, step=step, **common)
         else:
+            unset = dict(placeholder=f"empty: {m['none_means']}") if optional else {}  # empty = unset
             st.number_input(label, min_value=low, max_value=high, step=step, format=None if base is int else "%g",
-                            **common)
+                            **unset, **common)
 
 
 def settings_columns(basic: bool, placement: dict) -> None:
