@@ -103,6 +103,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no runs under {root}")
     for r in rows:
+        if r["state"] == "unreadable":
+            print(f"{r['id']:<40} unreadable: {r['message']}")
+            continue
         acc = f"{r['test_acc']:.3f}" if r.get("test_acc") is not None else "-"
         pct = f"{r['tuned_pct']:.3f}%" if r.get("tuned_pct") is not None else "-"
         print(f"{r['id']:<40} {r['state']:<12} {r['method'] or '-':<14} {r['dataset'] or '-':<14} acc {acc:<6} tuned {pct}")

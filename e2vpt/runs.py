@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import json
 import os
 import re
 import time
@@ -54,6 +55,36 @@ def _pid_alive(pid: int | None) -> bool:
             return f.read().split(") ")[-1].startswith("Z") is False
     except OSError:
         return True
+
+
+SUMMARY_NUMBERS = ("test_acc", "val_acc", "tuned_params", "tuned_pct", "backbone_params", "wall_s")
+
+
+def _read_object(path: Path) -> dict | None:
+    """The JSON object in a run file; None when the file does not exist; `RunDirError` naming the
+    file and the problem when it is not a JSON object (damaged, truncated, or edited by hand)."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path.name} of {path.parent.name} cannot be read ({exc})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{path.name} of {path.parent.name} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(value, dict):
+        raise RunDirError(f"{path.name} of {path.parent.name} holds a {type(value).__name__}, not a JSON object")
+    return value
+
+
+def _is_metric(record) -> bool:
+    """A metrics.jsonl line that readers can use: an epoch or prune record with integer round (and epoch)."""
+    if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+        return False
+    if record.get("kind") == "epoch":
+        return isinstance(record.get("epoch"), int)
+    return record.get("kind") == "prune"
 
 
 class RunDir:
@@ -129,18 +160,36 @@ class RunDir:
     # status
     def write_status(self, state: str, progress: float | None = None, message: str = "", **extra) -> None:
         assert state in STATES, state
-        previous = read_json(self.status_file, {}) or {}
+        previous = read_json(self.status_file, {})
+        previous = previous if isinstance(previous, dict) else {}
         status = {"state": state,
                   "progress": previous.get("progress", 0.0) if progress is None else round(float(progress), 4),
                   "message": message, "pid": os.getpid(), "updated": _now(), **extra}
         atomic_write_json(self.status_file, status)
 
     def status(self) -> dict:
-        """The status, with a dead `running`/`queued` process reported as `interrupted`."""
-        status = read_json(self.status_file)
-        if not isinstance(status, dict):
+        """The status, with a dead `running`/`queued` process reported as `interrupted`.
+
+        A run with a readable summary is `done` whatever status.json says: the summary is written
+        last, so a crash between the two (or a damaged status file) never hides a finished run.
+        """
+        try:
+            status = _read_object(self.status_file)
+        except RunDirError as exc:
+            status, damaged = None, str(exc)
+        else:
+            damaged = None
+            if status is not None and status.get("state") not in STATES:
+                status, damaged = None, f"status.json has no valid state ({status.get('state')!r})"
+        if self.summary_file.is_file() and self._summary_or_none() is not None:
+            if status is None or status.get("state") != "done":
+                return {"state": "done", "progress": 1.0, "message": "finished (its summary is complete)",
+                        "updated": (status or {}).get("updated")}
+            return status
+        if status is None:
             if self.exists():
-                return {"state": "interrupted", "progress": 0.0, "message": "status file missing or unreadable"}
+                return {"state": "interrupted", "progress": 0.0,
+                        "message": damaged or "status file missing; resume the run to continue it"}
             return {"state": "missing", "progress": 0.0, "message": f"no run at {self.path}"}
         if status.get("state") in ACTIVE_STATES and not self.is_locked() and not _pid_alive(status.get("pid")):
             status = dict(status, state="interrupted",
@@ -148,21 +197,50 @@ class RunDir:
                                   "resume it to continue from the last completed epoch")
         return status
 
-    # records
+    # records: each reader checks what it returns, and names the file when it cannot be used
     def config(self) -> dict:
-        config = read_json(self.config_file)
-        if not isinstance(config, dict):
-            raise RunDirError(f"{self.path} has no readable config.json; it is not a run directory")
+        """The run's settings (a valid `TrainConfig` as a dict); `RunDirError` saying why otherwise."""
+        from .config import TrainConfig
+        from .errors import ConfigError
+
+        config = _read_object(self.config_file)
+        if config is None:
+            raise RunDirError(f"{self.path} has no config.json; it is not a run directory")
+        try:
+            TrainConfig.from_dict(config)
+        except ConfigError as exc:
+            raise RunDirError(f"config.json of {self.id} is not a valid configuration: {exc}") from None
         return config
 
     def metrics(self) -> list[dict]:
-        return read_jsonl(self.metrics_file)
+        """Epoch and prune records; lines that are torn or not such records are skipped."""
+        return [r for r in read_jsonl(self.metrics_file) if _is_metric(r)]
 
     def pruning(self) -> dict | None:
-        return read_json(self.pruning_file)
+        """pruning.json (None before the first round ends); `RunDirError` if it is damaged."""
+        record = _read_object(self.pruning_file)
+        if record is not None:
+            rounds = record.get("rounds")
+            if not isinstance(rounds, list) or not all(isinstance(r, dict) and isinstance(r.get("round"), int)
+                                                       for r in rounds):
+                raise RunDirError(f"pruning.json of {self.id} is damaged: 'rounds' is not a list of round records")
+        return record
 
     def summary(self) -> dict | None:
-        return read_json(self.summary_file)
+        """summary.json (None until the run is done); `RunDirError` if it is damaged."""
+        summary = _read_object(self.summary_file)
+        if summary is not None:
+            for key in SUMMARY_NUMBERS:
+                value = summary.get(key)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                    raise RunDirError(f"summary.json of {self.id} is damaged: {key} is {value!r}, not a number")
+        return summary
+
+    def _summary_or_none(self) -> dict | None:
+        try:
+            return self.summary()
+        except RunDirError:
+            return None
 
     def load_weights(self) -> dict[str, torch.Tensor]:
         if not self.weights_file.is_file():
@@ -250,10 +328,30 @@ def open_run(run_id: str, root: str | Path | None = None) -> RunDir:
     return run
 
 
-def list_runs(root: str | Path | None = None) -> list[dict]:
-    """Every run under the runs root, newest first (see `e2vpt.runs.list_runs` for the fields).
+def _row(run: RunDir) -> dict:
+    """One line of the listing; a run whose files cannot be used is `unreadable`, with the reason."""
+    row = {"id": run.id, "path": str(run.path), "state": None, "progress": None, "message": "", "method": None,
+           "dataset": None, "backbone": None, "test_acc": None, "val_acc": None, "tuned_pct": None,
+           "tuned_params": None, "wall_s": None, "created": None}
+    try:
+        config, status, summary = run.config(), run.status(), run.summary() or {}
+        run.pruning()
+    except RunDirError as exc:
+        return dict(row, state="unreadable", message=str(exc))
+    created = (config.get("extra") if isinstance(config.get("extra"), dict) else {}).get("created")
+    return dict(row, state=status.get("state"), progress=status.get("progress"), message=status.get("message", ""),
+                method=config["method"], dataset=config["dataset"], backbone=config["backbone"],
+                test_acc=summary.get("test_acc"), val_acc=summary.get("val_acc"), tuned_pct=summary.get("tuned_pct"),
+                tuned_params=summary.get("tuned_params"), wall_s=summary.get("wall_s"),
+                created=str(created or status.get("updated") or ""))
 
-    Unlike the engine's listing, entries whose real path leaves the root (a symlink pointing
+
+def list_runs(root: str | Path | None = None) -> list[dict]:
+    """Every run under the runs root, newest first: id, path, state, progress, message, method,
+    dataset, backbone and, when done, the summary's accuracy, tuned parameters and time.
+
+    A run whose files cannot be used is listed as `unreadable` with the reason in `message`, so one
+    damaged run never hides the others. Entries whose real path leaves the root (a symlink pointing
     elsewhere) are skipped without being read.
     """
     root = root_or_default(root, runs_root)
@@ -270,16 +368,7 @@ def list_runs(root: str | Path | None = None) -> list[dict]:
         run = RunDir(path)
         if not run.exists():
             continue
-        config = read_json(run.config_file, {}) or {}
-        status = run.status()
-        summary = run.summary() or {}
-        rows.append({"id": run.id, "path": str(path), "state": status.get("state"),
-                     "progress": status.get("progress"), "message": status.get("message", ""),
-                     "method": config.get("method"), "dataset": config.get("dataset"),
-                     "backbone": config.get("backbone"), "test_acc": summary.get("test_acc"),
-                     "val_acc": summary.get("val_acc"), "tuned_pct": summary.get("tuned_pct"),
-                     "tuned_params": summary.get("tuned_params"), "wall_s": summary.get("wall_s"),
-                     "created": (config.get("extra") or {}).get("created") or status.get("updated")})
+        rows.append(_row(run))
     rows.sort(key=lambda r: (str(r.get("created") or ""), r["id"]), reverse=True)
     return rows
 

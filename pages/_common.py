@@ -23,7 +23,8 @@ log = logging.getLogger("e2vpt.app")
 
 STATE_ICONS = {"queued": ":material/hourglass_top:", "running": ":material/directions_run:",
                "done": ":material/check_circle:", "failed": ":material/error:", "cancelled": ":material/stop_circle:",
-               "interrupted": ":material/warning:", "missing": ":material/help:"}
+               "interrupted": ":material/warning:", "missing": ":material/help:",
+               "unreadable": ":material/broken_image:"}
 POLL_SECONDS = 2.0
 
 
@@ -110,6 +111,8 @@ def sidebar_run_picker() -> None:
                                             "refresh or a restarted server finds it again.")
         if missing:
             st.warning(f"Run `{missing}` no longer exists (deleted or moved). Pick another run.")
+        elif current and by_id[current]["state"] == "unreadable":
+            st.warning(f"This run cannot be read: {by_id[current]['message']}", icon=STATE_ICONS["unreadable"])
         elif current:
             row = by_id[current]
             st.caption(f"{row.get('method') or '?'} on {row.get('dataset') or '?'} · {row.get('state')}")

@@ -557,3 +557,65 @@ def test_every_page_shows_the_real_run(real_run, monkeypatch, page):
     expected = {"pages/train.py": 1, "pages/prompts.py": 2, "pages/pruning.py": 3, "pages/embeddings.py": 1,
                 "pages/compare.py": 1}
     assert charts_on(at) == expected.get(page, 0)
+
+
+# --------------------------------------------------------------------------------------------------
+# malformed runs next to good ones: one bad run never breaks another run, a page or the CLI
+MALFORMED = {  # run id -> (file, content): each a real malformed file, as a crash, an editor or a bad copy leaves it
+    "bad-config-list": ("config.json", '["x"]'),
+    "bad-config-key": ("config.json", None),  # filled below: a valid config plus an unknown key
+    "bad-config-value": ("config.json", None),  # a method that does not exist
+    "bad-summary-list": ("summary.json", "[1]"),
+    "bad-summary-field": ("summary.json", '{"test_acc": "abc", "tuned_pct": [1]}'),
+    "bad-status": ("status.json", "{not json"),
+    "bad-status-list": ("status.json", "[]"),
+    "bad-pruning": ("pruning.json", "garbage"),
+    "bad-pruning-rounds": ("pruning.json", '{"rounds": 3}'),
+    "bad-metrics": ("metrics.jsonl", '[1]\n"x"\n{"kind": "epoch", "round": "a"}\n'),
+}
+
+
+@pytest.fixture
+def malformed_runs(roots, fake_run):
+    runs, _ = roots
+    good = fake_run(runs, "20260101-000000-e2vpt-digits")
+    for run_id, (name, content) in MALFORMED.items():
+        path = fake_run(runs, run_id)
+        if content is None:
+            config = json.loads((good / "config.json").read_text())
+            config.update({"bogus": 1} if run_id == "bad-config-key" else {"method": "no-such-method"})
+            content = json.dumps(config)
+        (path / name).write_text(content)
+    return runs
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_malformed_runs_break_no_page_and_the_good_run_still_shows(malformed_runs, page):
+    at = open_page(page, run="20260101-000000-e2vpt-digits")
+    no_exception(at)
+    assert "unexpected error" not in texts(at, "error")
+    assert "20260101-000000-e2vpt-digits" in at.sidebar.selectbox[0].options
+
+
+@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("bad", sorted(MALFORMED))
+def test_a_malformed_run_opens_as_unreadable_with_the_reason(malformed_runs, page, bad):
+    at = open_page(page, run=bad)
+    no_exception(at)
+    assert "unexpected error" not in texts(at, "error")
+    if bad not in ("bad-status", "bad-status-list", "bad-metrics"):  # readable: a whole summary, whole lines
+        reason = "\n".join(str(w.value) for w in at.sidebar.warning)
+        assert "cannot be read" in reason and MALFORMED[bad][0] in reason, reason
+
+
+def test_the_cli_lists_good_runs_next_to_unreadable_ones(malformed_runs):
+    result = subprocess.run([sys.executable, "-m", "e2vpt", "runs", "--root", str(malformed_runs)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "done" in lines["20260101-000000-e2vpt-digits"]
+    assert "done" in lines["bad-status"]  # a damaged status never hides a finished run: its summary is whole
+    for bad in ("bad-config-list", "bad-summary-list", "bad-pruning-rounds", "bad-config-key", "bad-config-value"):
+        assert "unreadable" in lines[bad], lines.get(bad)
+    assert "bogus" in lines["bad-config-key"] and "summary.json" in lines["bad-summary-list"]

@@ -99,7 +99,8 @@ def test_metrics_have_one_line_per_epoch_and_one_per_prune(e2vpt_run):
                                                          ("epoch", 2)]
 
 
-@pytest.mark.parametrize("method", ["linear", "vpt-shallow", "full"])
+@pytest.mark.parametrize("method", ["linear", pytest.param("vpt-shallow", marks=pytest.mark.slow),
+                                    pytest.param("full", marks=pytest.mark.slow)])
 def test_every_method_trains_from_the_same_loop(tmp_path, method):
     summary = train(TrainConfig(method=method, **FAST), tmp_path / method, quiet=True)
     assert summary["test_acc"] > 0.2 and summary["method"] == method
