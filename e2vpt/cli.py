@@ -15,7 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-from .config import GROUPS, TrainConfig, bounds_text, flag, kind, load_config_file, meta, settings, settings_markdown
+from .config import (GROUPS, TrainConfig, bounds_text, default_text, flag, kind, load_config_file, meta, settings,
+                     settings_markdown)
 from .errors import Cancelled, RunDirError, UserError
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,11 +34,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     groups = {name: p.add_argument_group(title) for name, title in GROUPS.items()}
     for f in settings():
         m, (base, choices, optional) = meta(f), kind(f)
-        if f.default is None:
-            default = f"unset = {m['none_means']}"
-        else:
-            default = str(f.default).lower() if base is bool else f.default
-            default = f"{default}; unset = {m['none_means']}" if optional else default
+        default = f"{default_text(f)} = {m['none_means']}" if f.default is None else default_text(f)
+        if optional and f.default is not None:
+            default += f"; unset = {m['none_means']}"
         extra = f"; {bounds_text(f)}" if bounds_text(f) and not choices else ""
         text = f"{m['help']} (default: {default}{extra})".replace("%", "%%")
         group = groups[m["group"]]

@@ -273,6 +273,13 @@ def bounds_text(f: dataclasses.Field) -> str:
     return " and ".join(w for w in words if w)
 
 
+def default_text(f: dataclasses.Field) -> str:
+    """A setting's default as the CLI help and the docs show it (`true`, `2`, `unset`)."""
+    if f.default is None:
+        return "unset"
+    return str(f.default).lower() if kind(f)[0] is bool else str(f.default)
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, str):
         return f"the text {value!r}"
@@ -337,7 +344,7 @@ def settings_markdown() -> str:
                 "true / false" if base is bool else f"{base.__name__}" + (f", {bounds_text(f)}" if bounds_text(f) else ""))
             if optional:
                 values += f"; unset = {m['none_means']}"
-            default = "unset" if f.default is None else f"`{str(f.default).lower() if base is bool else f.default}`"
+            default = "unset" if f.default is None else f"`{default_text(f)}`"
             lines.append(f"| `{f.name}` | `{flag(f)}` | {values} | {default} | {m['help'].replace('|', '/')} |")
         lines.append("")
     return "\n".join(lines)

@@ -181,7 +181,7 @@ class RunDir:
             damaged = None
             if status is not None and status.get("state") not in STATES:
                 status, damaged = None, f"status.json has no valid state ({status.get('state')!r})"
-        if self.summary_file.is_file() and self._summary_or_none() is not None:
+        if self._summary_or_none() is not None:
             if status is None or status.get("state") != "done":
                 return {"state": "done", "progress": 1.0, "message": "finished (its summary is complete)",
                         "updated": (status or {}).get("updated")}

@@ -115,6 +115,13 @@ def _differs(ours: torch.Tensor, theirs: torch.Tensor) -> float | None:
     return None if torch.allclose(ours, theirs, rtol=1e-4, atol=1e-5) else float((ours - theirs).abs().max())
 
 
+def _require_same(family: str, ours: torch.Tensor, theirs: torch.Tensor, what: str) -> None:
+    """Raise the incompatibility error `what` when a re-stated computation no longer equals timm's own."""
+    gap = _differs(ours, theirs)
+    if gap is not None:
+        raise _incompatible(family, f"{what} (largest difference {gap:.3g})")
+
+
 def _check_vit() -> None:
     from .prompts import prompted_block  # the re-statement under test (prompts.py imports this module)
 
@@ -132,16 +139,13 @@ def _check_vit() -> None:
     images = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))  # as PromptedViT does
     for i, block in enumerate(model.blocks):
-        ours, theirs = prompted_block(block, x, None, None), block(x)
-        gap = _differs(ours, theirs)
-        if gap is not None:
-            raise _incompatible("vit", f"Block.forward (with its Attention.forward) of block {i} no longer equals "
-                                       f"the re-stated forward (largest difference {gap:.3g})")
+        theirs = block(x)
+        _require_same("vit", prompted_block(block, x, None, None), theirs,
+                      f"Block.forward (with its Attention.forward) of block {i} no longer equals the re-stated forward")
         x = theirs
-    gap = _differs(model.norm(x), model.forward_features(images))
-    if gap is not None:
-        raise _incompatible("vit", "VisionTransformer.forward_features is no longer patch_embed, _pos_embed, "
-                                   f"patch_drop, norm_pre, blocks, norm (largest difference {gap:.3g})")
+    _require_same("vit", model.norm(x), model.forward_features(images),
+                  "VisionTransformer.forward_features is no longer patch_embed, _pos_embed, patch_drop, norm_pre, "
+                  "blocks, norm")
 
 
 def _check_swin() -> None:
@@ -165,18 +169,14 @@ def _check_swin() -> None:
     for s, stage in enumerate(model.layers):
         x = stage.downsample(x)
         for b, block in enumerate(stage.blocks):
-            ours, _ = prompted_swin_block(block, x, None, None, None)
             theirs = block(x)
-            gap = _differs(ours, theirs)
-            if gap is not None:
-                raise _incompatible("swin", f"SwinTransformerBlock.forward (with its WindowAttention.forward) of "
-                                            f"stage {s} block {b} no longer equals the re-stated forward "
-                                            f"(largest difference {gap:.3g})")
+            _require_same("swin", prompted_swin_block(block, x, None, None, None)[0], theirs,
+                          f"SwinTransformerBlock.forward (with its WindowAttention.forward) of stage {s} block {b} "
+                          "no longer equals the re-stated forward")
             x = theirs
-    gap = _differs(model.norm(x), model.forward_features(images))
-    if gap is not None:
-        raise _incompatible("swin", "SwinTransformer.forward_features is no longer patch_embed, then per stage "
-                                    f"downsample and blocks, then norm (largest difference {gap:.3g})")
+    _require_same("swin", model.norm(x), model.forward_features(images),
+                  "SwinTransformer.forward_features is no longer patch_embed, then per stage downsample and blocks, "
+                  "then norm")
 
 
 @functools.cache
