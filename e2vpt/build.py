@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from .backbones import create_backbone, data_config
@@ -22,7 +21,7 @@ from .config import TrainConfig
 from .distributed import DistContext
 from .errors import RunDirError, UserError
 from .methods import build_model
-from .runs import RunDir
+from .runs import RunDir, read_tensors
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,10 +64,10 @@ def load_run_model(run_dir: str | Path, device: str = "cpu", round_index: int | 
     if round_index is None:
         state = run.load_weights()
     else:
-        path = run.path / f"round_{round_index}.safetensors"
+        path = run.round_file(round_index)
         if not path.is_file():
             raise RunDirError(f"{run.path} has no saved state for round {round_index}")
-        state = load_file(str(path))
+        state = read_tensors(path)
     model.load_tuned_state(state)
     return model.to(torch.device(device)).eval(), config, splits
 

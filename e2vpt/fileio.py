@@ -7,6 +7,7 @@ one whole line per write; a torn last line (a crash mid-append) is skipped on re
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -15,23 +16,39 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON-safe copy: tensors to lists, NaN/inf to None (JSON has no NaN)."""
     if isinstance(value, torch.Tensor):
         value = value.tolist()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename durable: a power cut after `os.replace` must not bring the old name back."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, previous: str | Path | None = None) -> None:
+    """Write `path` whole or not at all. With `previous`, the file it replaces is kept under that name
+    (a crash between the two renames leaves only `previous`, never a half-written `path`)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -39,27 +56,40 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
 
 
 def atomic_write_json(path: str | Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(_clean(value), indent=1) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(json_safe(value), indent=1) + "\n").encode())
 
 
-def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp,
-                  metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None,
+                            previous: str | Path | None = None) -> None:
+    """A safetensors file written like `atomic_write_bytes` (fsynced, renamed into place)."""
+    data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+                metadata={k: str(v) for k, v in (metadata or {}).items()})
+    atomic_write_bytes(path, data, previous)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True when `exc` (or what caused it) says the disk or quota is full, whichever library raised it:
+    `OSError` carries errno ENOSPC/EDQUOT; safetensors' Rust writer and others only say it in words."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc).lower()
+        if "no space left on device" in text or "os error 28" in text or "disk quota exceeded" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def read_json(path: str | Path, default: Any = None) -> Any:
@@ -71,7 +101,7 @@ def read_json(path: str | Path, default: Any = None) -> Any:
 
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Append one whole line; if a previous crash tore the last line, start on a fresh line."""
-    line = json.dumps(_clean(record)) + "\n"
+    line = json.dumps(json_safe(record)) + "\n"
     with open(path, "ab+") as f:
         f.seek(0, os.SEEK_END)
         if f.tell() > 0:

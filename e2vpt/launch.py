@@ -99,6 +99,12 @@ def check_inputs(config: TrainConfig, data: str | Path | None = None) -> TrainCo
     return TrainConfig.from_dict(values)
 
 
+def check_run_data(run: RunDir, data: str | Path | None = None) -> TrainConfig:
+    """An existing run's config, its data folder and weights checked again against the data root:
+    config.json may have been edited since the run started, and nothing outside the roots is read."""
+    return check_inputs(TrainConfig.from_dict(run.config()), data)
+
+
 def _check_backbone(config: TrainConfig) -> None:
     """The mistakes a backbone choice can make, caught before a run folder exists."""
     from .backbones import DEMO_NAME, DEMO_WEIGHTS
@@ -172,6 +178,7 @@ def start_run(config: TrainConfig, root: str | Path | None = None, run_id: str |
         raise RunDirError(f"run {run_id} already exists (state: {state}); it was not started again") from None
     run = RunDir(path)
     try:
+        run.mark()
         config.extra.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
         atomic_write_json(run.config_file, config.to_dict())
         run.write_status("queued", 0.0, "waiting for the training process to start")
@@ -183,14 +190,19 @@ def start_run(config: TrainConfig, root: str | Path | None = None, run_id: str |
     return run
 
 
-def resume_run(run: RunDir | str | Path, root: str | Path | None = None) -> RunDir:
-    """Continue a cancelled, interrupted or failed run from its last completed epoch."""
+def resume_run(run: RunDir | str | Path, root: str | Path | None = None, data: str | Path | None = None) -> RunDir:
+    """Continue a cancelled, interrupted or failed run from its last completed epoch.
+
+    The run's data folder and weights are checked again against the data root (`data`, default
+    `data_root()`): its config.json may have been edited since it started.
+    """
     run = _as_run(run, root)
     state = run.status().get("state")
     if state in ACTIVE_STATES:
         raise RunDirError(f"run {run.id} is still {state}; it cannot be resumed while it trains")
     if state == "done" or run.summary_file.is_file():
         raise RunDirError(f"run {run.id} already finished; nothing to resume")
+    check_run_data(run, data)
     run.cancel_file.unlink(missing_ok=True)  # or the trainer would stop again at its first step
     run.write_status("queued", None, "resuming from the last completed epoch")
     try:
@@ -235,14 +247,30 @@ def cancel_run(run: RunDir | str | Path, root: str | Path | None = None) -> bool
     return True
 
 
-def delete_run(run: RunDir | str | Path, root: str | Path | None = None) -> None:
-    """Delete a run folder: only a run directory inside the runs root, never an active run."""
+def delete_run(run: RunDir | str | Path, root: str | Path | None = None) -> list[str]:
+    """Delete a run: only a run folder inside the runs root, never an active run, and only its files.
+
+    Files a run does not write (a note the user put there, a folder of photos) are kept, and so is
+    the folder that holds them. Returns the names kept (empty when the folder itself is gone).
+    """
     run = _as_run(run, root)
     if run.path.is_symlink():
         raise RunDirError(f"{run.id} is a link, not a run folder; it was not deleted")
+    if not run.is_run_folder():
+        raise RunDirError(f"{run.id} is not a run folder; it was not deleted")
     if is_active(run):
         raise RunDirError(f"run {run.id} is still training; cancel it before deleting it")
-    shutil.rmtree(run.path)
+    kept = []
+    for entry in sorted(run.path.iterdir()):
+        if not RunDir.owns(entry.name):
+            kept.append(entry.name)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()  # a link is removed, never what it points to
+    if not kept:
+        run.path.rmdir()
+    return kept
 
 
 def _as_run(run: RunDir | str | Path, root: str | Path | None) -> RunDir:

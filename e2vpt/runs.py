@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from .errors import RunDirError
@@ -34,6 +35,11 @@ DATA_ROOT_ENV = "E2VPT_DATA_ROOT"
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
+MARKER = "e2vpt-run.json"  # written when a run folder is created: what tells a run from any other folder
+RUN_FILES = {MARKER, "config.json", "status.json", "metrics.jsonl", "pruning.json", "summary.json",
+             "weights.safetensors", "checkpoint.safetensors", "checkpoint.prev.safetensors", "checkpoint.json",
+             "init.safetensors", "cancel.request", "train.log", "run.lock", "analysis"}
+OWNED_PATTERN = re.compile(r"round_\d+\.safetensors|\..+\.tmp")  # round states, crash-safe writes' temp files
 
 
 def _now() -> str:
@@ -94,18 +100,47 @@ class RunDir:
         self.path = Path(path)
         self._lock_file = None
 
-    # files
-    config_file = property(lambda self: self.path / "config.json")
-    status_file = property(lambda self: self.path / "status.json")
-    metrics_file = property(lambda self: self.path / "metrics.jsonl")
-    pruning_file = property(lambda self: self.path / "pruning.json")
-    summary_file = property(lambda self: self.path / "summary.json")
-    weights_file = property(lambda self: self.path / "weights.safetensors")
-    checkpoint_file = property(lambda self: self.path / "checkpoint.safetensors")
-    checkpoint_meta_file = property(lambda self: self.path / "checkpoint.json")
-    init_file = property(lambda self: self.path / "init.safetensors")
-    cancel_file = property(lambda self: self.path / "cancel.request")
-    log_file = property(lambda self: self.path / "train.log")
+    # files: a run file that is a link is refused, so nothing is read or written outside the run
+    def _file(self, name: str) -> Path:
+        path = self.path / name
+        if path.is_symlink():
+            raise RunDirError(f"{name} of {self.id} is a link; run files must be plain files inside the run "
+                              "folder, so it is not used")
+        return path
+
+    marker_file = property(lambda self: self._file(MARKER))
+    config_file = property(lambda self: self._file("config.json"))
+    status_file = property(lambda self: self._file("status.json"))
+    metrics_file = property(lambda self: self._file("metrics.jsonl"))
+    pruning_file = property(lambda self: self._file("pruning.json"))
+    summary_file = property(lambda self: self._file("summary.json"))
+    weights_file = property(lambda self: self._file("weights.safetensors"))
+    checkpoint_file = property(lambda self: self._file("checkpoint.safetensors"))
+    checkpoint_prev_file = property(lambda self: self._file("checkpoint.prev.safetensors"))
+    checkpoint_meta_file = property(lambda self: self._file("checkpoint.json"))  # older versions' layout
+    init_file = property(lambda self: self._file("init.safetensors"))
+    cancel_file = property(lambda self: self._file("cancel.request"))
+    log_file = property(lambda self: self._file("train.log"))
+    lock_file = property(lambda self: self._file("run.lock"))
+
+    def round_file(self, index: int) -> Path:
+        return self._file(f"round_{int(index)}.safetensors")
+
+    @property
+    def analysis_dir(self) -> Path:
+        """The folder analyses cache their results in (created on first use)."""
+        path = self._file("analysis")
+        path.mkdir(exist_ok=True)
+        return path
+
+    @staticmethod
+    def owns(name: str) -> bool:
+        """True for the names a run writes (what Delete may remove); anything else is the user's."""
+        return name in RUN_FILES or bool(OWNED_PATTERN.fullmatch(name))
+
+    def has_checkpoint(self) -> bool:
+        """A checkpoint to resume from (either generation, or the two-file layout of older versions)."""
+        return any(p.is_file() for p in (self.checkpoint_file, self.checkpoint_prev_file, self.checkpoint_meta_file))
 
     @property
     def id(self) -> str:
@@ -113,6 +148,14 @@ class RunDir:
 
     def exists(self) -> bool:
         return self.config_file.is_file()
+
+    def is_run_folder(self) -> bool:
+        """A folder e2vpt made for a run: it has the marker (or, made by older versions, a config.json)."""
+        return self.path.is_dir() and (self.marker_file.is_file() or self.exists())
+
+    def mark(self) -> None:
+        """Write the marker of a freshly created run folder."""
+        atomic_write_json(self.marker_file, {"format": 1, "created": _now()})
 
     # lifecycle
     def prepare_new(self) -> bool:
@@ -123,8 +166,13 @@ class RunDir:
         """
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"{self.path} is a file, not a folder; pick another --run-dir")
+        if self.path.is_dir() and not self.is_run_folder() and any(self.path.iterdir()):
+            names = sorted(p.name for p in self.path.iterdir())
+            raise RunDirError(f"{self.path} is a folder that is not an e2vpt run and is not empty (it holds "
+                              f"{', '.join(names[:3])}{', ...' if len(names) > 3 else ''}); nothing was written "
+                              "to it: pick a new or empty --run-dir")
         queued = (read_json(self.status_file, {}) or {}).get("state") == "queued"
-        if self.exists() and not (queued and not self.checkpoint_meta_file.exists() and not self.is_locked()):
+        if self.exists() and not (queued and not self.has_checkpoint() and not self.is_locked()):
             state = self.status().get("state")
             if state == "done" or self.summary_file.is_file():
                 raise RunDirError(f"{self.path} already holds a finished run; pick a new --run-dir or delete that folder")
@@ -132,12 +180,14 @@ class RunDir:
                               f"`python -m e2vpt train --resume {self.path}` or pick a new --run-dir")
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
+        if not self.marker_file.is_file():
+            self.mark()
         return created
 
     def lock(self) -> None:
         """Hold an exclusive lock for the life of this process: a second trainer on the same folder is refused."""
         self.path.mkdir(parents=True, exist_ok=True)
-        f = open(self.path / "run.lock", "a+")
+        f = open(self.lock_file, "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -146,7 +196,7 @@ class RunDir:
         self._lock_file = f
 
     def is_locked(self) -> bool:
-        lock = self.path / "run.lock"
+        lock = self.lock_file
         if not lock.exists():
             return False
         with open(lock, "a+") as f:
@@ -245,7 +295,16 @@ class RunDir:
     def load_weights(self) -> dict[str, torch.Tensor]:
         if not self.weights_file.is_file():
             raise RunDirError(f"{self.path} has no weights.safetensors yet; the run has not finished a phase")
-        return load_file(str(self.weights_file))
+        return read_tensors(self.weights_file)
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A run's safetensors file; `RunDirError` naming it when it is truncated or not safetensors."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise RunDirError(f"{path.name} of {path.parent.name} cannot be read ({exc}); it is damaged or "
+                          "truncated") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,6 +378,8 @@ def run_path(run_id: str, root: str | Path | None = None) -> Path:
 def open_run(run_id: str, root: str | Path | None = None) -> RunDir:
     """The existing run `run_id`; `RunDirError` with a clear message if it is gone or was never a run."""
     path = run_path(run_id, root)
+    if (root_or_default(root, runs_root) / run_id).is_symlink():
+        raise RunDirError(f"{run_id} is a link, not a run folder; it is not opened")
     run = RunDir(path)
     if not path.is_dir():
         raise RunDirError(f"run {run_id} no longer exists under {root_or_default(root, runs_root)} "

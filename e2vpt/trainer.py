@@ -14,7 +14,6 @@ checkpoint files' layout lives in `checkpoints.py`.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import shutil
@@ -25,18 +24,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .build import build_model_and_splits, evaluate, resolve_device
-from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoints import Checkpoint, read_checkpoints, remove_checkpoints, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistContext, global_batches, local_batches
 from .errors import Cancelled, NumericsError, RunDirError, UserError
-from .fileio import append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, read_jsonl
+from .fileio import (append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, is_disk_full,
+                     read_jsonl)
 from .pruning import prune_segments, prune_tokens, rewind, score_importance
-from .runs import RunDir
+from .runs import RunDir, read_tensors
 
 
 def _seed_for(seed: int, *parts: int) -> int:
@@ -91,6 +90,7 @@ class Trainer:
         self.round_states: dict[int, dict] = {}
         self.units_done, self.total_units = 0, 1
         self.pending = None
+        self.resume_note = ""
         self.wall_offset = 0.0
         self._last_status = 0.0
 
@@ -212,14 +212,57 @@ class Trainer:
                         best=best, rounds=self.rounds, wall_s=self._wall(), units_done=self.units_done,
                         pending=self.pending, optimizer=optimizer, scheduler=scheduler)
 
-    def _load_checkpoint(self) -> Checkpoint:
-        """Put the model and the records back where the checkpoint left them."""
-        checkpoint = load_checkpoint(self.run)
-        self.model.load_tuned_state({k: v.to(self.device) for k, v in checkpoint.model_state.items()})
-        self.rounds = checkpoint.rounds
-        self.wall_offset = checkpoint.wall_s
-        self.units_done = checkpoint.units_done
-        return checkpoint
+    def _restore_checkpoint(self) -> Checkpoint | None:
+        """Put the model and the records back where the newest usable checkpoint left them.
+
+        A checkpoint that cannot be read, or that does not fit this run (another model, a phase or
+        epoch this configuration does not have), is skipped for the previous one. None when none can
+        be used: the run then starts again from its first epoch (same seed, same result). Either way
+        `self.resume_note` says what was skipped, for the status and the log.
+        """
+        problems = []
+        for name, checkpoint, problem in read_checkpoints(self.run):
+            if checkpoint is not None:
+                problem = self._fits(checkpoint)
+            if problem is None:
+                self.model.load_tuned_state({k: v.to(self.device) for k, v in checkpoint.model_state.items()})
+                self.rounds = checkpoint.rounds
+                self.wall_offset = checkpoint.wall_s
+                self.units_done = checkpoint.units_done
+                self.resume_note = "; ".join(problems)
+                return checkpoint
+            if problem != "it does not exist":
+                problems.append(f"{name} skipped: {problem}")
+        self.resume_note = "; ".join(problems + ["no usable checkpoint, starting again from the first epoch"])
+        return None
+
+    def _saved_initial_state(self) -> dict | None:
+        """The prompts' initial values saved when the run started (what rewinding returns to), or None
+        when that file is missing or damaged: the model built from the same seed holds the same values."""
+        try:
+            state = read_tensors(self.run.init_file) if self.run.init_file.is_file() else None
+        except RunDirError:
+            return None
+        expected = self.initial_state
+        if state is None or set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+            return None
+        return {k: v.to(self.device) for k, v in state.items()}
+
+    def _fits(self, checkpoint: Checkpoint) -> str | None:
+        """Why `checkpoint` cannot continue this run, or None when it can."""
+        if checkpoint.phase > len(self.phases) or len(checkpoint.rounds) != checkpoint.phase:
+            return f"it stands at phase {checkpoint.phase} with {len(checkpoint.rounds)} rounds recorded"
+        if checkpoint.phase < len(self.phases) and checkpoint.epochs_done > self.phases[checkpoint.phase].epochs:
+            return f"it has {checkpoint.epochs_done} epochs done of a {self.phases[checkpoint.phase].epochs}-epoch phase"
+        expected = self.model.tuned_state()
+        for state in (checkpoint.model_state, checkpoint.best.get("state") or expected):
+            if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
+                return "its tensors do not fit this run's model"
+        if checkpoint.mid_phase:
+            groups = checkpoint.optimizer_meta["param_groups"]
+            if len(groups) != 1 or len(groups[0].get("params", [])) != len(list(self.model.trainable_named_parameters())):
+                return "its optimiser state does not fit this run's model"
+        return None
 
     # ----------------------------------------------------------------------------------------------
     # the loop
@@ -333,7 +376,7 @@ class Trainer:
         self.pending = None
         self.round_states[phase.index] = self.model.tuned_state()
         if self.writer is not None:
-            atomic_save_safetensors(self.run.path / f"round_{phase.index}.safetensors", self.round_states[phase.index])
+            atomic_save_safetensors(self.run.round_file(phase.index), self.round_states[phase.index])
             self._write_pruning()
         self._save_checkpoint(phase.index + 1, 0, None, None, {})
 
@@ -367,18 +410,22 @@ class Trainer:
                 raise
             start_phase, start_epoch, resume_state = 0, 0, None
             if self.run is not None:
-                if resume and self.run.init_file.is_file():
-                    self.initial_state = {k: v.to(self.device) for k, v in load_file(str(self.run.init_file)).items()}
+                saved_init = self._saved_initial_state() if resume else None
+                if saved_init is not None:
+                    self.initial_state = saved_init
                 elif self.writer is not None:
                     atomic_save_safetensors(self.run.init_file, self.initial_state)
-                if resume and self.run.checkpoint_meta_file.is_file():
-                    checkpoint = self._load_checkpoint()
+                checkpoint = self._restore_checkpoint() if resume else None
+                if checkpoint is not None:
                     start_phase, start_epoch = checkpoint.phase, checkpoint.epochs_done
                     resume_state = checkpoint if checkpoint.mid_phase else None
                     self._truncate_metrics(start_phase, start_epoch, pruned=resume_state is not None)
                 elif resume:
                     self._truncate_metrics(0, 0, pruned=False)
                     self.model.load_tuned_state(self.initial_state)
+                if resume and self.resume_note:
+                    self._status("running", f"resuming: {self.resume_note}", force=True)
+                    tqdm.write(f"e2vpt: resuming {self.run.path}: {self.resume_note}")
             for phase in self.phases[start_phase:]:
                 state = resume_state if phase.index == start_phase else None
                 self._run_phase(phase, start_epoch if phase.index == start_phase else 0, state)
@@ -390,16 +437,13 @@ class Trainer:
         except UserError as exc:  # NumericsError too
             self._status("failed", str(exc), force=True)
             raise
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+        except Exception as exc:
+            if is_disk_full(exc):  # an OSError, or safetensors' own error that only says it in words
                 message = (f"the disk is full ({exc}); the last completed epoch is kept: free some space, "
                            f"then continue with `python -m e2vpt train --resume {self.run.path if self.run else 'RUN_DIR'}`")
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(Exception):
                     self._status("failed", message, force=True)
                 raise UserError(message) from None
-            self._status("failed", f"{type(exc).__name__}: {exc}", force=True)
-            raise
-        except Exception as exc:
             self._status("failed", f"{type(exc).__name__}: {exc}", force=True)
             raise
 
@@ -423,7 +467,7 @@ class Trainer:
         record = next(r for r in self.rounds if r["round"] == selected)
         state = self.round_states.get(selected)
         if state is None and self.run is not None:  # a round finished before a resume
-            state = load_file(str(self.run.path / f"round_{selected}.safetensors"))
+            state = read_tensors(self.run.round_file(selected))
         if state is not None:
             self.model.load_tuned_state({k: v.to(self.device) for k, v in state.items()})
         summary = {
@@ -445,8 +489,7 @@ class Trainer:
             self.units_done = self.total_units
             self._status("done", f"test acc {summary['test_acc']:.3f} with {summary['tuned_pct']:.3f}% tuned",
                          force=True)
-            self.run.checkpoint_file.unlink(missing_ok=True)
-            self.run.checkpoint_meta_file.unlink(missing_ok=True)
+            remove_checkpoints(self.run)
         return summary
 
 
@@ -484,6 +527,6 @@ def train_or_reuse(config: TrainConfig, run_dir: str | Path, quiet: bool = True)
         if saved == wanted:
             return run.summary()
         raise RunDirError(f"{run.path} holds a finished run with another configuration; pick another folder")
-    if run.exists() and run.status().get("state") in ("interrupted", "cancelled", "failed") and run.checkpoint_meta_file.exists():
+    if run.exists() and run.status().get("state") in ("interrupted", "cancelled", "failed") and run.has_checkpoint():
         return train(config, run_dir, resume=True, quiet=quiet)
     return train(config, run_dir, quiet=quiet)

@@ -4,7 +4,7 @@ import inspect
 
 import streamlit as st
 
-from e2vpt import charts
+from e2vpt import charts, launch
 from e2vpt import runs as run_store
 from e2vpt.analysis.embeddings import compare_run_embeddings, run_embedding_report
 from pages._common import current_run, run_banner, runs, show_chart, through_app, user_errors
@@ -67,6 +67,7 @@ view = views[view_label]
 params = dict(split=split, c=float(curvature), clip_r=float(clip_r), umap=view == "umap", max_points=int(max_points))
 
 with user_errors():
+    launch.check_run_data(run)
     with st.spinner("Embedding the images and measuring the geometry (cached after the first time)…"):
         main = report(str(run.path), stamp(run.path), False, **params)
         side = None
@@ -74,6 +75,7 @@ with user_errors():
             side = ("frozen backbone", report(str(run.path), stamp(run.path), True, **params))
         elif partner:
             other = run_store.open_run(partner)
+            launch.check_run_data(other)
             side = (partner, report(str(other.path), stamp(other.path), False, **params))
     if side is None:
         show_chart(charts.embedding_scatter(main, view, title=f"{run.id}: {view_label}"),

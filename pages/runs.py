@@ -57,15 +57,17 @@ state = next((r["state"] for r in rows if r["id"] == run_id), None)
 if state in ACTIVE_STATES:
     delete_col.caption("A run that is training cannot be deleted; cancel it first.")
 elif st.session_state.get("confirm_delete") == run_id:
-    delete_col.warning(f"Delete `{run_id}` and everything it wrote? This cannot be undone.")
+    delete_col.warning(f"Delete `{run_id}` and every file it wrote? This cannot be undone. "
+                       "Files that are not the run's are kept.")
     yes, no = delete_col.columns(2)
     if yes.button("Yes, delete", type="primary", icon=":material/delete_forever:"):
         with user_errors("Not deleted: "):
-            launch.delete_run(run_id)
+            kept = launch.delete_run(run_id)
             st.session_state.pop("confirm_delete", None)
             if st.session_state.get("current_run") == run_id:
                 set_current_run(None)
-            st.toast(f"Deleted {run_id}")
+            st.toast(f"Deleted {run_id}" + (f"; kept the files that are not the run's: {', '.join(kept[:5])}"
+                                            if kept else ""))
             st.rerun()
     if no.button("Keep it"):
         st.session_state.pop("confirm_delete", None)

@@ -25,9 +25,7 @@ SPLITS = ("train", "val", "test")
 
 
 def _cache_dir(run_dir: str | Path) -> Path:
-    path = Path(run_dir) / "analysis"
-    path.mkdir(exist_ok=True)
-    return path
+    return RunDir(run_dir).analysis_dir
 
 
 @torch.no_grad()

@@ -81,6 +81,18 @@ def _raise_if_unreadable(problems: list[tuple[str, str]], where: str) -> None:
                         "delete or replace them")
 
 
+def _check_inside(splits: Sequence[list[Sample]], folder: Path) -> None:
+    """Every image must really be inside the dataset folder: a link or a '..' in a list that leads
+    out of it is refused, so a dataset never reads files elsewhere on the machine."""
+    top = os.path.realpath(folder)
+    for split in splits:
+        for path, _ in split:
+            real = os.path.realpath(path)
+            if os.path.commonpath([top, real]) != top:
+                raise DataError(f"{path} leads outside the dataset folder {folder} (to {real}); only images "
+                                "inside it are read: copy them in instead of linking")
+
+
 def _eager_verify(splits: Sequence[list[Sample]], where: str) -> None:
     """Check everything if small, else train+val (used every epoch) if that is small."""
     train_val = [p for p, _ in splits[0]] + [p for p, _ in splits[1]]
@@ -144,8 +156,16 @@ def _class_dirs(directory: Path) -> list[Path]:
 
 
 def _images_in(class_dir: Path) -> list[str]:
-    found = []
+    """Image files under `class_dir`, sub-folders included. Links are followed (where they lead is
+    checked by `_check_inside`), but a folder reached twice, a link loop, is refused: followed, it
+    would copy the same images over and over, into train and test alike."""
+    found, seen = [], {}
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            raise DataError(f"{dirpath} is the folder {seen[real]} again, through a link (a link loop or a "
+                            "second link to it); remove the link so each image is read once")
+        seen[real] = dirpath
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [os.path.join(dirpath, f) for f in sorted(filenames) if _is_image(f)]
     if not found:
@@ -197,6 +217,7 @@ def load_imagefolder(root: str | None) -> tuple[list[list[Sample]], list[str], s
         protocol = (f"a fixed permutation (seed 0) of its {len(samples)} images: last 20% test, then "
                     f"{len(train)} train / {len(val)} val")
     splits = [train, val, test]
+    _check_inside(splits, path)
     _eager_verify(splits, str(path))
     return splits, classes, f"Image folder {path} ({len(classes)} classes), split by {protocol}."
 
@@ -238,6 +259,7 @@ def load_vtab(root: str | None, name: str = "vtab") -> tuple[list[list[Sample]],
         raise DataError(f"{path} is not a VTAB-1k task folder: missing {', '.join(absent)}; "
                         f"expected {', '.join(lists)} with lines 'images/<split>/NNNNNN.jpg <label>'")
     splits = [_read_vtab_list(path, n) for n in lists]
+    _check_inside(splits, path)
     num_classes = 1 + max(label for split in splits for _, label in split)
     _eager_verify(splits, str(path))
     note = (" (VTAB's final protocol; val200 is inside train, so val accuracy is not held-out)"
@@ -304,6 +326,7 @@ def load_fgvc(root: str | None) -> tuple[list[list[Sample]], list[str], str]:
         train, val = _take(samples["train"], tr), _take(samples["train"], va)
         protocol = f"train.json with {len(val)} val images held out by a fixed permutation (seed 0), test.json"
     splits = [train, val, samples["test"]]
+    _check_inside(splits, path)
     _eager_verify(splits, str(path))
     source = (f"VPT FGVC folder {path} (images under {image_dir}), {protocol}: "
               f"{len(train)} train / {len(val)} val / {len(splits[2])} test.")
