@@ -35,5 +35,9 @@ class NumericsError(UserError):
     """The loss became NaN or infinite."""
 
 
-class Cancelled(Exception):
-    """The user asked the run to stop (Cancel button, SIGTERM, Ctrl-C): not an error, so not a `UserError`."""
+class Cancelled(BaseException):
+    """The user asked the run to stop (Cancel button, SIGTERM, Ctrl-C): not an error, so not a `UserError`.
+
+    A `BaseException`, like `KeyboardInterrupt`: SIGTERM raises it wherever the run is (loading data,
+    scoring, evaluating), and no `except Exception` on the way (ours, torch's, PIL's) may swallow it.
+    """

@@ -35,6 +35,7 @@ DATA_ROOT_ENV = "E2VPT_DATA_ROOT"
 RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
+LOCK_PATIENCE_S = 2.0
 MARKER = "e2vpt-run.json"  # written when a run folder is created: what tells a run from any other folder
 RUN_FILES = {MARKER, "config.json", "status.json", "metrics.jsonl", "pruning.json", "summary.json",
              "weights.safetensors", "checkpoint.safetensors", "checkpoint.prev.safetensors", "checkpoint.json",
@@ -133,6 +134,12 @@ class RunDir:
         path.mkdir(exist_ok=True)
         return path
 
+    def remove_temp_files(self) -> None:
+        """Delete the temp files of writes a crash interrupted (call only while holding the lock)."""
+        for entry in self.path.glob(".*.tmp"):
+            if entry.is_file() and not entry.is_symlink():
+                entry.unlink(missing_ok=True)
+
     @staticmethod
     def owns(name: str) -> bool:
         """True for the names a run writes (what Delete may remove); anything else is the user's."""
@@ -147,11 +154,13 @@ class RunDir:
         return self.path.name
 
     def exists(self) -> bool:
-        return self.config_file.is_file()
+        """A run's config is there (a link in its place counts, so that the run shows as unreadable)."""
+        config = self.path / "config.json"
+        return config.is_file() or config.is_symlink()
 
     def is_run_folder(self) -> bool:
         """A folder e2vpt made for a run: it has the marker (or, made by older versions, a config.json)."""
-        return self.path.is_dir() and (self.marker_file.is_file() or self.exists())
+        return self.path.is_dir() and ((self.path / MARKER).is_file() or self.exists())
 
     def mark(self) -> None:
         """Write the marker of a freshly created run folder."""
@@ -188,20 +197,29 @@ class RunDir:
         """Hold an exclusive lock for the life of this process: a second trainer on the same folder is refused."""
         self.path.mkdir(parents=True, exist_ok=True)
         f = open(self.lock_file, "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise RunDirError(f"{self.path} is being trained by another process; wait for it or cancel it first") from None
+        # `is_locked` (a status poll) holds the lock for an instant: only a holder that keeps it for
+        # LOCK_PATIENCE_S is a trainer
+        deadline = time.monotonic() + LOCK_PATIENCE_S
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    f.close()
+                    raise RunDirError(f"{self.path} is being trained by another process; wait for it or cancel "
+                                      "it first") from None
+                time.sleep(0.02)
         self._lock_file = f
 
     def is_locked(self) -> bool:
+        """True while a trainer holds the run (a shared probe: pollers never block one another)."""
         lock = self.lock_file
         if not lock.exists():
             return False
-        with open(lock, "a+") as f:
+        with open(lock) as f:
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
                 return True
             fcntl.flock(f, fcntl.LOCK_UN)

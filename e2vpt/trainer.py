@@ -18,6 +18,7 @@ import json
 import math
 import shutil
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,11 +360,13 @@ class Trainer:
             self.units_done += 1
             if not best or val_acc > best["val_acc"]:
                 best = {"val_acc": val_acc, "epoch": epoch + 1, "state": self.model.tuned_state()}
-            self._save_checkpoint(phase.index, epoch + 1, optimizer, scheduler, best)
+            # the line first, then the checkpoint: a crash between them resumes from the previous
+            # checkpoint, which drops the line and trains the epoch again (the reverse would lose the line)
             self._log({"kind": "epoch", "phase": phase.name, "round": phase.index, "epoch": epoch + 1,
                        "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
                        "lr": scheduler.get_last_lr()[0], "epoch_s": round(time.monotonic() - epoch_start, 3),
                        "wall_s": round(self._wall(), 3), "tuned_params": self.model.tuned_param_count()})
+            self._save_checkpoint(phase.index, epoch + 1, optimizer, scheduler, best)
             self._status("running", f"{phase.name} round {phase.index}: epoch {epoch + 1}/{phase.epochs} "
                          f"val acc {val_acc:.3f}", force=True)
         # the phase's result is its best-validation state
@@ -392,6 +395,7 @@ class Trainer:
                 if self.run.summary_file.is_file():
                     raise RunDirError(f"{self.run.path} already finished; nothing to resume")
                 self.run.lock()
+                self.run.remove_temp_files()  # what a killed write left behind
             else:
                 created = self.run.prepare_new()
                 self.run.lock()
@@ -425,7 +429,7 @@ class Trainer:
                     self.model.load_tuned_state(self.initial_state)
                 if resume and self.resume_note:
                     self._status("running", f"resuming: {self.resume_note}", force=True)
-                    tqdm.write(f"e2vpt: resuming {self.run.path}: {self.resume_note}")
+                    tqdm.write(f"e2vpt: resuming {self.run.path}: {self.resume_note}", file=sys.stderr)
             for phase in self.phases[start_phase:]:
                 state = resume_state if phase.index == start_phase else None
                 self._run_phase(phase, start_epoch if phase.index == start_phase else 0, state)
@@ -499,6 +503,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
 
     def request_stop(signum, frame):
         trainer.stop_requested = True
+        if not trainer.dist.enabled:  # every write is crash-safe, so the run may stop at any point
+            raise Cancelled()         # (ranks of one training must stop together: they check the flag)
 
     previous = None
     try:

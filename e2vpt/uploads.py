@@ -15,12 +15,31 @@ import zipfile
 from pathlib import Path, PurePosixPath
 
 from .errors import DataError
+from .fileio import atomic_write_json, read_json
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 MAX_ARCHIVE_BYTES = 200 * 1024**2
 MAX_EXTRACTED_BYTES = 2 * 1024**3
 MAX_RATIO = 200  # a JPEG/PNG barely compresses; 200x is a bomb
 MAX_FILES = 200_000
+MAX_UPLOADS_BYTES = 10 * 1024**3  # all uploads kept in the data root together
+FREE_SPACE_MARGIN = 512 * 1024**2  # never fill the disk the runs are written to
+LEDGER = ".e2vpt-uploads.json"  # {folder name: bytes extracted}, to enforce the total quota cheaply
+
+
+def uploads_bytes(data_root: Path) -> int:
+    """Bytes held by earlier uploads that still exist under `data_root` (from the ledger)."""
+    ledger = read_json(data_root / LEDGER, {})
+    if not isinstance(ledger, dict):
+        return 0
+    return sum(int(v) for k, v in ledger.items() if isinstance(v, int) and (data_root / str(k)).is_dir())
+
+
+def _record_upload(data_root: Path, folder: Path, size: int) -> None:
+    ledger = read_json(data_root / LEDGER, {})
+    ledger = {k: v for k, v in ledger.items() if (data_root / str(k)).is_dir()} if isinstance(ledger, dict) else {}
+    ledger[folder.name] = size
+    atomic_write_json(data_root / LEDGER, ledger)
 
 
 def _safe_name(name: str) -> str:
@@ -30,11 +49,13 @@ def _safe_name(name: str) -> str:
 
 def safe_extract_zip(archive: str | Path, data_root: str | Path, name: str | None = None,
                      max_archive_bytes: int = MAX_ARCHIVE_BYTES, max_extracted_bytes: int = MAX_EXTRACTED_BYTES,
-                     max_ratio: float = MAX_RATIO) -> tuple[Path, list[str]]:
+                     max_ratio: float = MAX_RATIO, max_uploads_bytes: int = MAX_UPLOADS_BYTES
+                     ) -> tuple[Path, list[str]]:
     """Extract the image files of `archive` into a new folder under `data_root`.
 
     Returns (the new folder, the entries skipped with their reason). Raises DataError, leaving
-    nothing behind, for an archive that is too large, not a zip, or hostile.
+    nothing behind, for an archive that is too large, not a zip, hostile, holds no image, or would
+    take the uploads kept in the data root past `max_uploads_bytes` or the disk past its free space.
     """
     archive, data_root = Path(archive), Path(data_root).resolve()
     if not archive.is_file():
@@ -51,6 +72,22 @@ def safe_extract_zip(archive: str | Path, data_root: str | Path, name: str | Non
     while target.exists():
         suffix += 1
         target = data_root / f"{base}-{suffix}"
+    try:
+        with zipfile.ZipFile(archive) as zf:  # sizes as declared (checked again while writing: they can lie)
+            declared = sum(i.file_size for i in zf.infolist()
+                           if PurePosixPath(i.filename).suffix.lower() in IMAGE_SUFFIXES)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"cannot read {archive.name}: {exc}") from None
+    held = uploads_bytes(data_root)
+    if held + declared > max_uploads_bytes:
+        raise DataError(f"the uploads kept in {data_root} hold {held / 1e9:.2f} GB and this archive expands to "
+                        f"{declared / 1e9:.2f} GB, over the {max_uploads_bytes / 1e9:.1f} GB quota for uploads; "
+                        "delete uploaded folders you no longer need")
+    max_extracted_bytes = min(max_extracted_bytes, max_uploads_bytes - held)
+    free = shutil.disk_usage(data_root).free - FREE_SPACE_MARGIN
+    if declared > free:
+        raise DataError(f"this archive expands to {declared / 1e9:.2f} GB but the disk has {max(free, 0) / 1e9:.2f} GB "
+                        "to spare; free some space first")
     target.mkdir()
     skipped: list[str] = []
     written = 0
@@ -84,8 +121,14 @@ def safe_extract_zip(archive: str | Path, data_root: str | Path, name: str | Non
                     while chunk := src.read(1 << 20):  # count real bytes: headers can lie about sizes
                         written += len(chunk)
                         if written > max_extracted_bytes:
-                            raise DataError(f"archive expands past {max_extracted_bytes / 1e9:.1f} GB; refusing it")
+                            raise DataError(f"archive expands past {max_extracted_bytes / 1e9:.2f} GB, the most "
+                                            "this upload may take; refusing it")
                         dst.write(chunk)
+        if not any(p.is_file() for p in target.rglob("*")):
+            listed = "; ".join(skipped[:3]) + ("; ..." if len(skipped) > 3 else "")
+            raise DataError(f"{archive.name} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})"
+                            + (f": {listed}" if listed else "") + "; nothing was added")
+        _record_upload(data_root, target, written)
     except (DataError, zipfile.BadZipFile, OSError) as exc:
         shutil.rmtree(target, ignore_errors=True)
         if isinstance(exc, DataError):

@@ -26,6 +26,7 @@ from e2vpt import fileio as fileio_module
 from e2vpt.config import TrainConfig
 from e2vpt.data import load_splits
 from e2vpt.errors import BackboneError, DataError, NumericsError, RunDirError, UserError
+from e2vpt.checkpoints import read_checkpoints
 from e2vpt.fileio import append_jsonl, atomic_write_json, read_jsonl
 from e2vpt.runs import RunDir
 from e2vpt.trainer import Trainer, train
@@ -39,16 +40,18 @@ CLI_BASE = ["--backbone", "demo", "--no-pretrained", "--dataset", "digits", "--m
             "--retrain-epochs", "2", "--prune-rounds", "1", "--prompt-len", "4", "--kv-len", "2", "--seed", "1", "--quiet"]
 
 
-def assert_run_intact(run_dir: Path) -> None:
-    """Every JSON and safetensors file in the run parses: nothing half-written."""
+def assert_run_intact(run_dir: Path, killed: bool = False) -> None:
+    """Every JSON and safetensors file in the run parses: nothing half-written. A temp file is allowed
+    only after a kill -9 (nothing can clean up after one; the next resume removes it)."""
     for path in Path(run_dir).iterdir():
         try:
-            if path.suffix == ".json":
+            if path.name.endswith(".tmp"):
+                if not killed:
+                    raise AssertionError(f"temp file left behind: {path.name}")
+            elif path.suffix == ".json":
                 json.loads(path.read_text())
             elif path.suffix == ".safetensors":
                 load_file(str(path))
-            elif path.name.endswith(".tmp"):
-                raise AssertionError(f"temp file left behind: {path.name}")
         except AssertionError:
             raise
         except Exception as exc:
@@ -284,46 +287,6 @@ def test_torn_metrics_line_is_ignored_and_next_append_starts_fresh(tmp_path):
     assert read_jsonl(path) == [{"epoch": 1}, {"epoch": 3}]
 
 
-def test_full_disk_while_writing_keeps_the_old_file(tmp_path, monkeypatch):
-    path = tmp_path / "summary.json"
-    atomic_write_json(path, {"old": True})
-
-    def no_space(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(fileio_module.os, "fsync", no_space)
-    with pytest.raises(OSError):
-        atomic_write_json(path, {"old": False})
-    assert json.loads(path.read_text()) == {"old": True}
-    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
-
-
-@pytest.mark.slow
-def test_full_disk_during_training_fails_with_a_hint_and_resumes(tmp_path, monkeypatch, reference):
-    run_dir = tmp_path / "run"
-    calls = {"n": 0}
-    real = fileio_module.atomic_save_safetensors
-
-    def fill_disk_on_third_checkpoint(path, *args, **kwargs):
-        if Path(path).name == "checkpoint.safetensors":
-            calls["n"] += 1
-            if calls["n"] == 3:
-                raise OSError(errno.ENOSPC, "No space left on device")
-        return real(path, *args, **kwargs)
-
-    import e2vpt.checkpoints as checkpoints_module
-
-    monkeypatch.setattr(checkpoints_module, "atomic_save_safetensors", fill_disk_on_third_checkpoint)
-    with pytest.raises(UserError, match="disk is full"):
-        train(TrainConfig(**BASE), run_dir, quiet=True)
-    status = RunDir(run_dir).status()
-    assert status["state"] == "failed" and "--resume" in status["message"]
-    assert_run_intact(run_dir)
-    monkeypatch.setattr(checkpoints_module, "atomic_save_safetensors", real)
-    summary = train(TrainConfig(**BASE), run_dir, resume=True, quiet=True)
-    assert summary["test_acc"] == reference[0]["test_acc"]
-
-
 @pytest.mark.slow
 def test_nan_loss_stops_as_failed_with_step_and_hint_and_keeps_checkpoint(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
@@ -342,8 +305,8 @@ def test_nan_loss_stops_as_failed_with_step_and_hint_and_keeps_checkpoint(tmp_pa
         train(TrainConfig(**BASE), run_dir, quiet=True)
     status = RunDir(run_dir).status()
     assert status["state"] == "failed" and "step" in status["message"] and "lower --lr" in status["message"]
-    meta = json.loads((run_dir / "checkpoint.json").read_text())
-    assert meta["epochs_done"] == 1  # the last good checkpoint survives
+    _, checkpoint, problem = next(read_checkpoints(RunDir(run_dir)))
+    assert problem is None and (checkpoint.phase, checkpoint.epochs_done) == (0, 1)  # the last good one survives
     assert_run_intact(run_dir)
 
 
@@ -497,5 +460,626 @@ def test_symlink_entries_are_not_extracted(tmp_path):
         link = zipfile.ZipInfo("cats/passwd.png")
         link.external_attr = (0o120777 << 16)  # a symbolic link entry
         zf.writestr(link, "/etc/passwd")
+        zf.writestr("cats/real.png", png_bytes())
     target, skipped = safe_extract_zip(archive, tmp_path / "data")
-    assert not any(p.is_symlink() or p.is_file() for p in target.rglob("*")) and "link" in skipped[0]
+    assert [p.name for p in target.rglob("*") if p.is_file()] == ["real.png"]
+    assert not any(p.is_symlink() for p in target.rglob("*")) and "link" in skipped[0]
+
+
+def png_bytes(size=(8, 8)) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_archive_without_images_is_refused_and_leaves_nothing(tmp_path):
+    archive = tmp_path / "notes.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("readme.txt", "hello")
+        zf.writestr("data/table.csv", "a,b\n1,2\n")
+    with pytest.raises(DataError, match="holds no image files.*readme.txt"):
+        safe_extract_zip(archive, tmp_path / "data")
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_uploads_together_stay_under_their_quota(tmp_path):
+    """Each archive is small, but together they would pass the uploads quota: the one that would is refused
+    whole, and deleting an earlier upload frees its share."""
+    import random
+
+    data = tmp_path / "data"
+    rng = random.Random(0)
+    archives = []
+    for i in range(3):
+        archive = tmp_path / f"part{i}.zip"
+        with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+            zf.writestr(f"c/{i}.png", bytes(rng.getrandbits(8) for _ in range(40_000)))
+        archives.append(archive)
+    first, _ = safe_extract_zip(archives[0], data, max_uploads_bytes=100_000)
+    second, _ = safe_extract_zip(archives[1], data, max_uploads_bytes=100_000)
+    with pytest.raises(DataError, match="quota for uploads"):
+        safe_extract_zip(archives[2], data, max_uploads_bytes=100_000)
+    assert sorted(p.name for p in data.iterdir() if p.is_dir()) == ["part0", "part1"]
+    import shutil
+
+    shutil.rmtree(first)
+    third, _ = safe_extract_zip(archives[2], data, max_uploads_bytes=100_000)
+    assert (third / "c" / "2.png").stat().st_size == 40_000
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. the checkpoint: one file, the previous one kept, a real kill -9 at the exact moments between writes
+FAST = dict(BASE, epochs=1, retrain_epochs=1)
+FAST_CLI = ["--backbone", "demo", "--no-pretrained", "--dataset", "digits", "--method", "e2vpt", "--epochs", "1",
+            "--retrain-epochs", "1", "--prune-rounds", "1", "--prompt-len", "4", "--kv-len", "2", "--seed", "1", "--quiet"]
+KILL_AT_WRITE = Path(__file__).with_name("kill_at_write.py")
+
+# (file moved into place, which time, before/after): a fast run writes checkpoint 1 after the first
+# epoch, 2 at the phase boundary, 3 after pruning, 4 after the retrain epoch, 5 at the end
+WRITE_POINTS = {
+    "new checkpoint written, nothing renamed yet": ("checkpoint.prev.safetensors", 1, "before"),
+    "between the two renames, at a phase boundary": ("checkpoint.safetensors", 2, "before"),
+    "between the two renames, right after pruning": ("checkpoint.safetensors", 3, "before"),
+    "checkpoint in place, the round not yet recorded": ("checkpoint.safetensors", 4, "after"),
+    "weights written, no summary yet": ("weights.safetensors", 1, "after"),
+}
+
+
+@pytest.fixture(scope="module")
+def fast_reference(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("fast-ref") / "run"
+    summary = train(TrainConfig(**FAST), run_dir, quiet=True)
+    return summary, load_file(str(run_dir / "weights.safetensors")), epochs_logged(run_dir)
+
+
+def epochs_logged(run_dir):
+    return [(r["kind"], r["round"], r.get("epoch")) for r in read_jsonl(Path(run_dir) / "metrics.jsonl")]
+
+
+def kill_at_write(run_dir, name, nth, when, *args):
+    """Train (or resume, with `args`) in a child that kill -9s itself at that write; returns its exit code."""
+    args = args or (*FAST_CLI, "--run-dir", str(run_dir))
+    proc = subprocess.run([sys.executable, str(KILL_AT_WRITE), name, str(nth), when, "--", "train", *args],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
+    return proc.returncode
+
+
+def assert_same_as_reference(run_dir, reference):
+    summary, weights, epochs = reference
+    got = json.loads((run_dir / "summary.json").read_text())
+    assert (got["test_acc"], got["val_acc"], got["tuned_params"]) == (summary["test_acc"], summary["val_acc"],
+                                                                       summary["tuned_params"])
+    saved = load_file(str(run_dir / "weights.safetensors"))
+    assert saved.keys() == weights.keys() and all(torch.equal(saved[k], weights[k]) for k in weights)
+    assert epochs_logged(run_dir) == epochs  # no record lost, none twice
+    assert_run_intact(run_dir)
+    assert not list(run_dir.glob("checkpoint*"))  # a finished run keeps no checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", list(WRITE_POINTS))
+def test_kill_9_between_writes_resumes_to_the_uninterrupted_result(tmp_path, fast_reference, point):
+    run_dir = tmp_path / "run"
+    assert kill_at_write(run_dir, *WRITE_POINTS[point]) == -signal.SIGKILL
+    assert_run_intact(run_dir, killed=True)
+    assert RunDir(run_dir).status()["state"] == "interrupted"
+    result = subprocess.run([sys.executable, "-m", "e2vpt", "train", "--resume", str(run_dir), "--quiet"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_as_reference(run_dir, fast_reference)
+
+
+@pytest.mark.slow
+def test_kill_9_after_the_summary_shows_done_and_is_not_trained_again(tmp_path, fast_reference):
+    run_dir = tmp_path / "run"
+    assert kill_at_write(run_dir, "summary.json", 1, "after") == -signal.SIGKILL
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "running"  # what the dead process left
+    assert RunDir(run_dir).status()["state"] == "done"
+    listed = subprocess.run([sys.executable, "-m", "e2vpt", "runs", "--root", str(tmp_path)], capture_output=True,
+                            text=True)
+    assert "done" in listed.stdout and "interrupted" not in listed.stdout
+    again = subprocess.run([sys.executable, "-m", "e2vpt", "train", "--resume", str(run_dir), "--quiet"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "already finished" in again.stderr and "Traceback" not in again.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test_acc"] == fast_reference[0]["test_acc"]
+
+
+@pytest.fixture(scope="module")
+def killed_after_pruning(tmp_path_factory):
+    """A run killed right after the checkpoint that follows pruning: the newest checkpoint is mid-phase
+    (pruned, scores pending), the previous one is the phase boundary before pruning."""
+    run_dir = tmp_path_factory.mktemp("killed") / "run"
+    assert kill_at_write(run_dir, "checkpoint.safetensors", 3, "after") == -signal.SIGKILL
+    return run_dir
+
+
+def copy_run(source, tmp_path):
+    import shutil
+
+    target = tmp_path / "run"
+    shutil.copytree(source, target)
+    return target
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip_a_tensor_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # inside the last tensor's bytes, past the header
+    path.write_bytes(bytes(data))
+
+
+def refit_with_a_missing_tensor(path: Path) -> None:
+    """A well-formed checkpoint whose model state is not this run's (as if copied from another run)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    tensors.pop(next(k for k in tensors if k.startswith("model.")))
+    from e2vpt.checkpoints import _digest
+
+    metadata["sha256"] = _digest(tensors)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+DAMAGES = {
+    "truncated": truncate,
+    "a tensor byte altered": flip_a_tensor_byte,
+    "deleted (killed between the renames)": lambda path: path.unlink(),
+    "from another model": refit_with_a_missing_tensor,
+    "not safetensors at all": lambda path: path.write_bytes(b"\x00" * 100),
+}
+
+
+@pytest.mark.parametrize("damage", [d if d == "truncated" else pytest.param(d, marks=pytest.mark.slow) for d in DAMAGES])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd, killed_after_pruning,
+                                                                    fast_reference, damage):
+    run_dir = copy_run(killed_after_pruning, tmp_path)
+    DAMAGES[damage](run_dir / "checkpoint.safetensors")
+    train(TrainConfig(**FAST), run_dir, resume=True, quiet=True)
+    assert_same_as_reference(run_dir, fast_reference)
+    if damage != "deleted (killed between the renames)":
+        assert "checkpoint.safetensors skipped" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_with_no_usable_checkpoint_the_run_starts_again_and_says_so(tmp_path, capfd, killed_after_pruning,
+                                                                    fast_reference):
+    run_dir = copy_run(killed_after_pruning, tmp_path)
+    truncate(run_dir / "checkpoint.safetensors")
+    flip_a_tensor_byte(run_dir / "checkpoint.prev.safetensors")
+    train(TrainConfig(**FAST), run_dir, resume=True, quiet=True)
+    assert "starting again from the first epoch" in capfd.readouterr().err
+    assert_same_as_reference(run_dir, fast_reference)
+
+
+@pytest.mark.slow
+def test_a_damaged_init_file_is_rebuilt_from_the_seed(tmp_path, killed_after_pruning, fast_reference):
+    run_dir = copy_run(killed_after_pruning, tmp_path)
+    truncate(run_dir / "init.safetensors")
+    train(TrainConfig(**FAST), run_dir, resume=True, quiet=True)
+    assert_same_as_reference(run_dir, fast_reference)
+
+
+@pytest.mark.slow
+def test_a_torn_checkpoint_pair_of_an_older_version_is_never_mixed(tmp_path, fast_reference):
+    """Older versions wrote tensors, then checkpoint.json; killed between the two, the new mid-phase tensors
+    sat beside the old phase-boundary description. Such a pair is refused, never trained from."""
+    run_dir = tmp_path / "run"
+    assert kill_at_write(run_dir, "checkpoint.safetensors", 1, "after") == -signal.SIGKILL  # after epoch 1
+    checkpoint = run_dir / "checkpoint.safetensors"
+    tensors = load_file(str(checkpoint))
+    assert any(k.startswith("optim.") for k in tensors)
+    save_file(tensors, str(checkpoint))  # the old layout: no description inside
+    (run_dir / "checkpoint.json").write_text(json.dumps({
+        "phase": 1, "epochs_done": 0, "best_val": None, "best_epoch": None, "rounds": [], "wall_s": 1.0,
+        "units_done": 1, "pending": None}))
+    assert read_checkpoints(RunDir(run_dir)).__next__()[2].endswith("are from different moments")
+    train(TrainConfig(**FAST), run_dir, resume=True, quiet=True)
+    assert_same_as_reference(run_dir, fast_reference)
+    assert not (run_dir / "checkpoint.json").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. containment: nothing is read or written outside the roots, whatever links a folder holds
+def image_tree(root: Path, classes=("a", "b"), n=6) -> Path:
+    for cls in classes:
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_a_class_folder_linked_outside_the_dataset_is_refused(tmp_path):
+    dataset = image_tree(tmp_path / "data" / "pets")
+    outside = image_tree(tmp_path / "private", classes=("secrets",))
+    (dataset / "c").symlink_to(outside / "secrets")
+    with pytest.raises(DataError, match="leads outside the dataset folder"):
+        load_splits("imagefolder", root=str(dataset))
+
+
+def test_an_image_linked_outside_the_dataset_is_refused(tmp_path):
+    dataset = image_tree(tmp_path / "data" / "pets")
+    outside = image_tree(tmp_path / "private", classes=("x",))
+    (dataset / "a" / "stolen.png").symlink_to(outside / "x" / "0.png")
+    with pytest.raises(DataError, match="stolen.png leads outside"):
+        load_splits("imagefolder", root=str(dataset))
+
+
+def test_links_inside_the_dataset_folder_still_work(tmp_path):
+    dataset = image_tree(tmp_path / "pets", classes=("a",))
+    image_tree(tmp_path / "pets" / ".store", classes=("b",))
+    (dataset / "b").symlink_to(dataset / ".store" / "b")
+    splits = load_splits("imagefolder", root=str(dataset))
+    assert len(splits.train) + len(splits.val) + len(splits.test) == 12
+
+
+def test_a_link_loop_is_refused_instead_of_multiplying_the_images(tmp_path):
+    dataset = image_tree(tmp_path / "pets")
+    (dataset / "a" / "again").symlink_to(dataset / "a")
+    with pytest.raises(DataError, match="link loop"):
+        load_splits("imagefolder", root=str(dataset))
+
+
+@pytest.mark.parametrize("layout", ["vtab", "fgvc"])
+def test_listed_paths_that_climb_out_of_the_dataset_are_refused(tmp_path, layout):
+    dataset = image_tree(tmp_path / "task" / "images", classes=("train",), n=4).parent
+    secret = image_tree(tmp_path / "private", classes=("x",), n=1) / "x" / "0.png"
+    escape = "../private/x/0.png"
+    if layout == "vtab":
+        for name in ("train800.txt", "val200.txt", "train800val200.txt", "test.txt"):
+            (dataset / name).write_text("images/train/0.png 0\nimages/train/1.png 1\n")
+        (dataset / "test.txt").write_text(f"{escape} 0\nimages/train/2.png 1\n")
+    else:
+        (dataset / "train.json").write_text(json.dumps({"train/0.png": 0, "train/1.png": 1, "train/2.png": 1}))
+        (dataset / "test.json").write_text(json.dumps({f"../{escape}": 0, "train/3.png": 1}))
+    assert secret.is_file()
+    with pytest.raises(DataError, match="leads outside the dataset folder"):
+        load_splits(layout, root=str(dataset))
+
+
+@pytest.fixture
+def finished_run(tmp_path, fake_run):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    return runs, fake_run(runs, "20260101-000000-e2vpt-digits")
+
+
+@pytest.mark.parametrize("name", ["summary.json", "config.json", "pruning.json", "status.json"])
+def test_a_run_file_that_links_outside_is_not_read(tmp_path, finished_run, name):
+    from e2vpt.runs import list_runs
+
+    runs, run_dir = finished_run
+    outside = tmp_path / f"outside-{name}"
+    outside.write_text((run_dir / name).read_text())
+    (run_dir / name).unlink()
+    (run_dir / name).symlink_to(outside)
+    if name == "status.json":  # what the link says is never shown; the whole summary makes the run done
+        outside.write_text(json.dumps({"state": "failed", "message": "read from outside", "progress": 0.1}))
+    rows = {r["id"]: r for r in list_runs(runs)}
+    row = rows["20260101-000000-e2vpt-digits"]
+    if name == "status.json":
+        assert row["state"] == "done" and "outside" not in row["message"]
+    else:
+        assert row["state"] == "unreadable" and name in row["message"] and "link" in row["message"]
+
+
+def test_an_analysis_folder_linked_outside_is_never_written(tmp_path, finished_run):
+    from e2vpt.analysis.embeddings import run_features
+
+    _, run_dir = finished_run
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (run_dir / "analysis").symlink_to(outside)
+    with pytest.raises(RunDirError, match="analysis of .* is a link"):
+        run_features(run_dir, frozen=True)
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_metrics_file_linked_outside_is_not_appended_to(tmp_path, killed_after_pruning):
+    run_dir = copy_run(killed_after_pruning, tmp_path)
+    outside = tmp_path / "diary.txt"
+    outside.write_text("my notes\n")
+    (run_dir / "metrics.jsonl").unlink()
+    (run_dir / "metrics.jsonl").symlink_to(outside)
+    with pytest.raises(RunDirError, match="metrics.jsonl of run is a link"):
+        train(TrainConfig(**FAST), run_dir, resume=True, quiet=True)
+    assert outside.read_text() == "my notes\n"
+
+
+def test_a_run_folder_that_is_a_link_is_not_opened(tmp_path, finished_run):
+    from e2vpt.runs import open_run
+
+    runs, run_dir = finished_run
+    (runs / "alias").symlink_to(run_dir)
+    with pytest.raises(RunDirError, match="is a link"):
+        open_run("alias", runs)
+
+
+def test_an_edited_data_folder_is_checked_again_on_resume_and_analysis(tmp_path, monkeypatch, fake_run):
+    from e2vpt import launch
+
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    data.mkdir()
+    outside = image_tree(tmp_path / "private")
+    run_dir = fake_run(runs, "20260101-000000-e2vpt-mine", state="cancelled", summary=False)
+    config = json.loads((run_dir / "config.json").read_text())
+    config.update(dataset="imagefolder", data_root=str(outside))  # edited by hand after the run started
+    (run_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserError, match="outside"):
+        launch.resume_run(run_dir.name, runs, data=data)
+    with pytest.raises(UserError, match="outside"):
+        launch.check_run_data(RunDir(run_dir), data)
+    assert RunDir(run_dir).status()["state"] == "cancelled"  # refused before anything changed
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. a run folder is marked; a user's folder is never trained into, Delete removes only run files
+def user_folder(path: Path) -> dict[str, bytes]:
+    (path / "photos").mkdir(parents=True)
+    (path / "photos" / "cat.jpg").write_bytes(b"\xff\xd8 a photo")
+    (path / "notes.txt").write_text("my notes")
+    (path / "metrics.jsonl").write_text('{"my": "own metrics"}\n')
+    return {str(p.relative_to(path)): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def test_training_refuses_a_folder_that_is_not_a_run(tmp_path):
+    before = user_folder(tmp_path / "mine")
+    result = subprocess.run([sys.executable, "-m", "e2vpt", "train", *FAST_CLI, "--run-dir", str(tmp_path / "mine")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "not an e2vpt run" in result.stderr and "Traceback" not in result.stderr
+    after = {str(p.relative_to(tmp_path / "mine")): p.read_bytes() for p in (tmp_path / "mine").rglob("*") if p.is_file()}
+    assert after == before
+    with pytest.raises(RunDirError, match="not an e2vpt run"):
+        train(TrainConfig(**FAST), tmp_path / "mine", quiet=True)
+
+
+def test_an_empty_folder_becomes_a_marked_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    run = RunDir(tmp_path / "empty")
+    run.prepare_new()
+    assert run.marker_file.is_file() and run.is_run_folder()
+
+
+def test_delete_keeps_the_users_files_in_a_run_folder(tmp_path, finished_run):
+    from e2vpt import launch
+
+    runs, run_dir = finished_run
+    (run_dir / "notes.txt").write_text("keep me")
+    (run_dir / "photos").mkdir()
+    (run_dir / "photos" / "cat.jpg").write_bytes(b"cat")
+    (run_dir / "round_0.safetensors").write_bytes(b"x")
+    (run_dir / "analysis").mkdir()
+    (run_dir / "analysis" / "features.safetensors").write_bytes(b"x")
+    kept = launch.delete_run(run_dir.name, runs)
+    assert kept == ["notes.txt", "photos"]
+    assert sorted(p.name for p in run_dir.iterdir()) == ["notes.txt", "photos"]
+    assert (run_dir / "photos" / "cat.jpg").read_bytes() == b"cat"
+
+
+def test_delete_removes_a_link_never_what_it_points_to(tmp_path, finished_run):
+    from e2vpt import launch
+
+    runs, run_dir = finished_run
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.pdf").write_bytes(b"years of work")
+    (run_dir / "analysis").symlink_to(precious)
+    (run_dir / "train.log").symlink_to(precious / "thesis.pdf")
+    assert launch.delete_run(run_dir.name, runs) == []
+    assert not run_dir.exists() and (precious / "thesis.pdf").read_bytes() == b"years of work"
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. a really full disk: a small tmpfs (mounting one needs root; skipped with the reason otherwise)
+@pytest.fixture
+def small_disk(tmp_path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a real full disk needs a small tmpfs, and mounting one needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def fill(folder: Path) -> Path:
+    """Write a filler file until the filesystem refuses a single byte more."""
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        for size in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    out.write(b"\0" * size)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    return filler
+
+
+def test_a_full_disk_keeps_the_old_file_and_leaves_no_temp(small_disk):
+    from e2vpt.fileio import is_disk_full
+
+    path = small_disk / "summary.json"
+    atomic_write_json(path, {"old": True})
+    fill(small_disk)
+    with pytest.raises(OSError) as caught:
+        atomic_write_json(path, {"old": False, "pad": "x" * 100_000})
+    assert is_disk_full(caught.value)
+    assert json.loads(path.read_text()) == {"old": True}
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "summary.json"]
+
+
+def test_safetensors_own_error_on_a_full_disk_is_recognised(small_disk):
+    """safetensors' Rust writer raises its own error type, whose only sign of a full disk is its text."""
+    from e2vpt.fileio import is_disk_full
+
+    fill(small_disk)
+    with pytest.raises(Exception) as caught:
+        save_file({"w": torch.zeros(1 << 20)}, str(small_disk / "w.safetensors"))
+    assert is_disk_full(caught.value), repr(caught.value)
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_during_training_fails_with_the_hint_then_resumes(small_disk, fast_reference):
+    run_dir = small_disk / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *FAST_CLI, "--run-dir", str(run_dir)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: "val acc" in status_of(run_dir).get("message", "") or proc.poll() is not None)
+        filler = fill(small_disk)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 2, err[-2000:]
+    assert "disk is full" in err and f"--resume {run_dir}" in err and "Traceback" not in err
+    assert_run_intact(run_dir)
+    filler.unlink()
+    train(TrainConfig(**FAST), run_dir, resume=True, quiet=True)
+    assert_same_as_reference(run_dir, fast_reference)
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. values that cannot be used, refused in one line before anything is allocated; SIGTERM anywhere
+CONFIG_VALUES = {
+    "epochs: '2'": ("epochs", "whole number"),
+    "lr: abc": ("lr", "number"),
+    "batch_size: 2.5": ("batch_size", "whole number"),
+    "epochs: .inf": ("epochs", "whole number"),
+    "warmup_epochs: .inf": ("warmup_epochs", "finite"),
+    "lr: .nan": ("lr", "finite"),
+    "seed: 1.0e+23": ("seed", "seed"),
+    "prompt_len: 100000000000": ("prompt_len", "0 to 1024"),
+    "prune_rounds: 1000000000000": ("prune_rounds", "0 to 100"),
+    "device: meta": ("device", "cuda:N"),
+    "bogus_key: 1": ("bogus_key", "unknown"),
+    "method: [e2vpt]": ("method", "method"),
+}
+
+
+@pytest.mark.parametrize("line", list(CONFIG_VALUES))
+def test_an_impossible_config_value_is_refused_in_one_line(tmp_path, capsys, line):
+    from e2vpt.cli import main
+
+    config = tmp_path / "config.yaml"
+    config.write_text("backbone: demo\npretrained: false\ndataset: digits\n" + line + "\n")
+    code = main(["train", "--config", str(config), "--run-dir", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    field, words = CONFIG_VALUES[line]
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert field in err and words.lower() in err.lower(), err
+    assert not (tmp_path / "run").exists()  # refused before a folder, a model or a dataset was made
+
+
+def test_eval_of_a_truncated_weights_file_names_the_file(tmp_path, finished_run):
+    runs, run_dir = finished_run
+    (run_dir / "weights.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
+    truncate(run_dir / "weights.safetensors")
+    result = subprocess.run([sys.executable, "-m", "e2vpt", "eval", str(run_dir)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2 and "weights.safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def sigterm_when(run_dir, predicate, args):
+    proc = subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: predicate(status_of(run_dir)) or proc.poll() is not None)
+        assert proc.poll() is None, "the run ended before the signal"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        return proc.returncode, time.monotonic() - sent, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("phase", ["loading backbone and data", "scoring prompt importance"])
+def test_sigterm_stops_a_run_in_any_phase_and_it_resumes(tmp_path, fast_reference, phase):
+    run_dir = tmp_path / "run"
+    code, _, err = sigterm_when(run_dir, lambda s: phase in s.get("message", ""),
+                                [*FAST_CLI, "--run-dir", str(run_dir)])
+    assert code == 3 and "cancelled" in err and "Traceback" not in err, err[-2000:]
+    assert RunDir(run_dir).status()["state"] == "cancelled"
+    assert_run_intact(run_dir)
+    if phase.startswith("scoring"):
+        train(TrainConfig(**FAST), run_dir, resume=True, quiet=True)
+        assert_same_as_reference(run_dir, fast_reference)
+
+
+# --------------------------------------------------------------------------------------------------
+# 7. a status poll never makes a starting trainer think the run is taken
+def test_status_polls_never_make_the_lock_look_taken(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.lock").touch()
+    poller = subprocess.Popen([sys.executable, "-c", "import sys\nfrom e2vpt.runs import RunDir\nrun = RunDir(sys.argv[1])\n"
+                               "print('ready', flush=True)\nwhile True:\n    run.is_locked()", str(run_dir)],
+                              stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    try:
+        assert poller.stdout.readline().strip() == "ready"
+        for _ in range(40):
+            run = RunDir(run_dir)
+            run.lock()  # a poll holding the lock for an instant must not refuse it
+            run._lock_file.close()
+        holder = RunDir(run_dir)
+        holder.lock()
+        with pytest.raises(RunDirError, match="another process"):
+            RunDir(run_dir).lock()  # a real holder still is refused
+        holder._lock_file.close()
+    finally:
+        poller.kill()
+        poller.wait(10)
+        poller.stdout.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# kill -9 at 20 evenly spaced moments of one demo run, resuming after each: the same result
+@pytest.mark.slow
+def test_twenty_kills_of_a_demo_run_end_where_an_uninterrupted_run_ends(tmp_path):
+    from e2vpt.config import preset
+
+    config = preset("demo")
+    reference = train(config, tmp_path / "reference", quiet=True)
+    ref_weights = load_file(str(tmp_path / "reference" / "weights.safetensors"))
+    config_file = tmp_path / "demo.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    run_dir = tmp_path / "run"
+    units = config.epochs + config.rounds * (config.resolved_retrain_epochs + 1)
+
+    def done_fraction(status):
+        return status.get("progress", 0.0) + status.get("progress_in_epoch", 0.0) / units
+
+    for i in range(1, 21):
+        args = ["--resume", str(run_dir)] if run_dir.exists() else ["--config", str(config_file), "--run-dir", str(run_dir)]
+        proc = subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *args, "--quiet"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: (status_of(run_dir).get("state") == "running" and status_of(run_dir).get("pid") == proc.pid
+                              and done_fraction(status_of(run_dir)) >= i / 21) or proc.poll() is not None)
+            assert proc.poll() is None, f"the run ended before kill {i}"
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert_run_intact(run_dir, killed=True)
+    result = subprocess.run([sys.executable, "-m", "e2vpt", "train", "--resume", str(run_dir), "--quiet"],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["test_acc"], summary["tuned_params"]) == (reference["test_acc"], reference["tuned_params"])
+    weights = load_file(str(run_dir / "weights.safetensors"))
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights)
+    assert_run_intact(run_dir)
