@@ -619,3 +619,16 @@ def test_the_cli_lists_good_runs_next_to_unreadable_ones(malformed_runs):
     for bad in ("bad-config-list", "bad-summary-list", "bad-pruning-rounds", "bad-config-key", "bad-config-value"):
         assert "unreadable" in lines[bad], lines.get(bad)
     assert "bogus" in lines["bad-config-key"] and "summary.json" in lines["bad-summary-list"]
+
+
+def test_embeddings_refuse_a_run_whose_data_folder_was_edited_to_leave_the_data_root(roots, fake_run, tmp_path):
+    runs, _ = roots
+    run_dir = fake_run(runs, "20260101-000000-e2vpt-mine")
+    (tmp_path / "private" / "cat").mkdir(parents=True)
+    config = json.loads((run_dir / "config.json").read_text())
+    config.update(dataset="imagefolder", data_root=str(tmp_path / "private"))
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "weights.safetensors").write_bytes(b"not read")
+    at = open_page("pages/embeddings.py", run="20260101-000000-e2vpt-mine")
+    no_exception(at)
+    assert "outside" in texts(at, "error") and not (run_dir / "analysis").exists()
