@@ -68,6 +68,7 @@ GROWTH_P = (0, 10, 50, 100)
 GROWTH_L = (0, 10, 50, 100)
 PRUNED_KEEP = 0.25  # two default rounds at --prune-ratio 0.5 keep a quarter of the tokens
 PRUNED_SEGMENTS = 9  # ... and 16 * 0.75 * 0.75 = 9 of 16 segments per kept token
+HALF_PRUNED_P = 50  # the removed-vs-zeroed rows: p=50 with 25 tokens pruned
 
 
 # ==================================================================================================
@@ -139,7 +140,7 @@ def build(spec: dict, device, backbone=None):
     else:
         method = spec["method"]
         cfg = TrainConfig(method=method, backbone=name, pretrained=False, prompt_len=max(spec.get("p", 8), 1),
-                          kv_len=spec.get("l", 4))
+                          kv_len=spec.get("l", 4), pruned_tokens=spec.get("pruned", "remove"))
         model, lr = build_model(cfg, backbone, 10), DEFAULT_LR[method]
         if spec.get("keep") is not None:
             t = model.tuned
@@ -147,7 +148,7 @@ def build(spec: dict, device, backbone=None):
             token = torch.zeros_like(t.token_mask)
             token[:, :keep] = 1
             segment = torch.zeros_like(t.segment_mask)
-            segment[:, :, :PRUNED_SEGMENTS] = 1
+            segment[:, :, :spec.get("segments_kept", PRUNED_SEGMENTS)] = 1
             model.set_masks(token, segment)
     model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -355,7 +356,8 @@ def label_of(item: dict) -> str:
     if m == "vpt-deep":
         return f"vpt-deep p={item['p']}"
     pruned = " pruned" if item.get("keep") is not None else ""
-    return f"{m}{pruned} p={item['p']} l={item['l']}"
+    how = f" ({item['pruned']}d)" if "pruned" in item else ""
+    return f"{m}{pruned} p={item['p']} l={item['l']}{how}"
 
 
 def plan(args) -> list[dict]:
@@ -373,6 +375,9 @@ def plan(args) -> list[dict]:
             dict(kind="method", method="vpt-deep", p=pl), dict(kind="method", method="e2vpt", p=pl, l=kl),
             dict(kind="method", method="e2vpt", p=pl, l=kl, keep=PRUNED_KEEP),
             dict(kind="frozen", p=0), dict(kind="frozen", p=pl)])
+        # issue 14: half the tokens pruned, removed from the sequence (studio) or zeroed in it (official)
+        group("pruned-tokens", bb, [dict(kind="method", method="e2vpt", p=HALF_PRUNED_P, l=kl, keep=0.5,
+                                         segments_kept=16, pruned=how) for how in ("remove", "zero")])
     for bb in args.growth_backbones:
         group("growth-p", bb, [dict(kind="frozen", p=p) for p in args.growth_p]
               + [dict(kind="method", method="vpt-deep", p=p) for p in args.growth_p if p])
@@ -569,6 +574,14 @@ def main(argv: list[str] | None = None) -> int:
                    [[r["l"], fmt(r["median_ms"], 0), f"{100 * (r['median_ms'] / l0 - 1):+.1f}%", fmt(r["peak_mb"], 0),
                      fmt(r.get("mem_vs_full")), f"{r['trainable']:,}"] for r in sel])
     for bb in args.backbones:
+        sel = [r for r in rows if r["section"] == "pruned-tokens" and r["backbone"] == bb]
+        zeroed = sel[1]["median_ms"]
+        tables(f"{LABELS[bb]}, batch {sel[0]['batch']}: p={HALF_PRUNED_P} with {HALF_PRUNED_P // 2} tokens pruned, "
+               "removed (studio, paper) or zeroed in the sequence (official)",
+               ["config", "step ms", "IQR ms", "× zeroed", "peak MB"],
+               [[r["config"], fmt(r["median_ms"], 0), f"{r['p25_ms']:.0f}-{r['p75_ms']:.0f}",
+                 f"{r['median_ms'] / zeroed:.2f}", fmt(r["peak_mb"], 0)] for r in sel])
+    for bb in args.backbones:
         sel = [r for r in rows if r["section"] == "layer" and r["backbone"] == bb]
         ref = sel[0]["median_ms"]
         tables(f"{LABELS[bb]}, batch {sel[0]['batch']}: one block, forward + backward to its input "
@@ -589,6 +602,10 @@ def main(argv: list[str] | None = None) -> int:
              f"(target <= 0.6: {'met' if e2['mem_vs_full'] <= 0.6 else 'MISSED'}); prompts over frozen+grad with the "
              f"same tokens: vpt-deep {100 * vd['vs_frozen_same_tokens']:+.1f}%, e2vpt (with its kv prompts) "
              f"{100 * e2['vs_frozen_same_tokens']:+.1f}% (target <= +3%: {'met' if worst <= 0.03 else 'MISSED'})")
+    half = [r for r in rows if r["section"] == "pruned-tokens" and r["backbone"] == head]
+    removed_vs_zeroed = half[0]["median_ms"] / half[1]["median_ms"]
+    check += (f"; p={HALF_PRUNED_P} half pruned: removed {removed_vs_zeroed:.2f}x the zeroed step (target <= 0.9: "
+              f"{'met' if removed_vs_zeroed <= 0.9 else 'MISSED'})")
     md += ["\n", check, "\n"]
     write_text(out_csv.with_suffix(".md"), "".join(md))
     print(f"\n{check}")
@@ -597,6 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out_csv} and {out_csv.with_suffix('.md')} ({total_s:.0f} s)")
     if head != "vit_b":
         print("(ViT-B/16 not measured: the ratio below is for the demo backbone)")
+    print(f"ratio removed/zeroed (p={HALF_PRUNED_P}, {HALF_PRUNED_P // 2} pruned): step={removed_vs_zeroed:.2f}")
     print(f"ratio e2vpt/full: step={e2['step_vs_full']:.2f} memory={e2['mem_vs_full']:.2f}")
     return 0
 

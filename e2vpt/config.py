@@ -111,6 +111,11 @@ class TrainConfig:
     global_pool: Literal["auto", "token", "avg"] = setting(
         "auto", "features the head reads: token ([CLS]), avg (mean of the patch tokens, prompts excluded) or auto "
         "(avg for MAE weights, timm's default otherwise)", group="model", label="Head reads")
+    recipe: Literal["studio", "paper", "official"] = setting(
+        "studio", "which reading of E2VPT sets the method's choices (docs/RECIPES.md): studio (this project's), paper "
+        "(the paper's text) or official (the official code); settings given explicitly override it",
+        group="model", label="Recipe", basic=True,
+        choice_labels={"studio": "studio", "paper": "paper's text", "official": "official code"})
     # prompts
     prompt_len: int = setting(8, "visual prompt tokens per layer (p)", group="prompts",
                               label="Visual prompt tokens per layer (p)", ge=0, le=1024, basic=True)
@@ -169,9 +174,20 @@ class TrainConfig:
     importance: Literal["abs", "signed"] = setting(
         "abs", "abs (paper: mean |dL/dmask| per image) or signed (official code: mean signed gradient)",
         group="pruning", label="Importance")
+    token_importance: Literal["segments", "mask"] = setting(
+        "segments", "what ranks tokens: segments (the sum of their segments' |scores|) or mask (the gradient "
+        "w.r.t. the token mask, paper and official code; LayerNorm makes it almost zero for deep prompts)",
+        group="pruning", label="Token score")
     rewind: Literal["init", "reinit"] = setting(
         "init", "init: survivors reset to their initial values; reinit: fresh random values (official code)",
         group="pruning", label="Rewind survivors to")
+    pruned_tokens: Literal["remove", "zero"] = setting(
+        "remove", "remove: a pruned prompt token leaves the sequence (it costs nothing); zero: it stays as a zero "
+        "token that still yields keys and values (official code)", group="pruning", label="Pruned tokens are")
+    train_masks: bool = setting(
+        False, "train the token and segment masks as real-valued parameters in the first phase and score importance "
+        "at the trained values (official code); otherwise they are fixed 0/1", group="pruning",
+        label="Train the masks before pruning")
     select_round: Literal["best", "last"] = setting(
         "best", "the round a run keeps: best validation accuracy among the pruning rounds (ties to more pruning), "
         "or the last", group="pruning", label="Keep the round with",
@@ -222,7 +238,11 @@ class TrainConfig:
         unknown = sorted(str(k) for k in set(values) - known)
         if unknown:
             raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; valid settings: {', '.join(sorted(known))}")
-        return cls(**values)
+        recipe = values.get("recipe", "studio")
+        if recipe not in RECIPES:
+            f = next(f for f in settings() if f.name == "recipe")
+            check_value(f, recipe)  # raises the one-line error naming the choices
+        return cls(**{**RECIPES[recipe], **values})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,14 +371,29 @@ def settings_markdown() -> str:
 
 
 # --------------------------------------------------------------------------------------------------
+# Recipes: the three readings of the method (docs/RECIPES.md has each choice's source). A recipe sets
+# these fields at once; `TrainConfig.from_dict` (files, flags, the form, presets) lets a value given
+# explicitly win, and config.json records the resolved values.
+RECIPES = {
+    "studio": {},  # the defaults declared above
+    "paper": {"mask_scope": "shared", "kv_shared": False, "importance": "abs", "token_importance": "mask",
+              "rewind": "init", "pruned_tokens": "remove", "train_masks": False, "segments": 16,
+              "segment_layout": "interleaved", "prompt_dropout": 0.0},
+    "official": {"mask_scope": "shared", "kv_shared": True, "importance": "signed", "token_importance": "mask",
+                 "rewind": "reinit", "pruned_tokens": "zero", "train_masks": True, "segments": 16,
+                 "segment_layout": "interleaved", "prompt_dropout": 0.1, "optimizer": "sgd", "weight_decay": 1e-4},
+}
+
+# --------------------------------------------------------------------------------------------------
 # Presets: whole settings for a purpose (the Train form's preset buttons; a notebook's starting point).
+_VIT_B_GPU = {"backbone": "vit_base_patch16_224.augreg_in21k", "pretrained": True, "prompt_len": 10, "kv_len": 5,
+              "optimizer": "sgd", "lr": 0.25, "batch_size": 64, "epochs": 100, "retrain_epochs": 100,
+              "warmup_epochs": 10.0, "weight_decay": 1e-4, "prune_rounds": 2, "prune_ratio": 0.5,
+              "segment_ratio": 0.25, "select_round": "best", "device": "auto", "amp": True}
 PRESETS = {
     "demo": {},  # the defaults: the shipped demo ViT on digits, about a minute on a CPU
-    "paper": {"backbone": "vit_base_patch16_224.augreg_in21k", "pretrained": True, "prompt_len": 10, "kv_len": 5,
-              "kv_shared": True, "mask_scope": "shared", "optimizer": "sgd", "lr": 0.25, "batch_size": 64,
-              "epochs": 100, "retrain_epochs": 100, "warmup_epochs": 10.0, "weight_decay": 1e-4, "prune_rounds": 2,
-              "prune_ratio": 0.5, "segment_ratio": 0.25, "segments": 16, "segment_layout": "interleaved",
-              "rewind": "init", "select_round": "best", "device": "auto", "amp": True},
+    "paper": {"recipe": "paper", **_VIT_B_GPU},
+    "official": {"recipe": "official", **_VIT_B_GPU},
 }
 
 

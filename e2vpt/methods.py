@@ -30,4 +30,6 @@ def build_model(config: TrainConfig, backbone, num_classes: int) -> PromptTuned:
         segment_layout=config.segment_layout,
         prompt_dropout=config.prompt_dropout,
         train_backbone=spec.train_backbone,
+        pruned_tokens=config.pruned_tokens,
+        mask_values=config.mask_scope if config.train_masks and spec.prune else "none",
     )

@@ -97,13 +97,16 @@ class PromptTuned(nn.Module, ABC):
     tuned: nn.Module
 
     def _store_options(self, prompt_len: int, visual: str, kv_len: int, kv_shared: bool, segments: int,
-                       segment_layout: str, train_backbone: bool) -> int:
+                       segment_layout: str, train_backbone: bool, pruned_tokens: str = "remove") -> int:
         """Record the prompt settings, freeze the backbone (unless `full` trains it) and return the
         effective prompt length (0 when `visual` is `none`)."""
         prompt_len = 0 if visual == "none" else prompt_len
         self.prompt_len, self.visual_mode, self.kv_len, self.kv_shared = prompt_len, visual, kv_len, kv_shared
         self.segments, self.segment_layout = segments, segment_layout
         self.train_backbone = train_backbone
+        if pruned_tokens not in ("remove", "zero"):
+            raise ConfigError(f"pruned_tokens must be remove or zero, got {pruned_tokens!r}")
+        self.pruned_tokens = pruned_tokens
         for p in self.backbone.parameters():
             p.requires_grad_(train_backbone)
         return prompt_len
@@ -127,6 +130,8 @@ class PromptTuned(nn.Module, ABC):
                 raise BackboneError(f"saved tensor '{name}' has shape {tuple(value.shape)}, this model expects "
                                     f"{tuple(own[name].shape)}; the weights come from another configuration")
         self.load_state_dict(state, strict=False)
+        if self.tuned.token_mask_value is not None and "tuned.token_mask_value" not in state:
+            self.train_mask_values(False)  # saved after pruning: the masks are the fixed 0/1 ones
 
     def train(self, mode: bool = True) -> "PromptTuned":
         """Backbone dropout/drop-path stay off (eval mode) whatever the phase, as docs/E2VPT-SPEC.md section 3 says."""
@@ -141,12 +146,58 @@ class PromptTuned(nn.Module, ABC):
         return math.sqrt(6.0 / (fan_in + width))
 
     @torch.no_grad()
+    def _reset_kv_prompts(self, generator: torch.Generator | None = None) -> None:
+        """The official code's initialisation: `kaiming_uniform_(a=0)` on each layer's (heads, l, head_dim)
+        tensor, whose fan-in is l * head_dim, so values are uniform within sqrt(6 / (l * head_dim))."""
+        for kv in (self.tuned.kv_key, self.tuned.kv_value):
+            for layer_tensor in (kv if kv is not None else []):  # a (layers, ...) tensor or a list per layer
+                _, length, head_dim = layer_tensor.shape
+                bound = math.sqrt(6.0 / (length * head_dim))
+                layer_tensor.uniform_(-bound, bound, generator=generator)
+
+    @torch.no_grad()
     def _reset_head(self, generator: torch.Generator | None = None) -> None:
         self.tuned.head.weight.normal_(0.0, 0.02, generator=generator)
         self.tuned.head.bias.zero_()
 
     # ----------------------------------------------------------------------------------------------
     # Masks
+    def _add_masks(self, prompt_layers: int, prompt_len: int, segments: int, mask_values: str) -> None:
+        """The pruning masks: 0/1 buffers `token_mask` (prompt layers x p) and `segment_mask` (... x R).
+
+        With `mask_values` `layer` or `shared` (the official code, `--train-masks`), real-valued
+        parameters `token_mask_value` / `segment_mask_value` (one row per layer, or one row for all)
+        multiply them; they start at 1, train in the first phase only (`train_mask_values`) and the
+        importance is the gradient at their trained values."""
+        t, p = self.tuned, max(prompt_len, 1)
+        t.register_buffer("token_mask", torch.ones(prompt_layers, p))
+        t.register_buffer("segment_mask", torch.ones(prompt_layers, p, segments))
+        t.token_mask_value = t.segment_mask_value = None
+        if mask_values != "none" and prompt_len > 0:
+            rows = prompt_layers if mask_values == "layer" else 1
+            t.token_mask_value = nn.Parameter(torch.ones(rows, p))
+            t.segment_mask_value = nn.Parameter(torch.ones(rows, p, segments))
+
+    def mask_values(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(p,) token and (p, R) segment multipliers of `layer`'s prompts: the 0/1 masks, times the
+        trained mask values when masks are trained."""
+        t = self.tuned
+        token, segment = t.token_mask[layer], t.segment_mask[layer]
+        if t.token_mask_value is not None:
+            row = layer if t.token_mask_value.shape[0] > 1 else 0
+            token, segment = token * t.token_mask_value[row], segment * t.segment_mask_value[row]
+        return token, segment
+
+    @torch.no_grad()
+    def train_mask_values(self, train: bool) -> None:
+        """Trained masks learn in the first phase only; afterwards they are exactly the 0/1 masks
+        (the official code rebuilds them as fixed 0/1 values after pruning)."""
+        for value in (self.tuned.token_mask_value, self.tuned.segment_mask_value):
+            if value is not None:
+                if not train:
+                    value.fill_(1.0)
+                value.requires_grad_(train)
+
     def channel_mask(self, layer: int) -> torch.Tensor:
         """(p, width of `layer`'s prompts) 0/1: the layer's token mask times its segments spread onto channels.
 
@@ -219,24 +270,43 @@ class PromptTuned(nn.Module, ABC):
         """
 
     def _layer_prompts(self, layer: int, batch: int, token_gate, segment_gate) -> torch.Tensor | None:
-        """The visual prompts layer `layer` reads, (B, kept, width), or None when it reads none."""
+        """The visual prompts layer `layer` reads, (B, tokens, width), or None when it reads none.
+
+        With `pruned_tokens="remove"` only the surviving tokens are returned; with `"zero"` all p,
+        the pruned ones zeroed. Gates (importance scoring) replace the mask values they stand for, so
+        their gradient is the gradient with respect to the masks at their current values."""
         t = self.tuned
         if t.visual is None:
             return None
-        kept = t.token_mask[layer].nonzero().squeeze(1)
-        if kept.numel() == 0:
-            return None
+        if self.pruned_tokens == "zero":
+            kept = torch.arange(t.token_mask.shape[1], device=t.token_mask.device)
+        else:
+            kept = t.token_mask[layer].nonzero().squeeze(1)
+            if kept.numel() == 0:
+                return None
         channel_segment = self.channel_segment_of(layer)
-        prompts = t.visual[layer][kept]  # (kept, width)
-        seg = t.segment_mask[layer, kept]  # (kept, R)
-        if not bool(seg.all()):
-            prompts = prompts * seg[:, channel_segment]
-        prompts = prompts.unsqueeze(0).expand(batch, -1, -1)  # (B, kept, width)
+        token, segment = self.mask_values(layer)
+        prompts = t.visual[layer][kept]  # (tokens, width)
+        if segment_gate is None:
+            seg = segment[kept]  # (tokens, R)
+            if t.segment_mask_value is not None or not bool(seg.all()):
+                prompts = prompts * seg[:, channel_segment]
+        if token_gate is None and (t.token_mask_value is not None or self.pruned_tokens == "zero"):
+            prompts = prompts * token[kept, None]
+        prompts = prompts.unsqueeze(0).expand(batch, -1, -1)  # (B, tokens, width)
         if token_gate is not None:
             prompts = prompts * token_gate[:, layer, kept, None]
         if segment_gate is not None:
             prompts = prompts * segment_gate[:, layer][:, kept][:, :, channel_segment]
         return self.prompt_dropout(prompts)
+
+    def gate_values(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-image gates holding the current mask values, (B, prompt layers, p) and (B, prompt layers, p, R):
+        what importance scoring differentiates the loss with respect to."""
+        rows = range(self.tuned.token_mask.shape[0])
+        token = torch.stack([self.mask_values(layer)[0] for layer in rows]).detach()
+        segment = torch.stack([self.mask_values(layer)[1] for layer in rows]).detach()
+        return (token.unsqueeze(0).repeat(batch, 1, 1), segment.unsqueeze(0).repeat(batch, 1, 1, 1))
 
     def _kv(self, layer: int):
         """Layer `layer`'s key and value prompts, (heads, l, head_dim) each, or (None, None)."""
@@ -266,7 +336,7 @@ class PromptedViT(PromptTuned):
     def __init__(self, backbone: VisionTransformer, num_classes: int, prompt_len: int = 0,
                  visual: str = "deep", kv_len: int = 0, kv_shared: bool = False, segments: int = 16,
                  segment_layout: str = "interleaved", prompt_dropout: float = 0.0,
-                 train_backbone: bool = False) -> None:
+                 train_backbone: bool = False, pruned_tokens: str = "remove", mask_values: str = "none") -> None:
         super().__init__()
         check_timm("vit")
         if not isinstance(backbone, VisionTransformer):
@@ -285,7 +355,7 @@ class PromptedViT(PromptTuned):
             raise ConfigError(f"{segments} segments per token is more than the embedding dimension {self.dim} "
                               "allows; use --segments 16 or fewer than the width")
         prompt_len = self._store_options(prompt_len, visual, kv_len, kv_shared, segments, segment_layout,
-                                         train_backbone)
+                                         train_backbone, pruned_tokens)
 
         prompt_layers = self.num_layers if visual == "deep" else 1
         self.tuned = nn.Module()
@@ -299,8 +369,7 @@ class PromptedViT(PromptTuned):
         else:
             self.tuned.kv_key = self.tuned.kv_value = None
         self.tuned.head = nn.Linear(self.dim, num_classes)
-        self.tuned.register_buffer("token_mask", torch.ones(prompt_layers, max(prompt_len, 1)))
-        self.tuned.register_buffer("segment_mask", torch.ones(prompt_layers, max(prompt_len, 1), segments))
+        self._add_masks(prompt_layers, prompt_len, segments, mask_values)
         self.register_buffer("channel_segment", segment_of_channel(self.dim, segments, segment_layout),
                              persistent=False)
         self.prompt_dropout = nn.Dropout(prompt_dropout)
@@ -316,9 +385,7 @@ class PromptedViT(PromptTuned):
             if t.visual is not None:
                 bound = self._visual_prompt_bound(self.dim)
                 t.visual.uniform_(-bound, bound, generator=generator)
-            for kv in (t.kv_key, t.kv_value):
-                if kv is not None:
-                    kv.uniform_(-1 / math.sqrt(self.dim), 1 / math.sqrt(self.dim), generator=generator)
+        self._reset_kv_prompts(generator)
         self._reset_head(generator)
 
     # ----------------------------------------------------------------------------------------------

@@ -2,14 +2,16 @@
 
 Importance of a prompt piece = how much the loss depends on a multiplicative mask over it:
 S = E_x |dL(x)/d(mask)| (Michel et al. 2019; Molchanov et al. 2017). The model multiplies its
-prompts by a *per-image* gate of ones, so a single backward pass over a batch (loss summed) gives
-every image's own gradient: image b's loss depends only on gate[b]. Token and segment gates are
-scored in the same pass, as the official code does (one pass over the training set per round).
+prompts by a *per-image* gate holding the mask values, so a single backward pass over a batch (loss
+summed) gives every image's own gradient: image b's loss depends only on gate[b]. Token and segment
+gates are scored in the same pass, as the official code does (one pass over the training set per round).
 
 Selection: with `mask_scope="layer"` the (layer, token) scores are ranked together across layers,
-so a layer can lose all its prompts and then costs exactly the frozen block; with `"shared"` the
-scores are summed over layers and position k is pruned in every layer (the paper). Segments are
-ranked across all surviving tokens, keeping at least `min_segments` per token (official: 4 of 16).
+so a layer can lose all its prompts (removed, it then reads no visual prompt; its key-value prompts
+stay); with `"shared"` the scores are summed over layers and position k, and segment r of position
+k, are pruned in every layer (the paper and the official code share one mask by all layers).
+Segments are ranked across all surviving tokens, keeping at least `min_segments` per token
+(official: 4 of 16).
 
 Rewinding: survivors go back to their saved initial values (`init`, lottery-ticket style) or to
 fresh random values (`reinit`, the official code); masks carry over and pruned values stay zero.
@@ -36,11 +38,18 @@ class Importance:
 
 
 def score_importance(model: PromptTuned, loader: DataLoader, device: torch.device, mode: str = "abs",
-                     autocast=None, progress=None, all_reduce=None) -> Importance:
-    """Mean (absolute or signed) per-image gradient of the loss w.r.t. token and segment masks.
+                     autocast=None, progress=None, all_reduce=None, token_from: str = "mask") -> Importance:
+    """Mean (absolute or signed) per-image gradient of the loss w.r.t. token and segment masks, taken
+    at the masks' current values (1 for a surviving piece, or the trained value with `--train-masks`).
 
     The prompts are held fixed (no optimiser step); the model runs in eval mode, as in the official code.
     `all_reduce` (multi-process runs) sums the scores over every process's images before averaging.
+
+    `token_from="segments"` scores a token by the sum of its surviving segments' |scores| instead of
+    its own mask's gradient. Why: a deep prompt token enters its layer only through LayerNorm, which
+    ignores the token's scale, and its output is dropped, so the loss barely depends on the token
+    mask: on the demo its gradient is ~1e-7, four orders below its segments' (docs/RECIPES.md). Its
+    segments each scale only part of the channels, which LayerNorm does see.
     """
     was_training = model.training
     model.eval()
@@ -52,8 +61,7 @@ def score_importance(model: PromptTuned, loader: DataLoader, device: torch.devic
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
         b = images.shape[0]
-        token_gate = torch.ones(b, layers, p, device=device, requires_grad=True)
-        segment_gate = torch.ones(b, layers, p, r, device=device, requires_grad=True)
+        token_gate, segment_gate = (gate.to(device).requires_grad_() for gate in model.gate_values(b))
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             logits = model(images, token_gate=token_gate, segment_gate=segment_gate)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
@@ -75,7 +83,37 @@ def score_importance(model: PromptTuned, loader: DataLoader, device: torch.devic
     token[t.token_mask.cpu() == 0] = float("nan")
     segment[model.tuned.segment_mask.cpu() == 0] = float("nan")
     segment[t.token_mask.cpu() == 0] = float("nan")
+    if token_from == "segments":
+        token = torch.where(t.token_mask.cpu() == 0, float("nan"), segment.abs().nansum(-1))
     return Importance(token=token, segment=segment, images=seen)
+
+
+def min_segments_for(segments: int) -> int:
+    """Segments every surviving token keeps (official: never below 4 of 16)."""
+    return max(1, segments // 4)
+
+
+def rounds_that_prune(token_mask: torch.Tensor, segments: int, prune_ratio: float, segment_ratio: float,
+                      scope: str, rounds: int) -> int:
+    """How many of `rounds` pruning rounds would remove anything, starting from `token_mask`.
+
+    Counts do not depend on the scores (ties are broken by position), so the schedule is played out
+    on zero scores. A round after the last one that prunes would only retrain an unchanged model.
+    """
+    tokens = token_mask.clone()
+    segment_mask = torch.ones(*tokens.shape, segments)
+    min_segments = min_segments_for(segments)
+    useful = 0
+    for _ in range(rounds):
+        before = (int(tokens.sum()), int((segment_mask * tokens[..., None]).sum()))
+        tokens = prune_tokens(tokens, torch.zeros(tokens.shape), prune_ratio, scope)
+        segment_mask = prune_segments(tokens, segment_mask, torch.zeros(segment_mask.shape), segment_ratio,
+                                      min_segments, scope)
+        after = (int(tokens.sum()), int((segment_mask * tokens[..., None]).sum()))
+        if after == before:
+            break
+        useful += 1
+    return useful
 
 
 def _count_to_prune(kept: int, ratio: float, keep_at_least: int) -> int:
@@ -105,9 +143,14 @@ def prune_tokens(token_mask: torch.Tensor, scores: torch.Tensor, ratio: float, s
 
 
 def prune_segments(token_mask: torch.Tensor, segment_mask: torch.Tensor, scores: torch.Tensor, ratio: float,
-                   min_segments: int = 1) -> torch.Tensor:
+                   min_segments: int = 1, scope: str = "layer") -> torch.Tensor:
     """New segment mask with the lowest `ratio` of surviving segments (of surviving tokens) zeroed,
-    keeping at least `min_segments` per token."""
+    keeping at least `min_segments` per token; `scope="shared"` decides once for every layer, on the
+    scores summed over layers."""
+    if scope == "shared":
+        shared = prune_segments(token_mask[:1], segment_mask[:1], torch.nan_to_num(scores, nan=0.0).sum(0, keepdim=True),
+                                ratio, min_segments)
+        return shared.expand_as(segment_mask).clone()
     mask = segment_mask.clone()
     mask[token_mask == 0] = 0
     alive = mask > 0

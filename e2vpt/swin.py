@@ -22,7 +22,6 @@ rewinding and saving are shared with `PromptedViT` through `PromptTuned`; the ma
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -115,7 +114,7 @@ class PromptedSwin(PromptTuned):
     def __init__(self, backbone: SwinTransformer, num_classes: int, prompt_len: int = 0,
                  visual: str = "deep", kv_len: int = 0, kv_shared: bool = False, segments: int = 16,
                  segment_layout: str = "interleaved", prompt_dropout: float = 0.0,
-                 train_backbone: bool = False) -> None:
+                 train_backbone: bool = False, pruned_tokens: str = "remove", mask_values: str = "none") -> None:
         super().__init__()
         check_timm("swin")
         if not isinstance(backbone, SwinTransformer):
@@ -135,7 +134,7 @@ class PromptedSwin(PromptTuned):
             raise ConfigError(f"{segments} segments per token is more than the narrowest stage's width "
                               f"{min(self.layer_dims)} allows; use --segments {min(16, min(self.layer_dims))}")
         prompt_len = self._store_options(prompt_len, visual, kv_len, kv_shared, segments, segment_layout,
-                                         train_backbone)
+                                         train_backbone, pruned_tokens)
 
         prompt_layers = self.num_layers if visual == "deep" else 1
         self.tuned = nn.Module()
@@ -151,8 +150,7 @@ class PromptedSwin(PromptTuned):
         else:
             self.tuned.kv_key = self.tuned.kv_value = None
         self.tuned.head = nn.Linear(self.dim, num_classes)
-        self.tuned.register_buffer("token_mask", torch.ones(prompt_layers, max(prompt_len, 1)))
-        self.tuned.register_buffer("segment_mask", torch.ones(prompt_layers, max(prompt_len, 1), segments))
+        self._add_masks(prompt_layers, prompt_len, segments, mask_values)
         for dim in sorted(set(self.layer_dims)):  # segments tile each stage's own width
             self.register_buffer(f"channel_segment_{dim}", segment_of_channel(dim, segments, segment_layout),
                                  persistent=False)
@@ -169,10 +167,7 @@ class PromptedSwin(PromptTuned):
             for i, prompt in enumerate(t.visual or []):
                 bound = self._visual_prompt_bound(self.layer_dims[i])
                 prompt.uniform_(-bound, bound, generator=generator)
-            for kv in (t.kv_key, t.kv_value):
-                for i, tensor in enumerate(kv or []):
-                    bound = 1 / math.sqrt(self.layer_dims[i])
-                    tensor.uniform_(-bound, bound, generator=generator)
+        self._reset_kv_prompts(generator)
         self._reset_head(generator)
 
     # ----------------------------------------------------------------------------------------------

@@ -32,10 +32,10 @@ from .build import build_model_and_splits, evaluate, resolve_device
 from .checkpoints import Checkpoint, read_checkpoints, remove_checkpoints, save_checkpoint
 from .config import TrainConfig
 from .distributed import DistContext, global_batches, local_batches
-from .errors import Cancelled, NumericsError, RunDirError, UserError
+from .errors import Cancelled, ConfigError, NumericsError, RunDirError, UserError
 from .fileio import (append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, is_disk_full,
                      read_jsonl)
-from .pruning import prune_segments, prune_tokens, rewind, score_importance
+from .pruning import min_segments_for, prune_segments, prune_tokens, rewind, rounds_that_prune, score_importance
 from .runs import RunDir, read_tensors
 
 
@@ -104,6 +104,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         model, self.splits = build_model_and_splits(cfg, download=cfg.download, train_augment=cfg.train_augment)
         self.model = model.to(self.device)
+        self._check_rounds()
         self.initial_state = self.model.tuned_state()
         self.train_model = self.model
         if self.dist.enabled:
@@ -114,6 +115,20 @@ class Trainer:
         self.phases = [Phase(0, cfg.epochs)] + [Phase(r, cfg.resolved_retrain_epochs) for r in range(1, cfg.rounds + 1)]
         self.total_units = sum(p.epochs for p in self.phases) + cfg.rounds  # a scoring pass counts as one epoch
         self.backbone_params = self.model.backbone_param_count()
+
+    def _check_rounds(self) -> None:
+        """Refuse pruning rounds that could remove nothing: each would only retrain an unchanged model."""
+        cfg = self.config
+        if not cfg.rounds:
+            return
+        useful = rounds_that_prune(self.model.tuned.token_mask.cpu(), cfg.segments, cfg.prune_ratio,
+                                   cfg.segment_ratio, cfg.mask_scope, cfg.rounds)
+        if useful < cfg.rounds:
+            layers, p = self.model.tuned.token_mask.shape
+            raise ConfigError(
+                f"prune_rounds (--prune-rounds) is {cfg.rounds}, but only {useful} round(s) can prune anything with "
+                f"{p} prompt token(s) in each of {layers} layer(s), prune_ratio {cfg.prune_ratio} and segment_ratio "
+                f"{cfg.segment_ratio}; use --prune-rounds {useful} or fewer, or raise the ratios", "prune_rounds")
 
     def _loader(self, split: str, shuffle: bool = False, seed: int = 0, training: bool = False) -> DataLoader:
         """This rank's share of the split, batch by batch (all of it in a single process).
@@ -317,11 +332,12 @@ class Trainer:
         start = time.monotonic()
         loader = self._loader("train")
         importance = score_importance(model, loader, self.device, cfg.importance, self.autocast,
-                                      all_reduce=self.dist.all_reduce if self.dist.enabled else None)
+                                      all_reduce=self.dist.all_reduce if self.dist.enabled else None,
+                                      token_from=cfg.token_importance)
         t = model.tuned
         token_mask = prune_tokens(t.token_mask, importance.token, cfg.prune_ratio, cfg.mask_scope)
-        min_segments = max(1, cfg.segments // 4)  # official: never below 4 of 16 segments per token
-        segment_mask = prune_segments(token_mask, t.segment_mask, importance.segment, cfg.segment_ratio, min_segments)
+        segment_mask = prune_segments(token_mask, t.segment_mask, importance.segment, cfg.segment_ratio,
+                                      min_segments_for(cfg.segments), cfg.mask_scope)
         model.set_masks(token_mask, segment_mask)
         generator = torch.Generator().manual_seed(_seed_for(cfg.seed, phase.index, 99))
         rewind(model, self.initial_state, cfg.rewind, generator)
@@ -339,14 +355,17 @@ class Trainer:
         `resume_state` is a checkpoint taken inside this phase: its optimiser, schedule, best-so-far
         and pruning scores carry on from where they were.
         """
+        pruning_now = resume_state is None and phase.index > 0
+        if pruning_now:
+            self.pending = self._prune(phase)  # scored at the mask values the first phase trained
+        self.model.train_mask_values(phase.index == 0)  # trained masks learn in the first phase only
         optimizer, scheduler = self._make_optimizer(phase.epochs)
         best: dict = {}
         if resume_state is not None:
             resume_state.restore_optimizer(optimizer, scheduler)
             best = resume_state.best
             self.pending = resume_state.pending
-        elif phase.index > 0:
-            self.pending = self._prune(phase)
+        elif pruning_now:
             self._save_checkpoint(phase.index, 0, optimizer, scheduler, best)
         else:
             self.pending = None

@@ -7,7 +7,7 @@ import streamlit as st
 from e2vpt import launch
 from e2vpt import runs as run_store
 from e2vpt.backbones import DEMO_WEIGHTS
-from e2vpt.config import SUGGESTED_BACKBONES, TrainConfig, flag, meta, preset, settings
+from e2vpt.config import RECIPES, SUGGESTED_BACKBONES, TrainConfig, flag, meta, preset, settings
 from e2vpt.config import kind as setting_kind
 from e2vpt.data import list_datasets
 from e2vpt.errors import ConfigError, UserError
@@ -15,7 +15,8 @@ from pages._common import current_run, run_panel, set_current_run, through_app, 
 
 through_app()
 
-PRESET_LABELS = {"Demo (CPU, about a minute)": "demo", "Paper: ViT-B/16 on a GPU": "paper"}
+PRESET_LABELS = {"Demo (CPU, about a minute)": "demo", "Paper: ViT-B/16 on a GPU": "paper",
+                 "Official code: ViT-B/16 on a GPU": "official"}
 DATASETS = {d["name"]: d for d in list_datasets()}
 # Where each group of settings sits: the three columns at the top, then the three under "More settings".
 MAIN_COLUMNS = {"model": 0, "data": 1, "optimisation": 1, "prompts": 2, "pruning": 2, "run": 2}
@@ -47,6 +48,14 @@ def apply_preset() -> None:
     for f in settings():
         st.session_state[f"cfg_{f.name}"] = to_widget(f, values[f.name])
     st.session_state["cfg_dataset"] = dataset  # a preset sets the model and schedule, not the data
+
+
+def apply_recipe() -> None:
+    """Set every choice the picked recipe makes (the form's other settings stay as they are)."""
+    values = TrainConfig.from_dict({"recipe": st.session_state["cfg_recipe"]}).to_dict()
+    fields = {f.name: f for f in settings()}
+    for name in set().union(*RECIPES.values()):
+        st.session_state[f"cfg_{name}"] = to_widget(fields[name], values[name])
 
 
 def setting_widget(f) -> None:
@@ -92,7 +101,7 @@ def setting_widget(f) -> None:
 def settings_columns(basic: bool, placement: dict) -> None:
     columns = st.columns(3)
     for f in settings():
-        if meta(f)["basic"] == basic:
+        if meta(f)["basic"] == basic and f.name != "recipe":  # the recipe sits above the form: it fills it
             with columns[placement[meta(f)["group"]]]:
                 setting_widget(f)
 
@@ -108,6 +117,12 @@ st.markdown("Tune prompts on a frozen ViT. **E2VPT** adds visual prompts and key
 
 st.radio("Preset", list(PRESET_LABELS), key="preset", persist_state="session", horizontal=True, on_change=apply_preset,
          help="Fills the form. The paper's setting needs a GPU and the ViT-B/16 weights from the Hugging Face hub.")
+recipe = next(f for f in settings() if f.name == "recipe")
+st.radio(meta(recipe)["label"], setting_kind(recipe)[1], key="cfg_recipe", persist_state="session", horizontal=True,
+         format_func=lambda v: meta(recipe)["choice_labels"].get(v, v), on_change=apply_recipe,
+         help="Sets the method's choices below (mask scope, importance, rewinding, pruned tokens, trained masks, "
+              "shared key-value prompts, prompt dropout); docs/RECIPES.md says where each comes from. You can "
+              "still change any of them.")
 if not DEMO_WEIGHTS.is_file():
     st.caption("The shipped demo weights are not installed, so the demo trains on a randomly initialised "
                "backbone ('pretrained' is off); accuracy stays low but everything else works.")

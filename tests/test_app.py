@@ -316,8 +316,22 @@ def test_the_paper_preset_fills_the_vit_b_setting(roots):
     assert at.number_input(key="cfg_kv_len").value == 5
     assert at.radio(key="cfg_optimizer").value == "sgd"
     assert at.radio(key="cfg_mask_scope").value == "shared"
-    assert at.checkbox(key="cfg_kv_shared").value is True
+    assert at.radio(key="cfg_recipe").value == "paper" and at.checkbox(key="cfg_kv_shared").value is False
     assert at.number_input(key="cfg_epochs").value == 100
+    at.radio(key="preset").set_value("Official code: ViT-B/16 on a GPU").run()
+    assert at.radio(key="cfg_recipe").value == "official" and at.checkbox(key="cfg_kv_shared").value is True
+    assert at.radio(key="cfg_pruned_tokens").value == "zero" and at.checkbox(key="cfg_train_masks").value is True
+
+
+def test_picking_a_recipe_sets_its_choices_and_keeps_the_rest_of_the_form(roots):
+    at = open_page("pages/train.py")
+    at.radio(key="preset").set_value("Paper: ViT-B/16 on a GPU").run()
+    at.radio(key="cfg_recipe").set_value("official").run()
+    no_exception(at)
+    assert (at.radio(key="cfg_importance").value, at.radio(key="cfg_rewind").value) == ("signed", "reinit")
+    assert at.number_input(key="cfg_epochs").value == 100  # a recipe sets the method's choices, not the schedule
+    at.radio(key="cfg_recipe").set_value("studio").run()
+    assert (at.radio(key="cfg_importance").value, at.checkbox(key="cfg_train_masks").value) == ("abs", False)
 
 
 def test_runs_page_deletes_only_after_confirmation(roots, fake_run):

@@ -637,7 +637,8 @@ DAMAGES = {
 }
 
 
-@pytest.mark.parametrize("damage", [d if d == "truncated" else pytest.param(d, marks=pytest.mark.slow) for d in DAMAGES])
+@pytest.mark.slow  # each trains a reference run and a killed one (about a minute)
+@pytest.mark.parametrize("damage", list(DAMAGES))
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, capfd, killed_after_pruning,
                                                                     fast_reference, damage):
     run_dir = copy_run(killed_after_pruning, tmp_path)
@@ -961,6 +962,8 @@ CONFIG_VALUES = {
     "seed: 1.0e+23": ("seed", "seed"),
     "prompt_len: 100000000000": ("prompt_len", "0 to 1024"),
     "prune_rounds: 1000000000000": ("prune_rounds", "0 to 100"),
+    "prune_rounds: 12": ("prune_rounds", "only 9 round(s) can prune anything"),
+    "prune_ratio: 0.0\nsegment_ratio: 0.0": ("prune_rounds", "only 0 round(s)"),
     "device: meta": ("device", "cuda:N"),
     "bogus_key: 1": ("bogus_key", "unknown"),
     "method: [e2vpt]": ("method", "method"),
@@ -1005,6 +1008,7 @@ def sigterm_when(run_dir, predicate, args):
             proc.kill()
 
 
+@pytest.mark.slow  # compared with a reference run
 @pytest.mark.parametrize("phase", ["loading backbone and data", "scoring prompt importance"])
 def test_sigterm_stops_a_run_in_any_phase_and_it_resumes(tmp_path, fast_reference, phase):
     run_dir = tmp_path / "run"

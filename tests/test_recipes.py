@@ -1,0 +1,208 @@
+"""The three recipes (docs/RECIPES.md): `official` reproduces the official E2VPT code, `paper` its text,
+`studio` this project's choices; explicit settings override a recipe and config.json records the result."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
+
+from e2vpt.cli import build_parser, config_from_args
+from e2vpt.config import PRESETS, RECIPES, TrainConfig, preset
+from e2vpt.methods import build_model
+from e2vpt.prompts import PromptedViT
+from e2vpt.pruning import score_importance
+from e2vpt.swin import PromptedSwin
+
+DIM, DEPTH, HEADS, CLASSES, P, L, R = 32, 2, 4, 5, 4, 2, 4
+
+
+def tiny_vit():
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=16, patch_size=4, embed_dim=DIM, depth=DEPTH, num_heads=HEADS, mlp_ratio=2.0,
+                             num_classes=0, qkv_bias=True).eval()
+
+
+def images(n=3, seed=1):
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+def official_model(**overrides):
+    config = TrainConfig.from_dict({"recipe": "official", "method": "e2vpt", "prompt_len": P, "kv_len": L,
+                                    "segments": R, **overrides})
+    return build_model(config, tiny_vit(), CLASSES).eval()  # eval: no prompt dropout
+
+
+def official_reference(backbone, prompts, kv, token_mask, segment_mask, x_images):
+    """The official forward, written out by hand from `vit_prompt_VK.py` / `vit_changeVK.py`: every layer
+    reads [CLS ; prompts x tiled segment mask x token mask ; patches], a pruned token stays in the
+    sequence as zeros, one K=V tensor per layer is prepended to each head's keys and values after the
+    projections, and [CLS] is read after the final norm."""
+    x = backbone._pos_embed(backbone.patch_embed(x_images))
+    B = x.shape[0]
+    head_dim = DIM // HEADS
+    tiled = segment_mask.repeat(1, DIM // R)  # the official `.repeat`: channel c belongs to segment c mod R
+    for i, blk in enumerate(backbone.blocks):
+        prompt = prompts[i] * tiled * token_mask[:, None]
+        x = torch.cat([x[:, :1], prompt.expand(B, -1, -1), x[:, 1 + (P if i else 0):]], 1)
+        h = blk.norm1(x)
+        N = h.shape[1]
+        q, k, v = blk.attn.qkv(h).reshape(B, N, 3, HEADS, head_dim).permute(2, 0, 3, 1, 4)
+        k = torch.cat([kv[i].expand(B, -1, -1, -1), k], 2)
+        v = torch.cat([kv[i].expand(B, -1, -1, -1), v], 2)
+        attention = (q @ k.transpose(-2, -1) / math.sqrt(head_dim)).softmax(-1)
+        x = x + blk.attn.proj((attention @ v).transpose(1, 2).reshape(B, N, DIM))
+        x = x + blk.mlp(blk.norm2(x))
+    assert x.shape[1] == 1 + P + 16  # the sequence never shrinks
+    return backbone.norm(x)[:, 0]
+
+
+def test_official_recipe_resolves_every_choice_and_explicit_values_win():
+    config = TrainConfig.from_dict({"recipe": "official"})
+    assert (config.kv_shared, config.mask_scope, config.importance, config.rewind, config.pruned_tokens,
+            config.train_masks, config.prompt_dropout) == (True, "shared", "signed", "reinit", "zero", True, 0.1)
+    assert TrainConfig.from_dict({"recipe": "official", "importance": "abs"}).importance == "abs"
+    args = build_parser().parse_args(["train", "--recipe", "official", "--no-train-masks", "--pruned-tokens", "remove"])
+    config = config_from_args(args)
+    assert (config.recipe, config.train_masks, config.pruned_tokens, config.rewind) == ("official", False, "remove",
+                                                                                         "reinit")
+    # a run's config.json holds the resolved values, so reading it back changes nothing
+    assert TrainConfig.from_dict(config.to_dict()) == config
+    assert TrainConfig.from_dict({}) == TrainConfig() and RECIPES["studio"] == {}
+    assert {preset(name).recipe for name in PRESETS} == {"studio", "paper", "official"}
+
+
+@pytest.mark.parametrize("trained", [False, True], ids=["0/1 masks, pruned token zeroed", "real-valued masks"])
+def test_official_forward_equals_a_hand_written_reference(trained):
+    model = official_model()
+    t = model.tuned
+    assert t.kv_value is None and t.token_mask_value.shape == (1, P) and t.segment_mask_value.shape == (1, P, R)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        if trained:  # what the first phase leaves: masks trained away from 1
+            t.token_mask_value.copy_(torch.rand(1, P, generator=g) * 2 - 0.5)
+            t.segment_mask_value.copy_(torch.rand(1, P, R, generator=g) * 2 - 0.5)
+        else:  # after pruning: token 1 and segment (2, 3) pruned in every layer, the masks exact 0/1
+            token_mask, segment_mask = torch.ones(DEPTH, P), torch.ones(DEPTH, P, R)
+            token_mask[:, 1] = 0
+            segment_mask[:, 2, 3] = 0
+            model.set_masks(token_mask, segment_mask)
+            model.train_mask_values(False)
+    token = t.token_mask[0] * t.token_mask_value[0]
+    segment = t.segment_mask[0] * t.segment_mask_value[0]
+    expected = official_reference(model.backbone, t.visual, t.kv_key, token, segment, images())
+    assert torch.allclose(model.forward_features(images()), expected, atol=1e-5)
+    if not trained:  # zeroed is not removed: the zero token still yields keys and values (LayerNorm's bias)
+        model.pruned_tokens = "remove"
+        assert not torch.allclose(model.forward_features(images()), expected, atol=1e-4)
+
+
+def test_official_importance_is_the_signed_gradient_at_the_trained_mask_values():
+    model = official_model(prompt_dropout=0.0)
+    t = model.tuned
+    with torch.no_grad():
+        t.token_mask_value.mul_(torch.linspace(0.3, 1.7, P))
+        t.segment_mask_value.mul_(torch.linspace(1.5, 0.5, R))
+    x, y = images(6, seed=2), torch.arange(6) % CLASSES
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=6)
+    scores = score_importance(model, loader, torch.device("cpu"), "signed")
+    loss = F.cross_entropy(model(x), y)  # mean over the images, as the official pass takes it
+    g_token, g_segment = torch.autograd.grad(loss, [t.token_mask_value, t.segment_mask_value])
+    # the shared mask's gradient is the sum over layers of each layer's share
+    assert torch.allclose(scores.token.sum(0), g_token[0], atol=1e-6)
+    assert torch.allclose(scores.segment.sum(0), g_segment[0], atol=1e-6)
+
+
+def test_key_value_prompts_start_uniform_within_the_official_kaiming_bound():
+    """kaiming_uniform_(a=0) on each layer's (heads, l, head_dim) tensor: fan-in l * head_dim."""
+    torch.manual_seed(0)
+    backbone = VisionTransformer(img_size=16, patch_size=4, embed_dim=192, depth=2, num_heads=3, num_classes=0)
+    model = PromptedViT(backbone, CLASSES, prompt_len=1, kv_len=5)
+    bound = math.sqrt(6 / (5 * 64))  # 0.137, as for ViT-B/16 at l = 5
+    for kv in (model.tuned.kv_key, model.tuned.kv_value):
+        assert kv.abs().max() <= bound and kv.abs().max() > 0.99 * bound
+        assert abs(kv.mean()) < 0.05 * bound and abs(kv.std() / (bound / math.sqrt(3)) - 1) < 0.05
+    swin = SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4),
+                           num_classes=0)
+    model = PromptedSwin(swin, CLASSES, prompt_len=1, kv_len=3)
+    for layer, tensor in enumerate(model.tuned.kv_key):
+        heads, length, head_dim = tensor.shape
+        assert (heads, length) == (model.layer_heads[layer], 3)
+        assert tensor.abs().max() <= math.sqrt(6 / (length * head_dim))
+
+
+def test_trained_masks_learn_in_the_first_phase_only():
+    model = official_model()
+    t = model.tuned
+    names = {n for n, _ in model.trainable_named_parameters()}
+    assert {"tuned.token_mask_value", "tuned.segment_mask_value"} <= names
+    model.train_mask_values(False)  # what every phase after pruning does
+    names = {n for n, _ in model.trainable_named_parameters()}
+    assert "tuned.token_mask_value" not in names and bool((t.token_mask_value == 1).all())
+    studio = build_model(TrainConfig(prompt_len=P, kv_len=L, segments=R), tiny_vit(), CLASSES)
+    assert studio.tuned.token_mask_value is None  # fixed 0/1 masks outside the official recipe
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "e2vpt", "train", "--backbone", "demo", "--dataset", "digits",
+                           "--epochs", "1", "--retrain-epochs", "1", "--prune-rounds", "1", "--quiet", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow  # three short trainings of the demo (about 35 s each)
+@pytest.mark.parametrize("recipe", ["official", "paper", "studio"])
+def test_each_recipe_trains_on_digits_from_the_cli(tmp_path, recipe):
+    result = run_cli("--recipe", recipe, "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["recipe"] == recipe and all(config[k] == v for k, v in RECIPES[recipe].items())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_acc"] > 0.3  # 10 classes: it learned something in two short phases
+    init = load_file(tmp_path / "run" / "init.safetensors")
+    kv = init["tuned.kv_key"]
+    assert kv.abs().max() <= math.sqrt(6 / (kv.shape[-2] * kv.shape[-1]))
+    assert ("tuned.kv_value" in init) == (not config["kv_shared"])
+
+
+def test_an_official_run_trains_its_masks_first_then_fixes_them_and_keeps_pruned_tokens_zeroed(tmp_path):
+    from e2vpt.build import load_run_model
+    from e2vpt.trainer import train
+
+    config = TrainConfig.from_dict({"recipe": "official", "backbone": "demo", "dataset": "digits", "epochs": 1,
+                                    "retrain_epochs": 1, "prune_rounds": 1, "prompt_len": 4, "kv_len": 2})
+    train(config, tmp_path / "run", quiet=True)
+    first = load_file(tmp_path / "run" / "round_0.safetensors")
+    trained = first["tuned.segment_mask_value"]  # trained in the first phase, by gradients, not weight decay alone
+    assert trained.std() > 1e-6 and "tuned.token_mask_value" in first
+    last = load_file(tmp_path / "run" / "round_1.safetensors")
+    assert "tuned.token_mask_value" not in last  # fixed 0/1 after pruning, so not saved
+    model, _, _ = load_run_model(tmp_path / "run", round_index=1)
+    t = model.tuned
+    assert bool((t.token_mask_value == 1).all()) and not t.token_mask_value.requires_grad
+    assert t.token_mask.sum() < t.token_mask.numel() and bool((t.token_mask == t.token_mask[:1]).all())  # shared
+    prompts = model._layer_prompts(0, 1, None, None)
+    assert prompts.shape[1] == 4  # zeroed, not removed
+    assert bool((prompts[0, t.token_mask[0] == 0] == 0).all())
+
+
+def test_the_token_mask_gradient_vanishes_for_deep_prompts_so_studio_ranks_tokens_by_their_segments():
+    """LayerNorm ignores a token's scale and a deep prompt's output is dropped: d(loss)/d(token mask) is
+    rounding noise, while each segment, scaling part of the channels, matters (docs/RECIPES.md)."""
+    model = build_model(TrainConfig(prompt_len=P, kv_len=L, segments=R), tiny_vit(), CLASSES)
+    x, y = images(6, seed=3), torch.arange(6) % CLASSES
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
+    by_mask = score_importance(model, loader, torch.device("cpu"), "abs")
+    assert by_mask.token.max() < 1e-3 * by_mask.segment.sum(-1).min()
+    token_mask = torch.ones(DEPTH, P)
+    token_mask[0, 2] = 0
+    model.set_masks(token_mask, model.tuned.segment_mask)
+    by_segments = score_importance(model, loader, torch.device("cpu"), "abs", token_from="segments")
+    alive = token_mask > 0
+    assert torch.allclose(by_segments.token[alive], by_segments.segment.nansum(-1)[alive])
+    assert by_segments.token[0, 2].isnan() and by_segments.token[alive].min() > 0
