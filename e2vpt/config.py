@@ -116,6 +116,10 @@ class TrainConfig:
         "(the paper's text) or official (the official code); settings given explicitly override it",
         group="model", label="Recipe", basic=True,
         choice_labels={"studio": "studio", "paper": "paper's text", "official": "official code"})
+    avg_pool: Literal["patches", "tokens"] = setting(
+        "patches", "what avg pooling (MAE) averages: patches (after the pretrained norm) or tokens (official MAE "
+        "head: every token after [CLS], prompts included, then a fresh LayerNorm)", group="model",
+        label="Average pooling over")
     # prompts
     prompt_len: int = setting(8, "visual prompt tokens per layer (p)", group="prompts",
                               label="Visual prompt tokens per layer (p)", ge=0, le=1024, basic=True)
@@ -150,8 +154,12 @@ class TrainConfig:
                                none_means="the method's default")
     weight_decay: float = setting(1e-4, "decoupled (AdamW) or L2 (SGD) weight decay", group="optimisation",
                                   label="Weight decay", ge=0.0, le=10.0)
-    warmup_epochs: float = setting(0.5, "linear warm-up before cosine decay, in epochs (stepped per batch)",
+    warmup_epochs: float = setting(0.5, "linear warm-up before cosine decay, in epochs (rounded to whole epochs when "
+                                   "the schedule steps per epoch)",
                                    group="optimisation", label="Warm-up epochs", ge=0.0, le=10_000.0, step=0.5)
+    schedule_step: Literal["batch", "epoch"] = setting(
+        "batch", "the learning-rate schedule advances every batch, or every epoch (official code: its first epoch "
+        "then trains at rate 0 when there is a warm-up)", group="optimisation", label="Schedule steps per")
     label_smoothing: float = setting(0.0, "cross-entropy label smoothing", group="optimisation",
                                      label="Label smoothing", ge=0.0, lt=1.0, step=0.05, form_max=0.99)
     # pruning
@@ -163,6 +171,9 @@ class TrainConfig:
     segment_ratio: float = setting(0.25, "fraction of the surviving segments pruned in each round", group="pruning",
                                    label="Segments pruned per round", ge=0.0, lt=1.0, widget="slider", step=0.05,
                                    form_max=0.95)
+    segment_rank: Literal["global", "per-token"] = setting(
+        "global", "global: segments ranked across all surviving tokens; per-token: each token loses the same share "
+        "of its own lowest segments (official code)", group="pruning", label="Segments ranked")
     segments: int = setting(16, "segments per prompt token (R; the official code uses 16)", group="pruning",
                             label="Segments per token (R)", ge=1, le=4096)
     mask_scope: Literal["layer", "shared"] = setting(
@@ -378,10 +389,12 @@ RECIPES = {
     "studio": {},  # the defaults declared above
     "paper": {"mask_scope": "shared", "kv_shared": False, "importance": "abs", "token_importance": "mask",
               "rewind": "init", "pruned_tokens": "remove", "train_masks": False, "segments": 16,
-              "segment_layout": "interleaved", "prompt_dropout": 0.0},
+              "segment_layout": "interleaved", "segment_rank": "global", "prompt_dropout": 0.0,
+              "avg_pool": "patches"},
     "official": {"mask_scope": "shared", "kv_shared": True, "importance": "signed", "token_importance": "mask",
                  "rewind": "reinit", "pruned_tokens": "zero", "train_masks": True, "segments": 16,
-                 "segment_layout": "interleaved", "prompt_dropout": 0.1, "optimizer": "sgd", "weight_decay": 1e-4},
+                 "segment_layout": "interleaved", "prompt_dropout": 0.1, "optimizer": "sgd", "weight_decay": 1e-4,
+                 "schedule_step": "epoch", "segment_rank": "per-token", "avg_pool": "tokens"},
 }
 
 # --------------------------------------------------------------------------------------------------

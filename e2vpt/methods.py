@@ -18,8 +18,8 @@ from .swin import PromptedSwin
 def build_model(config: TrainConfig, backbone, num_classes: int) -> PromptTuned:
     """The prompted model for this backbone (ViT or Swin) with the parameters `config.method` trains."""
     spec = config.spec
-    model_class = PromptedSwin if isinstance(backbone, SwinTransformer) else PromptedViT
-    return model_class(
+    swin = isinstance(backbone, SwinTransformer)
+    return (PromptedSwin if swin else PromptedViT)(
         backbone,
         num_classes=num_classes,
         prompt_len=config.prompt_len if spec.visual != "none" else 0,
@@ -32,4 +32,5 @@ def build_model(config: TrainConfig, backbone, num_classes: int) -> PromptTuned:
         train_backbone=spec.train_backbone,
         pruned_tokens=config.pruned_tokens,
         mask_values=config.mask_scope if config.train_masks and spec.prune else "none",
+        **({} if swin else {"avg_pool": config.avg_pool}),
     )

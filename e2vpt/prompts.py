@@ -336,7 +336,8 @@ class PromptedViT(PromptTuned):
     def __init__(self, backbone: VisionTransformer, num_classes: int, prompt_len: int = 0,
                  visual: str = "deep", kv_len: int = 0, kv_shared: bool = False, segments: int = 16,
                  segment_layout: str = "interleaved", prompt_dropout: float = 0.0,
-                 train_backbone: bool = False, pruned_tokens: str = "remove", mask_values: str = "none") -> None:
+                 train_backbone: bool = False, pruned_tokens: str = "remove", mask_values: str = "none",
+                 avg_pool: str = "patches") -> None:
         super().__init__()
         check_timm("vit")
         if not isinstance(backbone, VisionTransformer):
@@ -373,6 +374,9 @@ class PromptedViT(PromptTuned):
         self.register_buffer("channel_segment", segment_of_channel(self.dim, segments, segment_layout),
                              persistent=False)
         self.prompt_dropout = nn.Dropout(prompt_dropout)
+        # `tokens` (the official MAE head): the mean of every token after the prefix, the last layer's
+        # prompts included, then a fresh LayerNorm (weight 1, bias 0) instead of the pretrained norm
+        self.pool_tokens = avg_pool == "tokens" and backbone.global_pool == "avg"
         self.reset_tuned()
 
     # ----------------------------------------------------------------------------------------------
@@ -418,9 +422,12 @@ class PromptedViT(PromptTuned):
                 carried = prompts.shape[1]
             key, value = self._kv(i)
             x = prompted_block(block, x, key, value)
-            if self.visual_mode == "deep" and carried:
+            last = i == len(bb.blocks) - 1
+            if self.visual_mode == "deep" and carried and not (last and self.pool_tokens):
                 x = torch.cat([x[:, :n_prefix], x[:, n_prefix + carried:]], dim=1)  # drop prompt outputs
                 carried = 0
+        if self.pool_tokens:
+            return F.layer_norm(x[:, n_prefix:].mean(1), (self.dim,), eps=1e-6)
         if carried:
             x = torch.cat([x[:, :n_prefix], x[:, n_prefix + carried:]], dim=1)
         x = bb.norm(x)

@@ -94,7 +94,7 @@ def min_segments_for(segments: int) -> int:
 
 
 def rounds_that_prune(token_mask: torch.Tensor, segments: int, prune_ratio: float, segment_ratio: float,
-                      scope: str, rounds: int) -> int:
+                      scope: str, rounds: int, per_token: bool = False) -> int:
     """How many of `rounds` pruning rounds would remove anything, starting from `token_mask`.
 
     Counts do not depend on the scores (ties are broken by position), so the schedule is played out
@@ -108,7 +108,7 @@ def rounds_that_prune(token_mask: torch.Tensor, segments: int, prune_ratio: floa
         before = (int(tokens.sum()), int((segment_mask * tokens[..., None]).sum()))
         tokens = prune_tokens(tokens, torch.zeros(tokens.shape), prune_ratio, scope)
         segment_mask = prune_segments(tokens, segment_mask, torch.zeros(segment_mask.shape), segment_ratio,
-                                      min_segments, scope)
+                                      min_segments, scope, per_token)
         after = (int(tokens.sum()), int((segment_mask * tokens[..., None]).sum()))
         if after == before:
             break
@@ -143,14 +143,26 @@ def prune_tokens(token_mask: torch.Tensor, scores: torch.Tensor, ratio: float, s
 
 
 def prune_segments(token_mask: torch.Tensor, segment_mask: torch.Tensor, scores: torch.Tensor, ratio: float,
-                   min_segments: int = 1, scope: str = "layer") -> torch.Tensor:
+                   min_segments: int = 1, scope: str = "layer", per_token: bool = False) -> torch.Tensor:
     """New segment mask with the lowest `ratio` of surviving segments (of surviving tokens) zeroed,
-    keeping at least `min_segments` per token; `scope="shared"` decides once for every layer, on the
-    scores summed over layers."""
+    keeping at least `min_segments` per token.
+
+    `scope="shared"` decides once for every layer, on the scores summed over layers. `per_token` (the
+    official code) takes `ratio` of each token's own segments, its lowest ones; otherwise segments are
+    ranked across all surviving tokens, so an unimportant token can lose more than an important one.
+    """
     if scope == "shared":
-        shared = prune_segments(token_mask[:1], segment_mask[:1], torch.nan_to_num(scores, nan=0.0).sum(0, keepdim=True),
-                                ratio, min_segments)
+        summed = torch.nan_to_num(scores, nan=0.0).sum(0, keepdim=True)
+        shared = prune_segments(token_mask[:1], segment_mask[:1], summed, ratio, min_segments, per_token=per_token)
         return shared.expand_as(segment_mask).clone()
+    if per_token:
+        mask = segment_mask.clone()
+        mask[token_mask == 0] = 0
+        ranked = torch.nan_to_num(scores, nan=float("inf")).masked_fill(mask == 0, float("inf"))
+        for layer, token in (token_mask > 0).nonzero().tolist():
+            n = _count_to_prune(int(mask[layer, token].sum()), ratio, min_segments)
+            mask[layer, token, torch.argsort(ranked[layer, token], stable=True)[:n]] = 0
+        return mask
     mask = segment_mask.clone()
     mask[token_mask == 0] = 0
     alive = mask > 0

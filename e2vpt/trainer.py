@@ -46,11 +46,14 @@ def _seed_for(seed: int, *parts: int) -> int:
     return value
 
 
-def warmup_cosine(total_steps: int, warmup_steps: int):
-    """Multiplier for LambdaLR: linear warm-up then cosine decay to 0, stepped per batch."""
+def warmup_cosine(total_steps: int, warmup_steps: int, first: int = 1):
+    """Multiplier for LambdaLR: linear warm-up then cosine decay to 0.
+
+    Step k of the warm-up trains at (k + first) / warmup_steps of the rate: `first=1` here (stepped per
+    batch), `first=0` in the official code (stepped per epoch, so its first epoch trains at rate 0)."""
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
+            return (step + first) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return factor
@@ -122,7 +125,7 @@ class Trainer:
         if not cfg.rounds:
             return
         useful = rounds_that_prune(self.model.tuned.token_mask.cpu(), cfg.segments, cfg.prune_ratio,
-                                   cfg.segment_ratio, cfg.mask_scope, cfg.rounds)
+                                   cfg.segment_ratio, cfg.mask_scope, cfg.rounds, cfg.segment_rank == "per-token")
         if useful < cfg.rounds:
             layers, p = self.model.tuned.token_mask.shape
             raise ConfigError(
@@ -153,8 +156,11 @@ class Trainer:
             optimizer = torch.optim.SGD(params, lr=lr * cfg.batch_size / 256, momentum=0.9, weight_decay=cfg.weight_decay)
         else:
             optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-        steps_per_epoch = math.ceil(len(self.splits.train) / cfg.batch_size)
-        schedule = warmup_cosine(epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch)))
+        if cfg.schedule_step == "epoch":  # the official WarmupCosineSchedule
+            schedule = warmup_cosine(epochs, int(round(cfg.warmup_epochs)), first=0)
+        else:
+            steps_per_epoch = math.ceil(len(self.splits.train) / cfg.batch_size)
+            schedule = warmup_cosine(epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch)))
         return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     # ----------------------------------------------------------------------------------------------
@@ -311,7 +317,8 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
+            if cfg.schedule_step == "batch":
+                scheduler.step()
             model.zero_pruned()  # weight decay must not revive a pruned entry
             loss_sum += local_sum.item()
             correct += (logits.argmax(1) == labels).sum().item()
@@ -320,6 +327,8 @@ class Trainer:
             self._status("running", f"{phase.name} round {phase.index}: epoch {epoch + 1}/{phase.epochs}",
                          progress_in_epoch=round(fraction, 3))
             bar.set_postfix(loss=f"{local_sum.item() / labels.numel():.3f}")
+        if cfg.schedule_step == "epoch":
+            scheduler.step()
         if self.dist.enabled:
             sums = self.dist.all_reduce(torch.tensor([loss_sum, correct, total], dtype=torch.float64, device=self.device))
             loss_sum, correct, total = sums[0].item(), sums[1].item(), sums[2].item()
@@ -337,7 +346,8 @@ class Trainer:
         t = model.tuned
         token_mask = prune_tokens(t.token_mask, importance.token, cfg.prune_ratio, cfg.mask_scope)
         segment_mask = prune_segments(token_mask, t.segment_mask, importance.segment, cfg.segment_ratio,
-                                      min_segments_for(cfg.segments), cfg.mask_scope)
+                                      min_segments_for(cfg.segments), cfg.mask_scope,
+                                      per_token=cfg.segment_rank == "per-token")
         model.set_masks(token_mask, segment_mask)
         generator = torch.Generator().manual_seed(_seed_for(cfg.seed, phase.index, 99))
         rewind(model, self.initial_state, cfg.rewind, generator)

@@ -51,8 +51,9 @@ def apply_preset() -> None:
 
 
 def apply_recipe() -> None:
-    """Set every choice the picked recipe makes (the form's other settings stay as they are)."""
-    values = TrainConfig.from_dict({"recipe": st.session_state["cfg_recipe"]}).to_dict()
+    """Set every choice the picked recipe makes (the form's other settings stay as they are); what the
+    preset sets itself (e.g. the ViT-B presets' SGD schedule) stays the preset's."""
+    values = preset(PRESET_LABELS[st.session_state["preset"]], recipe=st.session_state["cfg_recipe"]).to_dict()
     fields = {f.name: f for f in settings()}
     for name in set().union(*RECIPES.values()):
         st.session_state[f"cfg_{name}"] = to_widget(fields[name], values[name])

@@ -10,8 +10,6 @@ process that Cancel stops cleanly and Resume continues. One real (tiny) run for 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +22,7 @@ from streamlit.testing.v1 import AppTest
 from e2vpt import charts, launch
 from e2vpt import runs as run_store
 from e2vpt.config import TrainConfig
-from e2vpt.errors import BackboneError, DataError, RunDirError, UserError
+from e2vpt.errors import RunDirError, UserError
 from e2vpt.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,14 +22,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from e2vpt import fileio as fileio_module
 from e2vpt.config import TrainConfig
 from e2vpt.data import load_splits
 from e2vpt.errors import BackboneError, DataError, NumericsError, RunDirError, UserError
 from e2vpt.checkpoints import read_checkpoints
 from e2vpt.fileio import append_jsonl, atomic_write_json, read_jsonl
 from e2vpt.runs import RunDir
-from e2vpt.trainer import Trainer, train
+from e2vpt.trainer import train
 from e2vpt.uploads import safe_extract_zip
 
 pytestmark = pytest.mark.fault

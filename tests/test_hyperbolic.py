@@ -10,7 +10,7 @@ import torch
 
 from e2vpt.analysis import analyze_embeddings, compare_embeddings
 from e2vpt.analysis.geometry import subsample
-from e2vpt.analysis.hyperbolic import (class_centroids, clip_features, frechet_mean, logmap0, poincare_distances,
+from e2vpt.analysis.hyperbolic import (class_centroids, clip_features, frechet_mean, poincare_distances,
                                        to_poincare)
 from e2vpt.analysis.projection import (disk_from_hyperboloid, euclidean_pca, hyperbolic_pca, knn_from_distances,
                                        umap_disk)

@@ -1,6 +1,5 @@
 """The notebooks run top to bottom offline on the CPU, so they never rot; their outputs stay out of git."""
 
-import os
 import time
 from pathlib import Path
 

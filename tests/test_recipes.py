@@ -23,23 +23,23 @@ from e2vpt.swin import PromptedSwin
 DIM, DEPTH, HEADS, CLASSES, P, L, R = 32, 2, 4, 5, 4, 2, 4
 
 
-def tiny_vit():
+def tiny_vit(global_pool="token"):
     torch.manual_seed(0)
     return VisionTransformer(img_size=16, patch_size=4, embed_dim=DIM, depth=DEPTH, num_heads=HEADS, mlp_ratio=2.0,
-                             num_classes=0, qkv_bias=True).eval()
+                             num_classes=0, qkv_bias=True, global_pool=global_pool, fc_norm=False).eval()
 
 
 def images(n=3, seed=1):
     return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
 
 
-def official_model(**overrides):
+def official_model(global_pool="token", **overrides):
     config = TrainConfig.from_dict({"recipe": "official", "method": "e2vpt", "prompt_len": P, "kv_len": L,
                                     "segments": R, **overrides})
-    return build_model(config, tiny_vit(), CLASSES).eval()  # eval: no prompt dropout
+    return build_model(config, tiny_vit(global_pool), CLASSES).eval()  # eval: no prompt dropout
 
 
-def official_reference(backbone, prompts, kv, token_mask, segment_mask, x_images):
+def official_reference(backbone, prompts, kv, token_mask, segment_mask, x_images, pool="token"):
     """The official forward, written out by hand from `vit_prompt_VK.py` / `vit_changeVK.py`: every layer
     reads [CLS ; prompts x tiled segment mask x token mask ; patches], a pruned token stays in the
     sequence as zeros, one K=V tensor per layer is prepended to each head's keys and values after the
@@ -60,6 +60,8 @@ def official_reference(backbone, prompts, kv, token_mask, segment_mask, x_images
         x = x + blk.attn.proj((attention @ v).transpose(1, 2).reshape(B, N, DIM))
         x = x + blk.mlp(blk.norm2(x))
     assert x.shape[1] == 1 + P + 16  # the sequence never shrinks
+    if pool == "avg":  # the official MAE head: every token after [CLS], prompts included, then a fresh LayerNorm
+        return F.layer_norm(x[:, 1:].mean(1), (DIM,), eps=1e-6)
     return backbone.norm(x)[:, 0]
 
 
@@ -78,9 +80,10 @@ def test_official_recipe_resolves_every_choice_and_explicit_values_win():
     assert {preset(name).recipe for name in PRESETS} == {"studio", "paper", "official"}
 
 
+@pytest.mark.parametrize("pool", ["token", "avg"], ids=["[CLS]", "MAE pooling"])
 @pytest.mark.parametrize("trained", [False, True], ids=["0/1 masks, pruned token zeroed", "real-valued masks"])
-def test_official_forward_equals_a_hand_written_reference(trained):
-    model = official_model()
+def test_official_forward_equals_a_hand_written_reference(trained, pool):
+    model = official_model(pool)
     t = model.tuned
     assert t.kv_value is None and t.token_mask_value.shape == (1, P) and t.segment_mask_value.shape == (1, P, R)
     g = torch.Generator().manual_seed(5)
@@ -96,7 +99,7 @@ def test_official_forward_equals_a_hand_written_reference(trained):
             model.train_mask_values(False)
     token = t.token_mask[0] * t.token_mask_value[0]
     segment = t.segment_mask[0] * t.segment_mask_value[0]
-    expected = official_reference(model.backbone, t.visual, t.kv_key, token, segment, images())
+    expected = official_reference(model.backbone, t.visual, t.kv_key, token, segment, images(), pool)
     assert torch.allclose(model.forward_features(images()), expected, atol=1e-5)
     if not trained:  # zeroed is not removed: the zero token still yields keys and values (LayerNorm's bias)
         model.pruned_tokens = "remove"
@@ -206,3 +209,49 @@ def test_the_token_mask_gradient_vanishes_for_deep_prompts_so_studio_ranks_token
     alive = token_mask > 0
     assert torch.allclose(by_segments.token[alive], by_segments.segment.nansum(-1)[alive])
     assert by_segments.token[0, 2].isnan() and by_segments.token[alive].min() > 0
+
+
+def test_official_schedule_steps_per_epoch_and_trains_its_first_epoch_at_rate_zero():
+    from e2vpt.trainer import warmup_cosine
+
+    official = warmup_cosine(4, 2, first=0)
+    assert [official(e) for e in range(4)] == pytest.approx([0.0, 0.5, 1.0, 0.5])
+    studio = warmup_cosine(4, 2)
+    assert studio(0) == 0.5  # stepped per batch, the first step already trains
+
+
+def test_official_segment_pruning_takes_the_same_share_of_every_token():
+    from e2vpt.pruning import prune_segments
+
+    token_mask = torch.ones(2, 3)
+    token_mask[1, 0] = 0
+    scores = torch.rand(2, 3, 16, generator=torch.Generator().manual_seed(0))
+    scores[0, 0] *= 100  # one important token: ranked globally it would keep all its segments
+    per_token = prune_segments(token_mask, torch.ones(2, 3, 16), scores, 0.25, 4, per_token=True)
+    assert per_token.sum(-1).tolist() == [[12, 12, 12], [0, 12, 12]]
+    for layer, token in (token_mask > 0).nonzero().tolist():  # each token loses its own lowest four
+        lowest = torch.argsort(scores[layer, token])[:4]
+        assert per_token[layer, token, lowest].sum() == 0
+    ranked = prune_segments(token_mask, torch.ones(2, 3, 16), scores, 0.25, 4)
+    assert ranked[0, 0].sum() == 16 and ranked.sum() == per_token.sum()
+    again = prune_segments(token_mask, per_token, scores, 0.9, 4, per_token=True)
+    assert again.sum(-1)[token_mask > 0].tolist() == [4] * 5  # never below 4 of 16
+
+
+def test_the_official_recipe_runs_on_swin_with_zeroed_tokens_and_trained_masks():
+    torch.manual_seed(0)
+    swin = SwinTransformer(img_size=32, patch_size=4, window_size=4, embed_dim=16, depths=(2, 2), num_heads=(2, 4),
+                           num_classes=0).eval()
+    config = TrainConfig.from_dict({"recipe": "official", "prompt_len": 3, "kv_len": 2, "segments": 4})
+    model = build_model(config, swin, CLASSES).eval()
+    x, y = torch.randn(4, 3, 32, 32), torch.arange(4) % CLASSES
+    token_mask = torch.ones_like(model.tuned.token_mask)
+    token_mask[:, 1] = 0
+    model.set_masks(token_mask, model.tuned.segment_mask)
+    assert model._layer_prompts(0, 1, None, None).shape[1] == 3  # zeroed, not removed
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    assert model.tuned.segment_mask_value.grad.abs().sum() > 0
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=2)
+    scores = score_importance(model, loader, torch.device("cpu"), "signed")
+    assert scores.token[:, 1].isnan().all() and not scores.token[:, 0].isnan().any()
