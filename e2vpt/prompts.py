@@ -13,11 +13,15 @@ Sequence at layer i (docs/E2VPT-SPEC.md section 1):  [prefix tokens ; P_i (kept 
 Key-value prompts (section 2) are concatenated to each layer's keys and values after the frozen
 projections; queries are unchanged, so no token is added to the residual stream.
 
-Masks (section 4) are buffers: `token_mask` (layers x p) and `segment_mask` (layers x p x R). A
-pruned token is *removed* from the sequence (a layer with every token pruned runs exactly the frozen
-block); pruned segments are zeroed channels of a surviving token. For importance scoring, `forward`
-takes per-image gates that multiply the prompts, so one backward pass yields every image's
-d(loss)/d(gate).
+Masks (section 4) are 0/1 buffers: `token_mask` (layers x p) and `segment_mask` (layers x p x R),
+times real-valued trained mask values under `--train-masks` (the official code). A pruned token is
+*removed* from the sequence (`pruned_tokens="remove"`: a layer with every token pruned and no
+key-value prompts runs exactly the frozen block; its key-value prompts, when it has them, still act),
+or kept as a zero token (`"zero"`, the official code: LayerNorm turns it into its bias, which still
+yields keys and values). Pruned segments are zeroed channels of a surviving token. For importance
+scoring, `forward` takes per-image gates holding the mask values, so one backward pass yields every
+image's d(loss)/d(mask). Prompt keys skip the attention's `k_norm`: they are learned directly in the
+space of the normalised keys (the official code's timm has no `k_norm`).
 """
 
 from __future__ import annotations
