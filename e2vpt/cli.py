@@ -3,6 +3,7 @@
 train    train one method into a run directory (or --resume one)
 eval     re-evaluate a saved run
 runs     list the runs under a folder
+sweep    train many settings, methods and seeds on Ray Tune into one sweep folder
 settings print every training setting (docs/SETTINGS.md)
 pretrain make the shipped demo backbone
 Errors a user can fix print one line and exit with status 2; nothing half-written is left behind.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from .config import (GROUPS, TrainConfig, bounds_text, default_text, flag, kind, load_config_file, meta, settings,
@@ -31,8 +33,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last completed epoch "
                                                        "(a run folder, or the id of a run under the runs root)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_setting_arguments(p)
+
+
+def add_setting_arguments(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per `TrainConfig` setting (but those in `skip`), grouped as in docs/SETTINGS.md."""
     groups = {name: p.add_argument_group(title) for name, title in GROUPS.items()}
     for f in settings():
+        if f.name in skip:
+            continue
         m, (base, choices, optional) = meta(f), kind(f)
         default = f"{default_text(f)} = {m['none_means']}" if f.default is None else default_text(f)
         if optional and f.default is not None:
@@ -48,12 +57,14 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
             group.add_argument(flag(f), dest=f.name, type=base, default=None, metavar=f.name.upper(), help=text)
 
 
+def given_settings(args: argparse.Namespace) -> dict:
+    """The settings given as flags (those left out are None and not returned)."""
+    return {f.name: getattr(args, f.name) for f in settings() if getattr(args, f.name, None) is not None}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = load_config_file(args.config) if args.config else {}
-    for f in settings():
-        given = getattr(args, f.name, None)
-        if given is not None:
-            values[f.name] = given
+    values.update(given_settings(args))
     return TrainConfig.from_dict(values)
 
 
@@ -111,6 +122,84 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", nargs="?", help="YAML or JSON sweep spec (base, methods, grid, random, samples, seeds, "
+                                           "scheduler; docs/SWEEPS.md); the flags below override it")
+    p.add_argument("--out", help="the sweep folder (default: <runs root>/sweep-<time>); the same folder again "
+                                 "continues the sweep, training only what did not finish")
+    p.add_argument("--methods", nargs="+", help="methods to compare, e.g. linear vpt-deep e2vpt")
+    p.add_argument("--grid", nargs="+", metavar="NAME=V1,V2", help="settings to sweep; every combination is a trial, "
+                                                                  "e.g. lr=0.01,0.03 prompt_len=1,2,4,8")
+    p.add_argument("--random", nargs="+", metavar="NAME=DIST:A:B",
+                   help="random search: DIST is uniform, loguniform, randint or choice, e.g. lr=loguniform:1e-3:1e-1")
+    p.add_argument("--samples", type=int, help="random draws per method (with --random)")
+    p.add_argument("--seeds", nargs="+", type=int, help="train every configuration once per seed (default: 0)")
+    p.add_argument("--scheduler", choices=("fifo", "asha"), help="asha stops trials behind on validation accuracy "
+                                                                 "early (default: fifo, every trial to the end)")
+    p.add_argument("--name", help="a label for the app")
+    ray = p.add_argument_group("Ray")
+    ray.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT) instead of starting one here")
+    ray.add_argument("--cpus", type=int, help="CPUs of the local Ray (default: all)")
+    ray.add_argument("--gpus", type=int, help="GPUs of the local Ray (default: all visible)")
+    ray.add_argument("--cpus-per-trial", type=float, default=1, help="CPUs one trial takes (default 1; its torch "
+                                                                     "threads)")
+    ray.add_argument("--gpus-per-trial", type=float, help="GPUs one trial takes (default: 1 when Ray has GPUs)")
+    ray.add_argument("--max-concurrent", type=int, help="at most this many trials at once")
+    ray.add_argument("--ray-temp-dir", help="where a local Ray keeps its sockets and logs")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_setting_arguments(p, skip=("method", "seed"))
+
+
+def sweep_spec_from_args(args: argparse.Namespace):
+    """The spec: the file's, with the flags on top; None when nothing at all was given (continue --out)."""
+    from .sweeps.spec import SweepSpec, parse_grid, parse_random
+
+    values = load_config_file(args.spec) if args.spec else {}
+    base = dict(values.get("base") or {}) if isinstance(values.get("base") or {}, dict) else values.get("base")
+    flags = given_settings(args)
+    if isinstance(base, dict):
+        base.update(flags)
+        base = _absolute_paths(base)
+    given = {"methods": args.methods, "grid": parse_grid(args.grid) if args.grid else None,
+             "random": parse_random(args.random) if args.random else None, "samples": args.samples,
+             "seeds": args.seeds, "scheduler": args.scheduler, "name": args.name}
+    if not args.spec and not flags and all(v is None for v in given.values()):
+        return None
+    values.update({k: v for k, v in given.items() if v is not None})
+    if base or "base" in values:
+        values["base"] = base
+    return SweepSpec.from_dict(values)
+
+
+def _absolute_paths(base: dict) -> dict:
+    """The data paths of a sweep's base settings made absolute as `train` makes them (trials run elsewhere)."""
+    from .runs import with_data_root
+
+    try:
+        resolved = with_data_root(TrainConfig.from_dict({**base, "method": "linear"}))
+    except UserError:
+        return base  # the spec's own check names the problem
+    return {**base, **{k: getattr(resolved, k) for k in ("data_root", "weights") if getattr(resolved, k)}}
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .runs import runs_root
+    from .sweeps import SweepDir, run_sweep
+
+    spec = sweep_spec_from_args(args)
+    out = Path(args.out) if args.out else None
+    if spec is None:
+        if out is None or not SweepDir(out).exists():
+            raise UserError("say what to sweep (a spec file, --methods, --grid, ...) or give --out of a sweep to "
+                            "continue")
+        spec = SweepDir(out).spec()
+    out = out or runs_root() / time.strftime("sweep-%Y%m%d-%H%M%S")
+    result = run_sweep(spec, out, address=args.address, cpus=args.cpus, gpus=args.gpus,
+                       cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+                       max_concurrent=args.max_concurrent, ray_temp_dir=args.ray_temp_dir, quiet=args.quiet)
+    return 0 if result["state"] == "done" and not result["failed"] else (3 if result["state"] == "cancelled" else 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m e2vpt", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs")
     p.add_argument("--root", help="runs folder (default: $E2VPT_RUNS_ROOT, else ./runs)")
     p.set_defaults(func=cmd_runs)
+    p = sub.add_parser("sweep", help="train many settings, methods and seeds on Ray Tune into one sweep folder")
+    add_sweep_arguments(p)
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("settings", help="print every training setting as a markdown table (docs/SETTINGS.md)")
     p.set_defaults(func=lambda args: print(settings_markdown()))
     from .pretrain import add_pretrain_arguments, run_pretrain

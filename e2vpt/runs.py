@@ -32,7 +32,10 @@ from .fileio import atomic_write_json, read_json, read_jsonl
 
 RUNS_ROOT_ENV = "E2VPT_RUNS_ROOT"
 DATA_ROOT_ENV = "E2VPT_DATA_ROOT"
-RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# a run's id is its folder's name under the runs root, or `<sweep>/<trial>` for a sweep's trial
+RUN_ID_PATTERN = re.compile(rf"{NAME_PATTERN.pattern}(/{NAME_PATTERN.pattern})?")
+SWEEP_FILE = "sweep.json"  # what tells a sweep folder (whose sub-folders are runs) from a run
 STATES = ("queued", "running", "done", "failed", "cancelled", "interrupted")
 ACTIVE_STATES = ("queued", "running")
 LOCK_PATIENCE_S = 2.0
@@ -97,8 +100,9 @@ def _is_metric(record) -> bool:
 class RunDir:
     """One run's folder and the files in it."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, run_id: str | None = None) -> None:
         self.path = Path(path)
+        self._id = run_id
         self._lock_file = None
 
     # files: a run file that is a link is refused, so nothing is read or written outside the run
@@ -151,7 +155,8 @@ class RunDir:
 
     @property
     def id(self) -> str:
-        return self.path.name
+        """The id the app and the CLI know the run by (`<sweep>/<trial>` for a sweep's trial)."""
+        return self._id or self.path.name
 
     def exists(self) -> bool:
         """A run's config is there (a link in its place counts, so that the run shows as unreadable)."""
@@ -396,9 +401,11 @@ def run_path(run_id: str, root: str | Path | None = None) -> Path:
 def open_run(run_id: str, root: str | Path | None = None) -> RunDir:
     """The existing run `run_id`; `RunDirError` with a clear message if it is gone or was never a run."""
     path = run_path(run_id, root)
-    if (root_or_default(root, runs_root) / run_id).is_symlink():
+    base = root_or_default(root, runs_root)
+    parts = run_id.strip().split("/")
+    if any((base.joinpath(*parts[: i + 1])).is_symlink() for i in range(len(parts))):
         raise RunDirError(f"{run_id} is a link, not a run folder; it is not opened")
-    run = RunDir(path)
+    run = RunDir(path, run_id.strip())
     if not path.is_dir():
         raise RunDirError(f"run {run_id} no longer exists under {root_or_default(root, runs_root)} "
                           "(deleted or moved); pick another run")
@@ -425,29 +432,43 @@ def _row(run: RunDir) -> dict:
                 created=str(created or status.get("updated") or ""))
 
 
-def list_runs(root: str | Path | None = None) -> list[dict]:
+def _folders(folder: Path, root: Path) -> list[Path]:
+    """Sub-folders of `folder` named like runs; links and anything resolving outside `root` are skipped."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_symlink() or not NAME_PATTERN.fullmatch(entry.name):
+            continue
+        try:
+            path = inside(entry, root)
+        except RunDirError:
+            continue
+        if path.is_dir():
+            found.append(entry)
+    return found
+
+
+def list_runs(root: str | Path | None = None, trials: bool = True) -> list[dict]:
     """Every run under the runs root, newest first: id, path, state, progress, message, method,
     dataset, backbone and, when done, the summary's accuracy, tuned parameters and time.
 
-    A run whose files cannot be used is listed as `unreadable` with the reason in `message`, so one
-    damaged run never hides the others. Entries whose real path leaves the root (a symlink pointing
-    elsewhere) are skipped without being read.
+    A sweep folder's trials are runs too, listed as `<sweep>/<trial>` with their sweep in `sweep`
+    (`trials=False` leaves them out). A run whose files cannot be used is listed as `unreadable` with
+    the reason in `message`, so one damaged run never hides the others. Entries whose real path leaves
+    the root (a symlink pointing elsewhere) are skipped without being read.
     """
     root = root_or_default(root, runs_root)
     rows = []
     if not root.is_dir():
         return rows
-    for entry in sorted(root.iterdir()):
-        try:
-            path = inside(entry, root)
-        except RunDirError:
-            continue
-        if entry.is_symlink() or not path.is_dir() or not RUN_ID_PATTERN.fullmatch(entry.name):
-            continue
-        run = RunDir(path)
-        if not run.exists():
-            continue
-        rows.append(_row(run))
+    for entry in _folders(root, root):
+        run = RunDir(entry)
+        if run.exists():
+            rows.append(dict(_row(run), sweep=None))
+        elif trials and (entry / SWEEP_FILE).is_file():
+            for child in _folders(entry, root):
+                trial = RunDir(child, f"{entry.name}/{child.name}")
+                if trial.exists():
+                    rows.append(dict(_row(trial), sweep=entry.name))
     rows.sort(key=lambda r: (str(r.get("created") or ""), r["id"]), reverse=True)
     return rows
 

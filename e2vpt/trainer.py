@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +77,14 @@ class Trainer:
         config: the run's hyper-parameters.
         run_dir: where everything is written (None: a throw-away run, nothing written).
         quiet: no tqdm bars (the app's subprocess still logs its status file).
+        on_epoch: called with each epoch's metric record after it is written (a sweep reports it to
+            Ray Tune, whose scheduler may stop the trial there).
     """
 
-    def __init__(self, config: TrainConfig, run_dir: str | Path | None = None, quiet: bool = False) -> None:
+    def __init__(self, config: TrainConfig, run_dir: str | Path | None = None, quiet: bool = False,
+                 on_epoch: Callable[[dict], None] | None = None) -> None:
         self.config = config
+        self.on_epoch = on_epoch
         self.run = RunDir(run_dir) if run_dir is not None else None
         self.quiet = quiet
         self.stop_requested = False
@@ -391,13 +396,16 @@ class Trainer:
                 best = {"val_acc": val_acc, "epoch": epoch + 1, "state": self.model.tuned_state()}
             # the line first, then the checkpoint: a crash between them resumes from the previous
             # checkpoint, which drops the line and trains the epoch again (the reverse would lose the line)
-            self._log({"kind": "epoch", "phase": phase.name, "round": phase.index, "epoch": epoch + 1,
-                       "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-                       "lr": scheduler.get_last_lr()[0], "epoch_s": round(time.monotonic() - epoch_start, 3),
-                       "wall_s": round(self._wall(), 3), "tuned_params": self.model.tuned_param_count()})
+            record = {"kind": "epoch", "phase": phase.name, "round": phase.index, "epoch": epoch + 1,
+                      "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+                      "lr": scheduler.get_last_lr()[0], "epoch_s": round(time.monotonic() - epoch_start, 3),
+                      "wall_s": round(self._wall(), 3), "tuned_params": self.model.tuned_param_count()}
+            self._log(record)
             self._save_checkpoint(phase.index, epoch + 1, optimizer, scheduler, best)
             self._status("running", f"{phase.name} round {phase.index}: epoch {epoch + 1}/{phase.epochs} "
                          f"val acc {val_acc:.3f}", force=True)
+            if self.on_epoch is not None:
+                self.on_epoch(record)
         # the phase's result is its best-validation state
         self.model.load_tuned_state({k: v.to(self.device) for k, v in best["state"].items()})
         _, test_acc = evaluate(self.model, self._loader("test"), self.device, self.autocast, self.dist)
@@ -526,9 +534,10 @@ class Trainer:
         return summary
 
 
-def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False) -> dict:
+def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,
+          on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train `config` into `run_dir`; returns the summary. The library's one-call entry point."""
-    trainer = Trainer(config, run_dir, quiet=quiet)
+    trainer = Trainer(config, run_dir, quiet=quiet, on_epoch=on_epoch)
 
     def request_stop(signum, frame):
         trainer.stop_requested = True

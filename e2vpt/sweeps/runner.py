@@ -1,0 +1,283 @@
+"""Run a sweep's trials on Ray Tune: a local Ray on this machine by default, or an existing cluster.
+
+The driver (this module, in the `python -m e2vpt sweep` process) expands the spec, skips the trials
+whose run directories already finished, and hands the rest to `ray.tune.Tuner` as a grid over trial
+ids. Each trial runs `e2vpt.trainer.train` into its own run directory inside the sweep folder and
+reports validation accuracy after every epoch, so an ASHA scheduler can stop the trials that are
+behind. A trial that fails records its error and the sweep goes on; a trial whose process dies
+(a killed driver, a lost node) resumes from its last epoch the next time the same sweep runs.
+
+Importing this module imports Ray (`e2vpt.sweeps` itself does not).
+
+Ray decides placement (one trial per free CPU slot, or per GPU); this module only says what one trial
+needs. Nothing here is a scheduler of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+
+from ray.tune import Callback, Stopper
+
+from ..config import TrainConfig
+from ..errors import ConfigError, UserError
+from ..runs import RunDir
+from .spec import SweepSpec
+from .store import FINISHED, SweepDir
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = PACKAGE_DIR.parent
+
+
+# --------------------------------------------------------------------------------------------------
+# one trial, inside a Ray worker
+def run_trial(params: dict, configs: dict, sweep_path: str, threads: int) -> None:
+    """Train trial `params["trial"]` into its run folder, reporting each epoch's validation accuracy."""
+    import torch
+    from ray import tune
+
+    from ..trainer import train
+
+    torch.set_num_threads(max(1, threads))
+    trial_id = params["trial"]
+    run = RunDir(Path(sweep_path) / trial_id)
+    config = TrainConfig.from_dict(configs[trial_id])
+
+    def report(record: dict) -> None:
+        tune.report({"val_acc": record["val_acc"], "round": record["round"], "epoch": record["epoch"]})
+
+    if run.summary_file.is_file():
+        summary = run.summary()
+    else:
+        resume = run.exists() and run.has_checkpoint()
+        summary = train(config, run.path, resume=resume, quiet=True, on_epoch=report)
+    tune.report({"val_acc": summary["val_acc"], "test_acc": summary["test_acc"], "finished": True})
+
+
+# --------------------------------------------------------------------------------------------------
+# the driver
+def run_sweep(spec: SweepSpec, out: str | Path, *, address: str | None = None, cpus: int | None = None,
+              gpus: int | None = None, cpus_per_trial: float = 1, gpus_per_trial: float | None = None,
+              max_concurrent: int | None = None, ray_temp_dir: str | None = None, quiet: bool = False) -> dict:
+    """Run (or continue) the sweep `spec` in folder `out`; returns what happened, trial by trial counts.
+
+    Args:
+        spec: what to train.
+        out: the sweep folder (created; the same folder again continues the same sweep).
+        address: None starts a local Ray with `cpus`/`gpus`; `auto` or `HOST:PORT` joins a running cluster.
+        cpus, gpus: the local Ray's resources (default: every CPU, every visible GPU).
+        cpus_per_trial, gpus_per_trial: what one trial takes (default GPU: 1 when Ray has one, else 0).
+        max_concurrent: at most this many trials at once (default: as many as the resources fit).
+        ray_temp_dir: where a local Ray keeps its sockets and logs (default: Ray's).
+        quiet: no progress lines.
+    """
+    sweep = SweepDir(out)
+    sweep.create(spec)  # refuses a foreign folder or another spec before anything is locked or started
+    sweep.lock()
+    try:
+        record = sweep.read()
+        record.update(state="running", message="", pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        sweep.cancel_file.unlink(missing_ok=True)
+        trials = spec.trials()
+        for trial in trials:
+            now = sweep.trial_status(trial.id, record["trials"].get(trial.id, {}))
+            entry = record["trials"].setdefault(trial.id, {"method": trial.method, "seed": trial.seed,
+                                                           "values": trial.values})
+            entry.update(status=now["status"] if now["status"] in FINISHED else "pending",
+                         message=now["message"] if now["status"] in FINISHED else "")
+        todo = [t for t in trials if record["trials"][t.id]["status"] not in FINISHED]
+        sweep.write(record)
+        say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
+        say(f"sweep {sweep.path}: {len(trials)} trial(s), {len(trials) - len(todo)} already finished, "
+            f"{len(todo)} to run")
+        cancelled = False
+        if todo:
+            cancelled = _tune(sweep, record, todo, address=address, cpus=cpus, gpus=gpus,
+                              cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                              max_concurrent=max_concurrent, ray_temp_dir=ray_temp_dir, say=say)
+        rows = sweep.write_leaderboard(record)
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "stopped", "failed", "pending", "cancelled")}
+        record["state"] = "cancelled" if cancelled else ("done" if not counts["pending"] else "interrupted")
+        record["message"] = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        sweep.write(record)
+        say(f"sweep {record['state']}: {record['message']}; leaderboard: {sweep.leaderboard_file}")
+        return {"state": record["state"], "trials": len(trials), "ran": len(todo), **counts,
+                "leaderboard": str(sweep.leaderboard_file)}
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            record = sweep.read()
+            stopped = isinstance(exc, KeyboardInterrupt)
+            record.update(state="cancelled" if stopped else "failed",
+                          message="stopped by the user" if stopped else f"{type(exc).__name__}: {exc}")
+            sweep.write(record)
+            sweep.write_leaderboard(record)
+        raise
+    finally:
+        sweep.unlock()
+
+
+def _tune(sweep: SweepDir, record: dict, todo: list, *, address, cpus, gpus, cpus_per_trial, gpus_per_trial,
+          max_concurrent, ray_temp_dir, say) -> bool:
+    """Run `todo` on Ray Tune; returns True when the sweep was cancelled."""
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the run folders are the records
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    import ray
+    from ray import tune
+
+    started_ray = _start_ray(address, cpus, gpus, ray_temp_dir)
+    try:
+        if gpus_per_trial is None:
+            gpus_per_trial = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        if gpus_per_trial and any(TrainConfig.from_dict(t.config).device == "cpu" for t in todo):
+            raise ConfigError("the sweep asks for a GPU per trial but its trials use --device cpu")
+        spec = SweepDir(sweep.path).spec()
+        configs = {t.id: t.config for t in todo}
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, configs=configs, sweep_path=str(sweep.path.resolve()),
+                                 threads=max(1, int(cpus_per_trial))),
+            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+        scheduler = None
+        if spec.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            longest = max(TrainConfig.from_dict(t.config).epochs + TrainConfig.from_dict(t.config).rounds
+                          * TrainConfig.from_dict(t.config).resolved_retrain_epochs for t in todo)
+            scheduler = ASHAScheduler(max_t=longest + 1, grace_period=1, reduction_factor=2)
+        progress = _Progress(sweep, record, say, len(todo))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial": tune.grid_search([t.id for t in todo])},
+            tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler,
+                                        max_concurrent_trials=max_concurrent,
+                                        trial_name_creator=lambda trial: trial.config["trial"],
+                                        trial_dirname_creator=lambda trial: trial.config["trial"]),
+            run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"), storage_path=str(sweep.ray_dir.resolve()),
+                                      verbose=0, callbacks=[progress], stop=_CancelStopper(sweep),
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        tuner.fit()
+        return progress.cancelled or sweep.cancel_file.exists()
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def _start_ray(address: str | None, cpus: int | None, gpus: int | None, temp_dir: str | None) -> bool:
+    """Connect to Ray: start a local one (returns True: ours to shut down) or join `address`."""
+    import ray
+
+    if ray.is_initialized():  # a notebook's own Ray: use it as it is
+        return False
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    if address:
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
+                     runtime_env={"py_modules": [str(PACKAGE_DIR)]})  # the cluster gets this very e2vpt
+        except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ...: all "cannot reach it"
+            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot reach the Ray cluster at {address!r}: {text}; check the address "
+                            "(`ray status` on the head node) or leave --address out to run here") from None
+        return True
+    path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    kwargs = {"num_cpus": cpus or os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": False,
+              "logging_level": logging.WARNING, "runtime_env": {"env_vars": {"PYTHONPATH": path}}}
+    if gpus is not None:
+        kwargs["num_gpus"] = gpus
+    if temp_dir:
+        kwargs["_temp_dir"] = str(Path(temp_dir).resolve())
+    ray.init(**kwargs)
+    return True
+
+
+class _CancelStopper(Stopper):
+    """Stops every trial once the app (or a user) leaves `cancel.request` in the sweep folder."""
+
+    def __init__(self, sweep: SweepDir) -> None:
+        self.sweep, self.checked, self.cancelled = sweep, 0.0, False
+
+    def __call__(self, trial_id, result) -> bool:
+        return self.stop_all()
+
+    def stop_all(self) -> bool:
+        if not self.cancelled and time.monotonic() - self.checked > 0.5:
+            self.checked = time.monotonic()
+            self.cancelled = self.sweep.cancel_file.exists()
+        return self.cancelled
+
+
+class _Progress(Callback):
+    """Keeps sweep.json's per-trial status and the leaderboard current, and prints a line per trial."""
+
+    def __init__(self, sweep: SweepDir, record: dict, say, total: int) -> None:
+        self.sweep, self.record, self.say, self.total = sweep, record, say, total
+        self.finished, self.cancelled, self.written = 0, False, 0.0
+
+    def _entry(self, trial) -> dict:
+        return self.record["trials"][trial.config["trial"]]
+
+    def _save(self, force: bool = True) -> None:
+        if force or time.monotonic() - self.written > 1.0:
+            self.written = time.monotonic()
+            self.sweep.write(self.record)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._entry(trial).update(status="running", message="")
+        self._save()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        entry = self._entry(trial)
+        entry.update(val_acc=result.get("val_acc"), epoch=result.get("epoch"), round=result.get("round"),
+                     reports=result.get("training_iteration"))
+        self._save(force=False)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        trial_id = trial.config["trial"]
+        run = self.sweep.trial_run(trial_id)
+        entry = self._entry(trial)
+        if run.summary_file.is_file():
+            entry.update(status="done", message="")
+        elif self.sweep.cancel_file.exists():
+            self.cancelled = True
+            entry.update(status="cancelled", message="cancelled by the user; it continues when the sweep is resumed")
+        else:
+            entry.update(status="stopped", message=f"stopped early by the scheduler after {entry.get('reports', 0)} "
+                                                   f"report(s) (val acc {entry.get('val_acc') or 0:.3f})")
+        self._finished(trial_id, entry)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        trial_id = trial.config["trial"]
+        entry = self._entry(trial)
+        entry.update(status="failed", message=_trial_error(self.sweep.trial_run(trial_id), trial))
+        self._finished(trial_id, entry)
+
+    def _finished(self, trial_id: str, entry: dict) -> None:
+        self.finished += 1
+        self._save()
+        with contextlib.suppress(Exception):
+            self.sweep.write_leaderboard(self.record)
+        row = next((r for r in self.sweep.rows(self.record) if r["trial"] == trial_id), {})
+        result = (f"val {row['val_acc']:.3f} test {row['test_acc']:.3f}, {row['tuned_params']:,} tuned, "
+                  f"{row['wall_s']:.0f} s" if row.get("test_acc") is not None else entry.get("message", ""))
+        self.say(f"[{self.finished}/{self.total}] {trial_id} {entry['status']}: {result}")
+
+
+def _trial_error(run: RunDir, trial) -> str:
+    """One line for a failed trial: the run's own message when it wrote one, else the error's last line."""
+    with contextlib.suppress(Exception):
+        status = run.status()
+        if status.get("state") == "failed" and status.get("message"):
+            return status["message"]
+    error = getattr(trial, "error_file", None)
+    text = ""
+    with contextlib.suppress(Exception):
+        text = Path(error).read_text() if error else ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in reversed(lines):  # the exception's own line, not Ray's wrapper
+        if not line.startswith(("ray.", "Traceback", "File ")) and ":" in line:
+            return line[:500]
+    return lines[-1][:500] if lines else "the trial failed (no error message was recorded)"
+

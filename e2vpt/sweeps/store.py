@@ -1,0 +1,226 @@
+"""The sweep folder: what a sweep keeps on disk, and what the app and the CLI read back.
+
+    S/sweep.json        the spec, the sweep's state (queued, running, done, cancelled, failed) and each
+                        trial's status (pending, running, done, stopped, failed, cancelled)
+    S/leaderboard.csv   one row per trial: method, the swept values, seed, status, val_acc, test_acc,
+                        tuned_params, tuned_pct, wall_s
+    S/<trial>/          each trial is an ordinary run directory (same contract as any run), so every
+                        page opens it as `<sweep>/<trial>` when S sits in the runs root
+    S/ray/              Ray Tune's own records of each time the sweep ran
+    S/sweep.lock        held by the driver while it runs: a second driver on S is refused
+    S/sweep.log         what the driver printed, when the app started it
+
+A trial's run directory is the truth about its result: the leaderboard is rebuilt from the trials'
+summaries, so a driver killed between a trial's end and the leaderboard's update loses nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import io
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+from ..errors import RunDirError
+from ..fileio import atomic_write_bytes, atomic_write_json, read_json
+from ..runs import MARKER, SWEEP_FILE, RunDir, _pid_alive
+from .spec import SweepSpec
+
+SWEEP_STATES = ("queued", "running", "done", "cancelled", "failed", "interrupted")
+TRIAL_STATES = ("pending", "running", "done", "stopped", "failed", "cancelled")
+FINISHED = ("done", "stopped")  # a resumed sweep does not run these again
+LEADERBOARD_COLUMNS = ("trial", "method", "seed", "status", "val_acc", "test_acc", "tuned_params", "tuned_pct",
+                       "wall_s", "selected_round", "message")
+SWEEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class SweepDir:
+    """One sweep's folder and the files in it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock = None
+
+    sweep_file = property(lambda self: self.path / SWEEP_FILE)
+    leaderboard_file = property(lambda self: self.path / "leaderboard.csv")
+    lock_file = property(lambda self: self.path / "sweep.lock")
+    cancel_file = property(lambda self: self.path / "cancel.request")
+    log_file = property(lambda self: self.path / "sweep.log")
+    ray_dir = property(lambda self: self.path / "ray")
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    def exists(self) -> bool:
+        return self.sweep_file.is_file()
+
+    def trial_run(self, trial_id: str) -> RunDir:
+        return RunDir(self.path / trial_id, f"{self.id}/{trial_id}")
+
+    # -- the record ---------------------------------------------------------------------------------
+    def read(self) -> dict:
+        """sweep.json, checked: `RunDirError` when it is missing, a link or damaged."""
+        if self.sweep_file.is_symlink():
+            raise RunDirError(f"sweep.json of {self.id} is a link; it is not used")
+        record = read_json(self.sweep_file)
+        if not isinstance(record, dict) or not isinstance(record.get("spec"), dict) \
+                or not isinstance(record.get("trials"), dict):
+            raise RunDirError(f"{self.path} holds no readable sweep (sweep.json is missing or damaged)")
+        return record
+
+    def spec(self) -> SweepSpec:
+        try:
+            return SweepSpec.from_dict(self.read()["spec"])
+        except RunDirError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a spec from another version or edited by hand
+            raise RunDirError(f"the spec in {self.sweep_file} cannot be used: {exc}") from None
+
+    def write(self, record: dict) -> None:
+        atomic_write_json(self.sweep_file, dict(record, updated=_now()))
+
+    def create(self, spec: SweepSpec, state: str = "queued") -> dict:
+        """Start the record of a new sweep in this folder, or check that it is the same sweep again.
+
+        A folder that is neither empty nor a sweep is refused (nothing is written to it); so is a sweep
+        folder holding another spec (its trials would not match).
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"{self.path} is a file, not a folder; pick another --out")
+        if self.sweep_file.is_file():
+            record = self.read()
+            if _comparable(record["spec"]) != _comparable(spec.to_dict()):
+                raise RunDirError(f"{self.path} holds another sweep (its spec differs); pick a new --out, or run "
+                                  f"`python -m e2vpt sweep --out {self.path}` alone to continue that one")
+            return record
+        if self.path.is_dir() and any(self.path.iterdir()):
+            names = sorted(p.name for p in self.path.iterdir())
+            raise RunDirError(f"{self.path} is not empty and holds no sweep ({', '.join(names[:3])}"
+                              f"{', ...' if len(names) > 3 else ''}); nothing was written: pick a new or empty --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        trials = {t.id: {"method": t.method, "seed": t.seed, "values": t.values, "status": "pending", "message": ""}
+                  for t in spec.trials()}
+        record = {"format": 1, "spec": spec.to_dict(), "state": state, "message": "", "created": _now(),
+                  "pid": os.getpid(), "trials": trials}
+        self.write(record)
+        return record
+
+    # -- one driver at a time -----------------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the sweep for the life of this process; a second driver is refused in one line."""
+        f = open(self.lock_file, "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            pid = (read_json(self.sweep_file, {}) or {}).get("pid")
+            raise RunDirError(f"{self.path} is being run by another sweep process (pid {pid}); wait for it or cancel "
+                              "it first") from None
+        self._lock = f
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def is_locked(self) -> bool:
+        if not self.lock_file.is_file():
+            return False
+        with open(self.lock_file) as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+    def state(self, record: dict | None = None) -> str:
+        """The sweep's state; a `running` or `queued` sweep whose driver is gone reads `interrupted`."""
+        record = record or self.read()
+        state = record.get("state")
+        if state == "running" and not self.is_locked():
+            return "interrupted"
+        if state == "queued" and not _pid_alive(record.get("pid")) and not self.is_locked():
+            return "interrupted"
+        return state if state in SWEEP_STATES else "interrupted"
+
+    def request_cancel(self) -> None:
+        atomic_write_bytes(self.cancel_file, b"cancel\n")
+
+    # -- trials -------------------------------------------------------------------------------------
+    def trial_status(self, trial_id: str, recorded: dict) -> dict:
+        """A trial's status and result, read from its run directory first (the truth) and sweep.json second."""
+        run = self.trial_run(trial_id)
+        status, summary = recorded.get("status", "pending"), None
+        message = recorded.get("message", "")
+        try:
+            summary = run.summary() if run.summary_file.is_file() else None
+            run_state = run.status().get("state") if run.exists() else None
+        except RunDirError as exc:
+            return {"status": "failed", "message": str(exc), "summary": None}
+        if summary is not None:
+            status = "done"
+        elif status in ("running", "pending") and run_state in ("running", "queued"):
+            status = "running"
+        elif status == "running":  # the driver went away while it trained: it continues next time
+            status = "pending" if run_state != "failed" else "failed"
+        if status == "failed" and not message and run.exists():
+            message = run.status().get("message", "")
+        return {"status": status, "message": message, "summary": summary}
+
+    def rows(self, record: dict | None = None) -> list[dict]:
+        """The leaderboard: one row per trial, in the spec's order."""
+        record = record or self.read()
+        swept = _swept(record)
+        rows = []
+        for trial_id, recorded in record["trials"].items():
+            if not isinstance(recorded, dict):
+                continue
+            now = self.trial_status(trial_id, recorded)
+            summary = now["summary"] or {}
+            values = recorded.get("values") if isinstance(recorded.get("values"), dict) else {}
+            row = {"trial": trial_id, "method": recorded.get("method"), "seed": recorded.get("seed"),
+                   **{name: values.get(name) for name in swept}, "status": now["status"],
+                   "val_acc": summary.get("val_acc", recorded.get("val_acc") if now["status"] == "stopped" else None),
+                   "test_acc": summary.get("test_acc"), "tuned_params": summary.get("tuned_params"),
+                   "tuned_pct": summary.get("tuned_pct"), "wall_s": summary.get("wall_s"),
+                   "selected_round": summary.get("selected_round"), "message": now["message"]}
+            rows.append(row)
+        return rows
+
+    def write_leaderboard(self, record: dict | None = None) -> list[dict]:
+        record = record or self.read()
+        rows = self.rows(record)
+        columns = ["trial", "method", *_swept(record), *LEADERBOARD_COLUMNS[2:]]
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(self.leaderboard_file, out.getvalue().encode())
+        return rows
+
+
+def _swept(record: dict) -> list[str]:
+    names: list[str] = []
+    for trial in record["trials"].values():
+        if isinstance(trial, dict) and isinstance(trial.get("values"), dict):
+            names += [n for n in trial["values"] if n not in names]
+    return names
+
+
+def _comparable(spec: dict) -> dict:
+    """A spec without its label (renaming a sweep does not make it another sweep)."""
+    return json.loads(json.dumps({k: v for k, v in spec.items() if k != "name"}, sort_keys=True, default=str))
+
+
+def is_sweep_folder(path: Path) -> bool:
+    return (path / SWEEP_FILE).is_file() and not (path / MARKER).is_file()
