@@ -18,6 +18,7 @@ PAGES = [
     st.Page("pages/pruning.py", title="Pruning", icon=":material/content_cut:"),
     st.Page("pages/embeddings.py", title="Embeddings", icon=":material/scatter_plot:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare_arrows:"),
+    st.Page("pages/sweeps.py", title="Sweeps", icon=":material/science:"),
 ]
 
 page = st.navigation(PAGES)

@@ -474,3 +474,61 @@ def accuracy_vs_params(frame: pd.DataFrame, title: str = "Accuracy vs tuned para
     fig.update_xaxes(type="log", title_text="tuned parameters (log scale)", dtick="D2", minor=dict(showgrid=False))
     fig.update_yaxes(title_text="test accuracy", range=[0, 1.05], tickformat=".0%")
     return _layout(fig, title, height=460)
+
+
+# --------------------------------------------------------------------------------------------------
+# sweeps
+def _methods_in(frame: pd.DataFrame) -> list[str]:
+    return [m for m in METHOD_ORDER if m in set(frame["method"])] + sorted(set(frame["method"].dropna()) - set(METHOD_ORDER))
+
+
+def frontier_chart(table: pd.DataFrame, title: str = "Accuracy against tuned parameters") -> go.Figure:
+    """A sweep's frontier: mean test accuracy (error bars: 95 % interval over seeds) against tuned
+    parameters (log scale), one colour per method, the Pareto front as a dashed line
+    (`e2vpt.sweeps.frontier.summary` gives the table)."""
+    if table is None or table.empty:
+        return empty_figure("no finished trials yet", title)
+    fig = go.Figure()
+    for i, method in enumerate(_methods_in(table)):
+        part = table[table["method"] == method].sort_values("tuned_params")
+        custom = np.stack([part["label"], part["seeds"], part["val_acc"].map(lambda v: f"{v:.4f}"),
+                           part["tuned_pct"].map(lambda v: f"{v:.3f}%")], axis=-1)
+        fig.add_trace(go.Scatter(
+            x=part["tuned_params"], y=part["test_acc"], mode="markers", name=method,
+            error_y=dict(type="data", array=part["test_ci"].fillna(0), visible=True, thickness=1.2),
+            marker=dict(size=11, color=color(i), line=dict(width=1, color="#333")), customdata=custom,
+            hovertemplate="<b>%{customdata[0]}</b><br>test accuracy %{y:.4f} (mean of %{customdata[1]} seed(s))"
+                          "<br>val %{customdata[2]}<br>tuned %{x:,.0f} params (%{customdata[3]})<extra></extra>"))
+    front = table[table["pareto"]].sort_values("tuned_params")
+    fig.add_trace(go.Scatter(x=front["tuned_params"], y=front["test_acc"], mode="lines", name="Pareto front",
+                             line=dict(color="#444", dash="dash", shape="hv"), hoverinfo="skip"))
+    fig.update_xaxes(type="log", title_text="tuned parameters (log scale)", dtick="D2", minor=dict(showgrid=False))
+    fig.update_yaxes(title_text="test accuracy", tickformat=".0%")
+    return _layout(fig, title, height=480)
+
+
+def parallel_coordinates(rows: pd.DataFrame, settings: Sequence[str], title: str = "Settings against accuracy") -> go.Figure:
+    """One line per finished trial through its swept settings to its validation and test accuracy."""
+    done = rows[rows["test_acc"].notna()] if not rows.empty else rows
+    if done.empty:
+        return empty_figure("no finished trials yet", title)
+    dims = []
+    methods = _methods_in(done)
+    dims.append(dict(label="method", values=done["method"].map(methods.index), tickvals=list(range(len(methods))),
+                     ticktext=methods))
+    for name in settings:
+        column = done[name] if name in done else pd.Series(dtype=float)
+        numeric = pd.to_numeric(column, errors="coerce")
+        if numeric.notna().all() and len(numeric):
+            log = numeric.min() > 0 and numeric.max() / numeric.min() >= 100
+            dims.append(dict(label=f"log10 {name}" if log else name, values=np.log10(numeric) if log else numeric))
+        else:
+            text = column.map(lambda v: "-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+            names = sorted(text.unique())
+            dims.append(dict(label=name, values=text.map(names.index), tickvals=list(range(len(names))),
+                             ticktext=names))
+    dims += [dict(label="val acc", values=done["val_acc"], range=[0, 1]),
+             dict(label="test acc", values=done["test_acc"], range=[0, 1])]
+    fig = go.Figure(go.Parcoords(line=dict(color=done["test_acc"], colorscale="Viridis", showscale=True,
+                                           colorbar=dict(title="test acc")), dimensions=dims))
+    return _layout(fig, title, height=420)

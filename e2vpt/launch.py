@@ -12,6 +12,7 @@ No Streamlit here: a notebook or a script can drive runs the same way.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,8 +23,8 @@ from pathlib import Path
 from .config import TrainConfig
 from .errors import BackboneError, DataError, RunDirError
 from .fileio import atomic_write_bytes, atomic_write_json, read_json
-from .runs import (ACTIVE_STATES, DATA_ROOT_ENV, RunDir, data_root, inside, new_run_id, open_run, root_or_default,
-                   run_path, runs_root)
+from .runs import (ACTIVE_STATES, DATA_ROOT_ENV, RUN_ID_PATTERN, SWEEP_FILE, RunDir, check_run_id, data_root, inside,
+                   new_run_id, open_run, root_or_default, run_path, runs_root)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,18 +132,7 @@ def _reap() -> None:
 
 
 def _spawn(run: RunDir, args: list[str]) -> subprocess.Popen:
-    _reap()
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
-    with open(run.log_file, "ab") as log:
-        log.write(f"\n$ python -m e2vpt {' '.join(args)}\n".encode())
-        log.flush()
-        proc = subprocess.Popen([sys.executable, "-m", "e2vpt", *args], cwd=str(PROJECT_ROOT), env=env,
-                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True, close_fds=True)
-    _CHILDREN[proc.pid] = proc
-    return proc
+    return _spawn_logged(run.log_file, args)
 
 
 def _hand_over_status(run: RunDir, proc: subprocess.Popen, message: str) -> None:
@@ -284,9 +274,89 @@ def _as_run(run: RunDir | str | Path, root: str | Path | None) -> RunDir:
         run = run.path
     root = root_or_default(root, runs_root)
     path = Path(run)
-    if len(path.parts) == 1 and not path.is_absolute():
-        return open_run(str(path), root)
+    if not path.is_absolute() and RUN_ID_PATTERN.fullmatch(str(run)):
+        return open_run(str(run), root)  # an id: `name`, or `sweep/trial`
     resolved = inside(path, root, "run folder")
-    if resolved.parent != root:
-        raise RunDirError(f"{path} is not a run folder directly under {root}")
-    return open_run(resolved.name, root)
+    if resolved.parent != root and not (resolved.parent.parent == root and (resolved.parent / SWEEP_FILE).is_file()):
+        raise RunDirError(f"{path} is not a run folder directly under {root} or in a sweep there")
+    return open_run(str(resolved.relative_to(root)), root)
+
+
+# --------------------------------------------------------------------------------------------------
+# sweeps: the same pattern, one driver process per sweep (it starts Ray; Ray starts the trials)
+def start_sweep(spec, root: str | Path | None = None, sweep_id: str | None = None):
+    """Create a sweep folder under the runs root for `spec` (a `SweepSpec`) and start its driver,
+    `python -m e2vpt sweep --out FOLDER --quiet`, in its own process session. Returns the `SweepDir`."""
+    from .sweeps import SweepDir
+
+    root = root_or_default(root, runs_root)
+    root.mkdir(parents=True, exist_ok=True)
+    if sweep_id is None:
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "-", spec.name or "sweep").strip("-").lower()[:40] or "sweep"
+        sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{slug}"
+    path = run_path(check_run_id(sweep_id), root)
+    try:
+        path.mkdir()  # exclusive: pressing Start twice starts one sweep
+    except FileExistsError:
+        raise RunDirError(f"{sweep_id} already exists under {root}; it was not started again") from None
+    sweep = SweepDir(path)
+    try:
+        sweep.create(spec)
+        atomic_write_bytes(sweep.driver_pid_file, f"{os.getpid()}\n".encode())  # until the driver's is known
+        proc = _spawn_logged(sweep.log_file, ["sweep", "--out", str(path), "--quiet"])
+        atomic_write_bytes(sweep.driver_pid_file, f"{proc.pid}\n".encode())
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+    return sweep
+
+
+def resume_sweep(sweep_id: str, root: str | Path | None = None):
+    """Start the driver again on an interrupted or cancelled sweep: finished trials are kept."""
+    sweep = open_sweep(sweep_id, root)
+    state = sweep.state()
+    if state in ("queued", "running"):
+        raise RunDirError(f"sweep {sweep.id} is still {state}")
+    record = sweep.read()
+    record.update(state="queued", message="waiting for the sweep process to start", pid=None)
+    sweep.write(record)
+    atomic_write_bytes(sweep.driver_pid_file, f"{os.getpid()}\n".encode())
+    proc = _spawn_logged(sweep.log_file, ["sweep", "--out", str(sweep.path), "--quiet"])
+    atomic_write_bytes(sweep.driver_pid_file, f"{proc.pid}\n".encode())
+    return sweep
+
+
+def cancel_sweep(sweep_id: str, root: str | Path | None = None) -> bool:
+    """Ask a running sweep to stop: its driver stops every trial (each keeps what it trained and
+    continues when the sweep is resumed). Returns False when the sweep was not running."""
+    sweep = open_sweep(sweep_id, root)
+    if sweep.state() not in ("queued", "running"):
+        return False
+    sweep.request_cancel()
+    return True
+
+
+def open_sweep(sweep_id: str, root: str | Path | None = None):
+    """The sweep folder `sweep_id` under the runs root; `RunDirError` when it is not one."""
+    from .sweeps import SweepDir
+
+    root = root_or_default(root, runs_root)
+    path = run_path(check_run_id(sweep_id), root)
+    if (root / sweep_id).is_symlink() or not (path / SWEEP_FILE).is_file() or "/" in sweep_id:
+        raise RunDirError(f"{sweep_id} is not a sweep under {root}; pick one from the list")
+    return SweepDir(path)
+
+
+def _spawn_logged(log_file: Path, args: list[str]) -> subprocess.Popen:
+    _reap()
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    with open(log_file, "ab") as log:
+        log.write(f"\n$ python -m e2vpt {' '.join(args)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "e2vpt", *args], cwd=str(PROJECT_ROOT), env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, close_fds=True)
+    _CHILDREN[proc.pid] = proc
+    return proc

@@ -28,7 +28,7 @@ from e2vpt.runs import RunDir
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
 PAGES = ["pages/train.py", "pages/runs.py", "pages/prompts.py", "pages/pruning.py", "pages/embeddings.py",
-         "pages/compare.py"]
+         "pages/compare.py", "pages/sweeps.py"]
 TIMEOUT = 300  # the first script run imports torch and timm; this machine may be busy
 
 
@@ -138,7 +138,8 @@ def test_every_page_opens_for_a_finished_run(roots, fake_run, page):
     at = open_page(page, run="20260101-000000-e2vpt-digits")
     no_exception(at)
     assert not at.error, texts(at, "error")
-    expected = {"pages/train.py": 1, "pages/prompts.py": 2, "pages/pruning.py": 3, "pages/compare.py": 1}
+    expected = {"pages/train.py": 1, "pages/prompts.py": 2, "pages/pruning.py": 3, "pages/compare.py": 1,
+                "pages/sweeps.py": 0}
     if page in expected:
         assert charts_on(at) == expected[page]
     if page == "pages/runs.py":

@@ -112,7 +112,8 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, address: str | None = None, c
             record = sweep.read()
             stopped = isinstance(exc, KeyboardInterrupt)
             record.update(state="cancelled" if stopped else "failed",
-                          message="stopped by the user" if stopped else f"{type(exc).__name__}: {exc}")
+                          message="stopped by the user" if stopped else
+                          str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}")
             sweep.write(record)
             sweep.write_leaderboard(record)
         raise
@@ -172,8 +173,11 @@ def _start_ray(address: str | None, cpus: int | None, gpus: int | None, temp_dir
 
     if ray.is_initialized():  # a notebook's own Ray: use it as it is
         return False
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    for name in ("ray", "ray._private.authentication.authentication_token_setup",  # a notice for operators
+                 "ray.tune.analysis.experiment_analysis"):  # misses Tune's result files: the run folders are ours
+        logging.getLogger(name).setLevel(logging.ERROR)
     if address:
+        _check_reachable(address)
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR,
                      runtime_env={"py_modules": [str(PACKAGE_DIR)]})  # the cluster gets this very e2vpt
@@ -191,6 +195,22 @@ def _start_ray(address: str | None, cpus: int | None, gpus: int | None, temp_dir
         kwargs["_temp_dir"] = str(Path(temp_dir).resolve())
     ray.init(**kwargs)
     return True
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a HOST:PORT nothing answers on in seconds (Ray itself retries for minutes before it gives up)."""
+    import socket
+
+    if address == "auto":
+        return  # Ray finds a cluster started on this machine, or says there is none, at once
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address must be auto or HOST:PORT (e.g. 10.0.0.5:6379), got {address!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address!r}: {exc.strerror or exc}; check the address "
+                        "(`ray status` on the head node) or leave --address out to run here") from None
 
 
 class _CancelStopper(Stopper):

@@ -20,7 +20,6 @@ import csv
 import fcntl
 import io
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -54,6 +53,7 @@ class SweepDir:
     lock_file = property(lambda self: self.path / "sweep.lock")
     cancel_file = property(lambda self: self.path / "cancel.request")
     log_file = property(lambda self: self.path / "sweep.log")
+    driver_pid_file = property(lambda self: self.path / "driver.pid")  # written by whoever spawned the driver
     ray_dir = property(lambda self: self.path / "ray")
 
     @property
@@ -110,7 +110,7 @@ class SweepDir:
         trials = {t.id: {"method": t.method, "seed": t.seed, "values": t.values, "status": "pending", "message": ""}
                   for t in spec.trials()}
         record = {"format": 1, "spec": spec.to_dict(), "state": state, "message": "", "created": _now(),
-                  "pid": os.getpid(), "trials": trials}
+                  "pid": None, "trials": trials}
         self.write(record)
         return record
 
@@ -147,11 +147,17 @@ class SweepDir:
         """The sweep's state; a `running` or `queued` sweep whose driver is gone reads `interrupted`."""
         record = record or self.read()
         state = record.get("state")
-        if state == "running" and not self.is_locked():
-            return "interrupted"
-        if state == "queued" and not _pid_alive(record.get("pid")) and not self.is_locked():
+        if state in ("queued", "running") and not self.is_locked():
+            if state == "queued" and _pid_alive(self.driver_pid()):
+                return "queued"  # the driver is starting (it has not taken the lock yet)
             return "interrupted"
         return state if state in SWEEP_STATES else "interrupted"
+
+    def driver_pid(self) -> int | None:
+        try:
+            return int(self.driver_pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
 
     def request_cancel(self) -> None:
         atomic_write_bytes(self.cancel_file, b"cancel\n")
@@ -224,3 +230,31 @@ def _comparable(spec: dict) -> dict:
 
 def is_sweep_folder(path: Path) -> bool:
     return (path / SWEEP_FILE).is_file() and not (path / MARKER).is_file()
+
+
+def list_sweeps(root: str | Path | None = None) -> list[dict]:
+    """Every sweep folder under the runs root, newest first: id, name, state, message, trial counts.
+    A sweep whose record cannot be read is listed as `unreadable` with the reason."""
+    from ..runs import _folders, root_or_default, runs_root
+
+    root = root_or_default(root, runs_root)
+    rows = []
+    if not root.is_dir():
+        return rows
+    for entry in _folders(root, root):
+        if not is_sweep_folder(entry):
+            continue
+        sweep = SweepDir(entry)
+        row = {"id": entry.name, "path": str(entry), "name": "", "state": "unreadable", "message": "", "created": "",
+               "trials": 0, **{s: 0 for s in TRIAL_STATES}}
+        try:
+            record = sweep.read()
+            statuses = [sweep.trial_status(t, r)["status"] for t, r in record["trials"].items() if isinstance(r, dict)]
+            row.update(name=str(record["spec"].get("name") or ""), state=sweep.state(record),
+                       message=str(record.get("message") or ""), created=str(record.get("created") or ""),
+                       trials=len(statuses), **{s: statuses.count(s) for s in TRIAL_STATES})
+        except RunDirError as exc:
+            row["message"] = str(exc)
+        rows.append(row)
+    rows.sort(key=lambda r: (r["created"], r["id"]), reverse=True)
+    return rows

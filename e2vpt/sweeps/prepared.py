@@ -1,0 +1,73 @@
+"""Prepared sweeps (the Sweeps page's starting points) and the time estimate shown before one starts.
+
+The estimate is measured, not guessed: each trial's epochs are priced at the median epoch time of
+finished runs of the same backbone and dataset on this machine (per method when there are some),
+plus one epoch per pruning round for scoring. With nothing measured yet it says so.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from ..config import TrainConfig
+from ..runs import RunDir
+from .spec import SweepSpec
+
+PREPARED = {
+    "class comparison": {
+        "help": "linear probe, VPT-deep at p = 1, 2, 4, 8 and E2VPT at (p, l) = (4, 1), (8, 4), 3 seeds each: "
+                "is E2VPT on or beyond VPT-deep's accuracy-per-parameter frontier here?",
+        "spec": {"methods": {"linear": {}, "vpt-deep": {"grid": {"prompt_len": [1, 2, 4, 8]}},
+                             "e2vpt": {"grid": {"prompt_len": [4, 8], "kv_len": [1, 4]}}},
+                 "seeds": [0, 1, 2]},
+    },
+    "learning rate x weight decay": {
+        "help": "VPT's protocol, first stage: each (learning rate, weight decay) pair for VPT-deep and E2VPT, "
+                "judged on the validation split",
+        "spec": {"methods": ["vpt-deep", "e2vpt"], "grid": {"lr": [0.003, 0.01, 0.03], "weight_decay": [0.0, 1e-4, 1e-2]},
+                 "seeds": [0]},
+    },
+}
+
+
+def prepared(name: str, base: dict | None = None, **changes) -> SweepSpec:
+    """The prepared sweep `name` on the training settings `base` (e.g. the Train form's backbone and
+    dataset), with `changes` (seeds, scheduler, name) on top."""
+    values = {**PREPARED[name]["spec"], "base": dict(base or {}), "name": name, **changes}
+    return SweepSpec.from_dict(values)
+
+
+def _epoch_costs(rows: list[dict], backbone: str, dataset: str, limit: int = 20) -> dict[str, float]:
+    """Median seconds per epoch of finished runs of `backbone` on `dataset`, per method ("*": all)."""
+    seen: dict[str, list[float]] = {}
+    for row in [r for r in rows if r.get("state") == "done" and r.get("backbone") == backbone
+                and r.get("dataset") == dataset][:limit]:
+        times = [m["epoch_s"] for m in RunDir(Path(row["path"])).metrics()
+                 if m.get("kind") == "epoch" and isinstance(m.get("epoch_s"), (int, float))]
+        if times:
+            seen.setdefault(row["method"], []).extend(times)
+            seen.setdefault("*", []).extend(times)
+    return {method: statistics.median(times) for method, times in seen.items()}
+
+
+def estimate_seconds(spec: SweepSpec, rows: list[dict], slots: int = 1) -> dict:
+    """The sweep's expected wall time from measured epoch times (see the module docstring).
+
+    Returns {"seconds": total or None, "trials": n, "epochs": all epochs, "measured_runs": how many
+    runs priced it, "basis": a sentence}. `slots` trials run at once; the estimate assumes they share the
+    machine (a trial at 1 CPU is slower than the same run measured on all CPUs), so it divides nothing.
+    """
+    trials = spec.trials()
+    configs = [TrainConfig.from_dict(t.config) for t in trials]
+    epochs = [c.epochs + c.rounds * (c.resolved_retrain_epochs + 1) for c in configs]  # +1: a scoring pass
+    first = configs[0]
+    costs = _epoch_costs(rows, first.backbone, first.dataset)
+    if not costs:
+        return {"seconds": None, "trials": len(trials), "epochs": sum(epochs), "basis":
+                f"no finished run of {first.backbone} on {first.dataset} here yet to time an epoch: train one "
+                "first for an estimate"}
+    total = sum(n * costs.get(c.method, costs["*"]) for n, c in zip(epochs, configs)) + 15.0  # + Ray's start-up
+    return {"seconds": total, "trials": len(trials), "epochs": sum(epochs),
+            "basis": f"{sum(epochs)} epochs at the median epoch time of earlier {first.backbone} runs on "
+                     f"{first.dataset} here ({costs['*']:.1f} s), {slots} trial(s) at a time sharing the machine"}

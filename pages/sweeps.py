@@ -1,0 +1,137 @@
+"""Sweeps: many trainings on Ray Tune, and the accuracy-per-parameter frontier they draw."""
+
+import os
+
+import pandas as pd
+import streamlit as st
+
+from e2vpt import charts, launch
+from e2vpt.data import list_datasets
+from e2vpt.sweeps import frontier
+from e2vpt.sweeps.prepared import PREPARED, estimate_seconds, prepared
+from e2vpt.sweeps.store import list_sweeps
+from pages._common import POLL_SECONDS, elapsed, runs, set_current_run, show_chart, through_app, user_errors
+
+through_app()
+
+st.title("Sweeps")
+st.markdown("E2VPT's claim is better accuracy than VPT with fewer tuned parameters. A sweep trains many "
+            "settings, methods and seeds at once (on Ray Tune: this machine's cores, or a Ray cluster from the "
+            "command line) and draws the **frontier**: accuracy against tuned parameters, averaged over seeds, "
+            "so you see whether the claim holds on your data, or is noise. Each trial is an ordinary run: open "
+            "it on every other page.")
+
+ACTIVE = ("queued", "running")
+
+
+def start_form(open_by_default: bool) -> None:
+    with st.expander("Start a sweep", expanded=open_by_default, icon=":material/add:"):
+        name = st.radio("Prepared sweep", list(PREPARED), horizontal=True, key="sweep_kind")
+        st.caption(PREPARED[name]["help"])
+        a, b, c, d = st.columns(4)
+        backbone = a.text_input("Backbone", "demo", key="sweep_backbone")
+        datasets = [e["name"] for e in list_datasets() if not e["needs_root"]]
+        dataset = b.selectbox("Dataset", datasets, key="sweep_dataset")
+        epochs = c.number_input("Epochs", 1, 1000, 4, key="sweep_epochs")
+        seeds = d.number_input("Seeds", 1, 10, len(PREPARED[name]["spec"]["seeds"]), key=f"sweep_seeds_{name}")
+        asha = st.checkbox("Stop trials that fall behind early (ASHA)", key="sweep_asha",
+                           help="Ray Tune's ASHA scheduler stops trials whose validation accuracy is behind after "
+                                "each epoch; the frontier then has fewer points, sooner.")
+        with user_errors("This sweep cannot start: "):
+            spec = prepared(name, {"backbone": backbone, "dataset": dataset, "epochs": int(epochs)},
+                            seeds=list(range(int(seeds))), scheduler="asha" if asha else "fifo")
+            guess = estimate_seconds(spec, runs(), slots=os.cpu_count() or 1)
+            when = f"about {elapsed(guess['seconds'])}" if guess["seconds"] else "no estimate yet"
+            st.caption(f"{guess['trials']} trials, {when}: {guess['basis']}.")
+            if st.button("Start sweep", type="primary", icon=":material/play_arrow:", key="sweep_start"):
+                sweep = launch.start_sweep(spec)
+                st.query_params["sweep"] = sweep.id
+                st.toast(f"Started sweep {sweep.id}")
+                st.rerun()
+
+
+def trial_table(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    for column in ("val_acc", "test_acc"):
+        frame[column] = frame[column].map(lambda v: None if v is None or pd.isna(v) else 100 * v)
+    return frame
+
+
+@st.fragment(run_every=POLL_SECONDS)
+def live(sweep_id: str) -> None:
+    with user_errors():
+        sweep = launch.open_sweep(sweep_id)
+        record = sweep.read()
+        state = sweep.state(record)
+        if state not in ACTIVE:
+            st.rerun(scope="app")
+        rows = sweep.rows(record)
+        done = sum(r["status"] in ("done", "stopped", "failed") for r in rows)
+        st.progress(done / max(len(rows), 1), text=f"{state}: {done} of {len(rows)} trials finished")
+        if st.button("Cancel sweep", icon=":material/stop:", key="sweep_cancel",
+                     help="Stops every trial; each keeps what it trained and continues when you resume the sweep."):
+            launch.cancel_sweep(sweep_id)
+            st.toast("Cancel requested: the trials stop at their next step")
+        st.dataframe(trial_table(rows), hide_index=True)
+
+
+def show(sweep_id: str) -> None:
+    sweep = launch.open_sweep(sweep_id)
+    record = sweep.read()
+    state = sweep.state(record)
+    spec = record["spec"]
+    st.subheader(f"`{sweep_id}`" + (f": {spec.get('name')}" if spec.get("name") else ""))
+    if state in ACTIVE:
+        live(sweep_id)
+    else:
+        text = f"**{state}**" + (f": {record.get('message')}" if record.get("message") else "")
+        (st.success if state == "done" else st.warning)(text)
+        if state in ("interrupted", "cancelled", "failed") and st.button("Resume sweep", icon=":material/play_arrow:",
+                                                                         help="Trains only what did not finish."):
+            launch.resume_sweep(sweep_id)
+            st.rerun()
+    rows = sweep.rows(record)
+    every_round = st.toggle("Every E2VPT pruning round as a point", value=True, key="sweep_rounds",
+                            help="Round 0 is E2VPT before pruning; each later round has fewer parameters.")
+    table = frontier.summary(frontier.points(sweep, every_round=every_round))
+    show_chart(charts.frontier_chart(table, title=f"Accuracy against tuned parameters ({sweep_id})"), table,
+               f"{sweep_id}-frontier", key="frontier")
+    st.info(frontier.verdict(table), icon=":material/insights:")
+    swept = [c for c in pd.DataFrame(rows).columns if c not in ("trial", "method", "seed", "status", "val_acc", "test_acc",
+                                                                "tuned_params", "tuned_pct", "wall_s", "selected_round",
+                                                                "message")]
+    frame = pd.DataFrame(rows)
+    show_chart(charts.parallel_coordinates(frame, swept), frame, f"{sweep_id}-settings", key="parcoords")
+    if state not in ACTIVE:
+        st.dataframe(trial_table(rows), hide_index=True)
+    st.download_button("Leaderboard (CSV)", frame.to_csv(index=False), file_name=f"{sweep_id}-leaderboard.csv",
+                       mime="text/csv", on_click="ignore", icon=":material/table:")
+    finished = [r["trial"] for r in rows if r["status"] in ("done", "stopped", "failed")]
+    if finished:
+        a, b = st.columns([3, 1])
+        trial = a.selectbox("Trial", finished, key="sweep_trial")
+        if b.button("Open on every page", icon=":material/open_in_new:"):
+            set_current_run(f"{sweep_id}/{trial}")
+            st.rerun()
+
+
+with user_errors():
+    sweeps = list_sweeps()
+    start_form(open_by_default=not sweeps)
+    if not sweeps:
+        st.info("No sweeps yet. Start a prepared one above, or from a terminal: `python -m e2vpt sweep --methods "
+                "linear vpt-deep e2vpt --grid prompt_len=1,2,4,8 --seeds 0 1 2`.", icon=":material/science:")
+        st.stop()
+    ids = [s["id"] for s in sweeps]
+    wanted = st.query_params.get("sweep")
+    chosen = st.selectbox("Sweep", ids, index=ids.index(wanted) if wanted in ids else 0)
+    if wanted and wanted not in ids:
+        st.warning(f"Sweep `{wanted}` no longer exists (deleted or moved); showing the newest.")
+    if st.query_params.get("sweep") != chosen:
+        st.query_params["sweep"] = chosen
+    row = next(s for s in sweeps if s["id"] == chosen)
+    st.caption(f"{row['state']} · {row['done']} of {row['trials']} trials done · created {row['created']}")
+    if row["state"] == "unreadable":
+        st.error(f"This sweep cannot be read: {row['message']}")
+        st.stop()
+    show(chosen)

@@ -1,0 +1,314 @@
+"""Sweeps: the spec expands to the trials a user means, bad specs are one line, the sweep folder is
+resumable and readable from every entry point. The Ray Tune runs themselves are in test_sweeps_ray.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from e2vpt import launch
+from e2vpt.cli import main
+from e2vpt.errors import ConfigError, RunDirError
+from e2vpt.runs import list_runs, open_run
+from e2vpt.sweeps import SweepDir, SweepSpec, frontier
+from e2vpt.sweeps.spec import parse_grid, parse_random
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------------------------------
+# expansion
+def test_grid_methods_and_seeds_multiply_into_trials_with_stable_ids():
+    spec = SweepSpec(methods=["vpt-deep", "e2vpt"], grid={"lr": [0.01, 0.03], "prompt_len": [2, 4]}, seeds=[0, 1])
+    trials = spec.trials()
+    assert len(trials) == 2 * 2 * 2 * 2
+    assert [t.id for t in trials] == [t.id for t in SweepSpec.from_dict(spec.to_dict()).trials()]
+    assert len({t.id for t in trials}) == len(trials)
+    first = trials[0]
+    assert first.config["method"] == "vpt-deep" and first.config["lr"] == 0.01 and first.config["prompt_len"] == 2
+    assert first.values == {"lr": 0.01, "prompt_len": 2}
+    assert {t.seed for t in trials} == {0, 1}
+    assert all(t.config["seed"] == t.seed for t in trials)
+
+
+def test_a_setting_a_method_does_not_use_does_not_multiply_its_trials():
+    spec = SweepSpec(methods=["linear", "vpt-deep", "e2vpt"], grid={"prompt_len": [1, 2, 4, 8], "kv_len": [1, 4]})
+    by_method = {m: [t for t in spec.trials() if t.method == m] for m in ("linear", "vpt-deep", "e2vpt")}
+    assert len(by_method["linear"]) == 1 and by_method["linear"][0].values == {}
+    assert len(by_method["vpt-deep"]) == 4 and all("kv_len" not in t.values for t in by_method["vpt-deep"])
+    assert len(by_method["e2vpt"]) == 8
+    # the linear probe keeps the defaults for what it ignores
+    assert by_method["linear"][0].config["prompt_len"] == SweepSpec().trials()[0].config["prompt_len"]
+
+
+def test_each_method_can_have_its_own_grid():
+    spec = SweepSpec.from_dict({"methods": {"linear": None, "vpt-deep": {"grid": {"prompt_len": [1, 2, 4, 8]}},
+                                            "e2vpt": {"grid": {"prompt_len": [4, 8], "kv_len": [1, 4]},
+                                                      "base": {"prune_rounds": 1}}},
+                                "seeds": [0, 1, 2]})
+    counts = {m: sum(t.method == m for t in spec.trials()) for m in ("linear", "vpt-deep", "e2vpt")}
+    assert counts == {"linear": 3, "vpt-deep": 12, "e2vpt": 12}
+    assert all(t.config["prune_rounds"] == 1 for t in spec.trials() if t.method == "e2vpt")
+
+
+def test_random_draws_are_in_range_and_the_same_for_the_same_spec():
+    spec = SweepSpec(methods=["e2vpt"], random={"lr": {"loguniform": [1e-3, 1e-1]}, "prompt_len": {"choice": [2, 4]},
+                                                 "kv_len": {"randint": [1, 3]}}, samples=6, search_seed=7)
+    trials = spec.trials()
+    assert len(trials) == 6
+    assert all(1e-3 <= t.config["lr"] <= 1e-1 and t.config["prompt_len"] in (2, 4) and 1 <= t.config["kv_len"] <= 3
+               for t in trials)
+    assert [t.config for t in trials] == [t.config for t in SweepSpec.from_dict(spec.to_dict()).trials()]
+    other = SweepSpec(methods=["e2vpt"], random={"lr": {"loguniform": [1e-3, 1e-1]}}, samples=6, search_seed=8)
+    assert [t.config["lr"] for t in other.trials()] != [t.config["lr"] for t in trials]
+
+
+def test_command_line_grid_values_take_the_settings_types():
+    assert parse_grid(["lr=0.01,0.03", "prompt-len=1,2", "kv_shared=true,false", "retrain_epochs=none,2"]) == {
+        "lr": [0.01, 0.03], "prompt_len": [1, 2], "kv_shared": [True, False], "retrain_epochs": [None, 2]}
+    assert parse_random(["lr=loguniform:1e-3:1e-1"]) == {"lr": {"loguniform": [1e-3, 1e-1]}}
+
+
+# --------------------------------------------------------------------------------------------------
+# bad specs: one line, before anything runs
+@pytest.mark.parametrize("values, words", [
+    ({"grid": {"lrr": [0.1]}}, "unknown setting 'lrr' in the sweep's grid; did you mean lr"),
+    ({"methods": ["e2vtp"]}, "unknown method 'e2vtp'"),
+    ({"grid": {"lr": []}}, "gives lr no values"),
+    ({"methods": []}, "at least one method"),
+    ({"seeds": []}, "at least one seed"),
+    ({"seeds": [0, 0]}, "repeat a seed"),
+    ({"gird": {"lr": [0.1]}}, "unknown key(s) gird in the sweep spec"),
+    ({"grid": {"seed": [1, 2]}}, "seed is set by the sweep's --seeds"),
+    ({"random": {"lr": {"loguniform": [0, 1]}}, "samples": 2}, "low > 0"),
+    ({"random": {"lr": {"normal": [0, 1]}}, "samples": 2}, "needs one of uniform"),
+    ({"random": {"lr": {"uniform": [0.1, 0.2]}}}, "samples is 0"),
+    ({"grid": {"prompt_len": [4, 0]}, "methods": ["vpt-deep"]}, "trial vpt-deep with prompt_len=0"),
+    ({"grid": {"lr": [0.01, -1.0]}}, "lr (--lr) must be more than 0"),
+    ({"scheduler": "hyperband"}, "scheduler must be one of fifo, asha"),
+    ({"base": {"epochs": "many"}}, "epochs (--epochs) must be a whole number"),
+])
+def test_a_bad_spec_is_refused_in_one_line_naming_it(values, words):
+    with pytest.raises(ConfigError) as info:
+        SweepSpec.from_dict(values)
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_cli_refuses_a_bad_spec_file_with_one_line_and_writes_nothing(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(textwrap.dedent("""\
+        methods: [linear, vpt-deep]
+        grid:
+          lr: [0.01, 0.03]
+          prompt_lenght: [1, 2]
+        """))
+    out = tmp_path / "S"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "prompt_lenght" in err and "did you mean prompt_len" in err
+    assert not out.exists()
+
+
+def test_an_empty_grid_on_the_command_line_is_refused(tmp_path, capsys):
+    assert main(["sweep", "--methods", "linear", "--grid", "lr=", "--out", str(tmp_path / "S")]) == 2
+    assert "gives lr no values" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------
+# the sweep folder
+def _spec() -> SweepSpec:
+    return SweepSpec(methods=["linear", "e2vpt"], grid={"lr": [0.01, 0.03]}, seeds=[0],
+                     base={"epochs": 1, "retrain_epochs": 1, "prune_rounds": 1})
+
+
+def test_a_folder_that_is_not_a_sweep_is_refused_and_left_untouched(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="not empty and holds no sweep"):
+        SweepDir(folder).create(_spec())
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_another_spec_in_the_same_folder_is_refused(tmp_path):
+    SweepDir(tmp_path / "S").create(_spec())
+    again = SweepDir(tmp_path / "S").create(SweepSpec.from_dict(dict(_spec().to_dict(), name="renamed")))
+    assert again["spec"]["grid"] == {"lr": [0.01, 0.03]}  # a new label is the same sweep
+    with pytest.raises(RunDirError, match="holds another sweep"):
+        SweepDir(tmp_path / "S").create(SweepSpec.from_dict(dict(_spec().to_dict(), seeds=[0, 1])))
+
+
+def test_a_second_driver_on_the_same_folder_is_refused_while_the_first_holds_it(tmp_path):
+    sweep = SweepDir(tmp_path / "S")
+    sweep.create(_spec())
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from e2vpt.sweeps import SweepDir
+        held = SweepDir({str(sweep.path)!r})
+        held.lock()
+        print("locked", flush=True)
+        time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        from e2vpt.sweeps.runner import run_sweep
+
+        with pytest.raises(RunDirError, match="being run by another sweep process"):
+            run_sweep(_spec(), sweep.path, quiet=True)
+        assert sweep.is_locked()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not sweep.is_locked()  # a killed driver leaves no lock behind
+
+
+def test_the_leaderboard_is_rebuilt_from_the_trials_run_folders(tmp_path, fake_run):
+    """A driver killed after a trial finished but before it updated sweep.json loses nothing."""
+    sweep = SweepDir(tmp_path / "S")
+    record = sweep.create(_spec())
+    ids = list(record["trials"])
+    fake_run(sweep.path, ids[0], method="linear", test_acc=0.9, tuned_params=1930)
+    fake_run(sweep.path, ids[2], state="running", pid=999_999)  # its driver died while it trained
+    rows = {r["trial"]: r for r in sweep.write_leaderboard()}
+    assert rows[ids[0]]["status"] == "done" and rows[ids[0]]["test_acc"] == 0.9 and rows[ids[0]]["lr"] == 0.01
+    assert rows[ids[1]]["status"] == "pending" and rows[ids[1]]["test_acc"] is None
+    assert rows[ids[2]]["status"] == "pending"  # resumes next time
+    header = sweep.leaderboard_file.read_text().splitlines()[0].split(",")
+    assert header[:3] == ["trial", "method", "lr"]
+    assert {"seed", "val_acc", "test_acc", "tuned_params", "tuned_pct", "wall_s"} <= set(header)
+
+
+def test_trials_are_runs_every_page_opens_as_sweep_slash_trial(tmp_path, fake_run):
+    sweep = SweepDir(tmp_path / "S")
+    record = sweep.create(_spec())
+    trial = next(iter(record["trials"]))
+    fake_run(sweep.path, trial, method="linear")
+    fake_run(tmp_path, "plain-run")
+    rows = {r["id"]: r for r in list_runs(tmp_path)}
+    assert set(rows) == {"plain-run", f"S/{trial}"}
+    assert rows[f"S/{trial}"]["sweep"] == "S" and rows["plain-run"]["sweep"] is None
+    assert [r["id"] for r in list_runs(tmp_path, trials=False)] == ["plain-run"]
+    run = open_run(f"S/{trial}", tmp_path)
+    assert run.id == f"S/{trial}" and run.summary()["method"] == "linear"
+    for bad in ("S/../plain-run", "S/", "/etc", "S/a/b"):
+        with pytest.raises(RunDirError):
+            open_run(bad, tmp_path)
+
+
+def test_a_sweep_folder_with_a_damaged_record_is_one_line(tmp_path):
+    sweep = SweepDir(tmp_path / "S")
+    sweep.create(_spec())
+    sweep.sweep_file.write_text("{not json")
+    with pytest.raises(RunDirError, match="no readable sweep"):
+        sweep.read()
+    assert list_runs(tmp_path) == []
+    record = json.loads(json.dumps({"spec": {"grid": {"lr": "x"}}, "trials": {}}))
+    sweep.sweep_file.write_text(json.dumps(record))
+    with pytest.raises(RunDirError, match="cannot be used"):
+        sweep.spec()
+
+
+# --------------------------------------------------------------------------------------------------
+# the frontier and the Sweeps page (a finished sweep made of contract-following fake trials)
+from test_app import charts_on, no_exception, open_page, roots, served_app, texts  # noqa: E402,F401
+
+
+def finished_sweep(root: Path, fake_run, seeds=(0, 1)) -> SweepDir:
+    """A done sweep: linear, VPT-deep at p=2 and 8, E2VPT (2 pruning rounds), `seeds` each."""
+    spec = SweepSpec.from_dict({"methods": {"linear": {}, "vpt-deep": {"grid": {"prompt_len": [2, 8]}},
+                                            "e2vpt": {}}, "seeds": list(seeds), "name": "class comparison"})
+    sweep = SweepDir(root / "S")
+    record = sweep.create(spec, state="done")
+    accs = {"linear": (0.80, 1900), "vpt-deep": (0.90, 4000), "e2vpt": (0.91, 5000)}
+    for i, (trial_id, trial) in enumerate(record["trials"].items()):
+        acc, params = accs[trial["method"]]
+        acc += 0.01 * trial["seed"] + (0.02 if trial["values"].get("prompt_len") == 8 else 0.0)
+        fake_run(sweep.path, trial_id, method=trial["method"], test_acc=acc, tuned_params=params)
+    sweep.write_leaderboard(record)
+    return sweep
+
+
+def test_the_frontier_averages_seeds_marks_the_pareto_front_and_says_what_it_shows(tmp_path, fake_run):
+    sweep = finished_sweep(tmp_path, fake_run)
+    points = frontier.points(sweep, every_round=True)
+    assert set(points["method"]) == {"linear", "vpt-deep", "e2vpt"}
+    assert sorted(points[points["method"] == "e2vpt"]["round"].unique()) == [0, 1, 2]  # every round a point
+    table = frontier.summary(points)
+    linear = table[table["method"] == "linear"].iloc[0]
+    assert linear["seeds"] == 2 and abs(linear["test_acc"] - 0.805) < 1e-9 and linear["test_ci"] > 0
+    assert linear["pareto"]  # the fewest parameters: on the front whatever its accuracy
+    # a point beaten by one with fewer parameters is not on the front
+    for r in table.itertuples():
+        beaten = ((table["tuned_params"] <= r.tuned_params) & (table["test_acc"] > r.test_acc)).any()
+        assert r.pareto == (not beaten)
+    sentence = frontier.verdict(table)
+    assert "Best of each method" in sentence and "95 % interval" in sentence
+    one_seed = frontier.verdict(frontier.summary(frontier.points(finished_sweep(tmp_path / "one", fake_run, seeds=(0,)))))
+    assert "one seed" in one_seed
+
+
+def test_overlapping_intervals_are_called_no_significant_difference():
+    import pandas as pd
+
+    def table(e2vpt, vpt):
+        return frontier.summary(pd.DataFrame([
+            {"method": m, "config": m, "seed": s, "round": 0, "val_acc": a, "test_acc": a, "tuned_params": p,
+             "tuned_pct": 1.0} for m, p, accs in (("e2vpt", 5000, e2vpt), ("vpt-deep", 4000, vpt))
+            for s, a in enumerate(accs)]))
+
+    assert "no significant difference" in frontier.verdict(table((0.90, 0.94, 0.92), (0.91, 0.93, 0.92)))
+    apart = frontier.verdict(table((0.95, 0.96, 0.97), (0.90, 0.905, 0.91)))
+    assert "e2vpt is ahead of every other method beyond the seeds' spread; vpt-deep tune fewer parameters" in apart
+
+
+def test_the_sweeps_page_shows_the_frontier_and_opens_a_trial_on_every_page(roots, fake_run):
+    runs, _ = roots
+    finished_sweep(runs, fake_run)
+    at = open_page("pages/sweeps.py")
+    no_exception(at)
+    assert not at.error, texts(at, "error")
+    assert at.query_params["sweep"] == "S"
+    assert charts_on(at) == 2  # the frontier and the parallel coordinates
+    assert "Best of each method" in texts(at, "info")
+    at.selectbox(key="sweep_trial").set_value("t000-linear-s0").run()
+    next(b for b in at.button if b.label == "Open on every page").click().run()
+    no_exception(at)
+    assert at.query_params["run"] == "S/t000-linear-s0"
+    at.switch_page("pages/pruning.py").run()
+    no_exception(at)
+    assert at.sidebar.selectbox[0].value == "S/t000-linear-s0"
+
+
+def test_starting_a_prepared_sweep_from_the_page_queues_one_driver(roots, monkeypatch):
+    runs, _ = roots
+    started = []
+
+    def spawn(log_file, args):
+        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+        started.append((proc, args))
+        return proc
+
+    monkeypatch.setattr(launch, "_spawn_logged", spawn)
+    try:
+        at = open_page("pages/sweeps.py")
+        no_exception(at)
+        assert "No sweeps yet" in texts(at, "info")
+        assert "27 trials" in texts(at, "caption")  # class comparison: 3 linear + 12 VPT-deep + 12 E2VPT
+        next(b for b in at.button if b.label == "Start sweep").click().run()
+        no_exception(at)
+        assert len(started) == 1 and started[0][1][:2] == ["sweep", "--out"]
+        sweep = SweepDir(started[0][1][2])
+        assert sweep.path.parent == runs and sweep.state() == "queued"
+        assert at.query_params["sweep"] == sweep.id
+        assert len(sweep.read()["trials"]) == 27
+    finally:
+        for proc, _ in started:
+            proc.kill()
+            proc.wait()
+    assert SweepDir(started[0][1][2]).state() == "interrupted"  # its driver is gone: resumable, not "queued"
