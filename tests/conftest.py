@@ -106,3 +106,43 @@ def write_fake_run(root, run_id: str, state: str = "done", method: str = "e2vpt"
 def fake_run():
     """`fake_run(root, run_id, state=..., ...)` writes a contract-following run folder and returns its path."""
     return write_fake_run
+
+
+# --------------------------------------------------------------------------------------------------
+# the app under AppTest (test_app.py, test_sweeps.py)
+@_pytest.fixture
+def served_app(request, monkeypatch):
+    """Run pages as a server does after its first request: past Streamlit's old `pages/`-folder mode.
+
+    AppTest starts every run in that mode (a fresh server only does so once); the pages then leave
+    it with a rerun (`through_app`), which would swallow a button click made in the test.
+    """
+    if "fresh_server" in request.fixturenames:
+        return
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(PagesManager, "__init__", init)
+
+
+@_pytest.fixture
+def fresh_server():
+    """Requested by a test that wants Streamlit exactly as a just-started server runs the first page."""
+
+
+@_pytest.fixture
+def roots(tmp_path, monkeypatch):
+    """Empty runs and data roots, configured the way the app reads them (environment variables)."""
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    runs.mkdir()
+    data.mkdir()
+    from e2vpt import runs as run_store
+
+    monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
+    monkeypatch.setenv(run_store.DATA_ROOT_ENV, str(data))
+    return runs, data

@@ -30,42 +30,7 @@ APP = str(ROOT / "app.py")
 PAGES = ["pages/train.py", "pages/runs.py", "pages/prompts.py", "pages/pruning.py", "pages/embeddings.py",
          "pages/compare.py", "pages/sweeps.py"]
 TIMEOUT = 300  # the first script run imports torch and timm; this machine may be busy
-
-
-@pytest.fixture(autouse=True)
-def served_app(request, monkeypatch):
-    """Run pages as a server does after its first request: past Streamlit's old `pages/`-folder mode.
-
-    AppTest starts every run in that mode (a fresh server only does so once); the pages then leave
-    it with a rerun (`through_app`), which would swallow a button click made in the test.
-    """
-    if "fresh_server" in request.fixturenames:
-        return
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
-@pytest.fixture
-def fresh_server():
-    """Requested by a test that wants Streamlit exactly as a just-started server runs the first page."""
-
-
-@pytest.fixture
-def roots(tmp_path, monkeypatch):
-    """Empty runs and data roots, configured the way the app reads them (environment variables)."""
-    runs, data = tmp_path / "runs", tmp_path / "data"
-    runs.mkdir()
-    data.mkdir()
-    monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
-    monkeypatch.setenv(run_store.DATA_ROOT_ENV, str(data))
-    return runs, data
+pytestmark = pytest.mark.usefixtures("served_app")  # conftest.py: pages run as a served app runs them
 
 
 @pytest.fixture

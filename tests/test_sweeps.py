@@ -216,7 +216,7 @@ def test_a_sweep_folder_with_a_damaged_record_is_one_line(tmp_path):
 
 # --------------------------------------------------------------------------------------------------
 # the frontier and the Sweeps page (a finished sweep made of contract-following fake trials)
-from test_app import charts_on, no_exception, open_page, roots, served_app, texts  # noqa: E402,F401
+from test_app import charts_on, no_exception, open_page, texts  # noqa: E402
 
 
 def finished_sweep(root: Path, fake_run, seeds=(0, 1)) -> SweepDir:
@@ -267,6 +267,7 @@ def test_overlapping_intervals_are_called_no_significant_difference():
     assert "e2vpt is ahead of every other method beyond the seeds' spread; vpt-deep tune fewer parameters" in apart
 
 
+@pytest.mark.usefixtures("served_app")
 def test_the_sweeps_page_shows_the_frontier_and_opens_a_trial_on_every_page(roots, fake_run):
     runs, _ = roots
     finished_sweep(runs, fake_run)
@@ -285,6 +286,7 @@ def test_the_sweeps_page_shows_the_frontier_and_opens_a_trial_on_every_page(root
     assert at.sidebar.selectbox[0].value == "S/t000-linear-s0"
 
 
+@pytest.mark.usefixtures("served_app")
 def test_starting_a_prepared_sweep_from_the_page_queues_one_driver(roots, monkeypatch):
     runs, _ = roots
     started = []

@@ -16,7 +16,7 @@ from .spec import SweepSpec
 
 PREPARED = {
     "class comparison": {
-        "help": "linear probe, VPT-deep at p = 1, 2, 4, 8 and E2VPT at (p, l) = (4, 1), (8, 4), 3 seeds each: "
+        "help": "linear probe, VPT-deep at p = 1, 2, 4, 8 and E2VPT at p = 4, 8 x l = 1, 4, 3 seeds each: "
                 "is E2VPT on or beyond VPT-deep's accuracy-per-parameter frontier here?",
         "spec": {"methods": {"linear": {}, "vpt-deep": {"grid": {"prompt_len": [1, 2, 4, 8]}},
                              "e2vpt": {"grid": {"prompt_len": [4, 8], "kv_len": [1, 4]}}},

@@ -53,8 +53,9 @@ def run_trial(params: dict, configs: dict, sweep_path: str, threads: int) -> Non
     if run.summary_file.is_file():
         summary = run.summary()
     else:
-        resume = run.exists() and run.has_checkpoint()
-        summary = train(config, run.path, resume=resume, quiet=True, on_epoch=report)
+        # a trial that started before (killed, cancelled, failed) continues from its last epoch, or
+        # from the first when it never finished one
+        summary = train(config, run.path, resume=run.exists(), quiet=True, on_epoch=report)
     tune.report({"val_acc": summary["val_acc"], "test_acc": summary["test_acc"], "finished": True})
 
 

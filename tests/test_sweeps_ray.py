@@ -1,0 +1,162 @@
+"""Sweeps really run by Ray Tune: a local Ray started by the sweep, an existing cluster joined by
+address, a failing trial, a killed driver. Each starts Ray with explicit CPUs, no dashboard and its
+own temp dir, and leaves nothing running."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from e2vpt.sweeps import SweepDir
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def sweep(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "e2vpt", "sweep", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def leaderboard(folder: Path) -> list[dict]:
+    with open(folder / "leaderboard.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def ray_tmp(tmp_path_factory):
+    """Ray's temp dir inside pytest's tmp folder, short enough for Ray's socket paths (108 bytes)."""
+    return str(tmp_path_factory.mktemp("ray"))
+
+
+def test_the_issue_command_trains_six_trials_through_ray_tune_and_again_trains_nothing(tmp_path, ray_tmp):
+    out = tmp_path / "S"
+    command = ["--backbone", "demo", "--dataset", "digits", "--methods", "linear", "vpt-deep", "e2vpt", "--epochs", "1",
+               "--retrain-epochs", "1", "--prune-rounds", "1", "--grid", "lr=0.01,0.03", "--seeds", "0", "--out",
+               str(out), "--cpus", "2", "--ray-temp-dir", ray_tmp]
+    first = sweep(*command)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    rows = leaderboard(out)
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"done"}
+    assert sorted((r["method"], float(r["lr"])) for r in rows) == sorted(
+        (m, lr) for m in ("linear", "vpt-deep", "e2vpt") for lr in (0.01, 0.03))
+    assert all(0 < float(r["test_acc"]) <= 1 and int(r["tuned_params"]) > 0 for r in rows)
+    # Ray Tune ran them: its experiment folder names every trial, and each trained in a Ray worker
+    tune_runs = list((out / "ray").glob("run-*"))
+    assert len(tune_runs) == 1
+    assert {p.name for p in tune_runs[0].iterdir() if p.is_dir()} == {r["trial"] for r in rows}
+    record = json.loads((out / "sweep.json").read_text())
+    assert record["state"] == "done" and all(t["status"] == "done" for t in record["trials"].values())
+    summaries = {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")}
+    assert len(summaries) == 6
+
+    again = sweep(*command)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "6 already finished, 0 to run" in again.stdout
+    assert len(list((out / "ray").glob("run-*"))) == 1  # Ray was not even started
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")} == summaries
+
+
+@pytest.fixture
+def ray_cluster(ray_tmp):
+    """A Ray cluster already running on this machine (its own process), as a user's would be."""
+    head = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+        import sys, ray
+        info = ray.init(num_cpus=2, include_dashboard=False, _temp_dir={ray_tmp!r}, log_to_driver=False)
+        print(info.address_info["gcs_address"], flush=True)
+        sys.stdin.read()  # until the test closes it
+        ray.shutdown()
+        """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd="/")
+    try:
+        address = head.stdout.readline().strip()
+        assert address, "the Ray head did not start"
+        yield address
+    finally:
+        head.stdin.close()
+        try:
+            head.wait(60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+
+
+def test_a_sweep_joins_an_existing_cluster_and_a_failing_trial_is_recorded_while_the_rest_go_on(tmp_path, ray_cluster):
+    out = tmp_path / "S"
+    result = sweep("--methods", "linear", "--epochs", "1", "--grid", "dataset=imagefolder,digits", "--out", str(out),
+                   "--address", ray_cluster)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]  # a trial failed: not a clean 0
+    rows = {r["dataset"]: r for r in leaderboard(out)}
+    assert rows["digits"]["status"] == "done" and float(rows["digits"]["test_acc"]) > 0.5
+    failed = rows["imagefolder"]
+    assert failed["status"] == "failed" and "\n" not in failed["message"]
+    assert "folder" in failed["message"] and "Traceback" not in failed["message"]
+    assert json.loads((out / "sweep.json").read_text())["state"] == "done"
+    assert "1 done, 1 failed" in result.stdout
+
+
+def test_an_unreachable_cluster_address_is_one_line_and_loses_nothing(tmp_path):
+    out = tmp_path / "S"
+    result = sweep("--methods", "linear", "--epochs", "1", "--out", str(out), "--address", "127.0.0.1:9", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "cannot reach the Ray cluster at '127.0.0.1:9'" in result.stderr
+    sweep_dir = SweepDir(out)
+    assert sweep_dir.state() == "failed" and "cannot reach" in sweep_dir.read()["message"]
+    assert [r["status"] for r in sweep_dir.rows()] == ["pending"]  # the next run (elsewhere) trains it
+
+
+def _ray_processes_under(temp_dir: str) -> list[int]:
+    """Processes started for the Ray whose temp dir is `temp_dir` (their environment or files say so)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            text = " ".join(proc.info["cmdline"] or [])
+            if temp_dir in text or any(temp_dir in f.path for f in proc.open_files()):
+                found.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def test_a_killed_driver_leaves_a_sweep_the_same_command_resumes_without_retraining(tmp_path, ray_tmp):
+    out = tmp_path / "S"
+    args = ["--methods", "linear", "--epochs", "3", "--out", str(out), "--cpus", "1", "--ray-temp-dir", ray_tmp]
+    driver = subprocess.Popen([sys.executable, "-m", "e2vpt", "sweep", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    metrics = out / "t000-linear-s0" / "metrics.jsonl"
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and driver.poll() is None:
+            if metrics.is_file() and metrics.read_text().count('"kind": "epoch"') >= 1:
+                break
+            time.sleep(0.2)
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        time.sleep(5)  # Ray's own processes notice their driver is gone
+        for pid in _ray_processes_under(ray_tmp):  # what Ray leaves behind a kill -9 (its agents)
+            with __import__("contextlib").suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    first_epoch = metrics.read_text().splitlines()[0]
+    killed = SweepDir(out)
+    assert killed.state() == "interrupted" and [r["status"] for r in killed.rows()] == ["pending"]
+
+    again = sweep("--out", str(out), "--cpus", "1", "--ray-temp-dir", ray_tmp)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert [r["status"] for r in leaderboard(out)] == ["done"]
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2, 3]
+    assert metrics.read_text().splitlines()[0] == first_epoch  # continued from its checkpoint, not from scratch
+    assert SweepDir(out).state() == "done"
