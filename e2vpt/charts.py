@@ -446,7 +446,8 @@ def comparison_frame(comparison: dict) -> pd.DataFrame:
 # comparison of methods
 def runs_frame(rows: Sequence[dict]) -> pd.DataFrame:
     """Finished runs (rows of `list_runs`) with accuracy and tuned parameters."""
-    columns = ["id", "method", "dataset", "backbone", "test_acc", "val_acc", "tuned_params", "tuned_pct", "wall_s"]
+    columns = ["id", "method", "dataset", "backbone", "test_acc", "val_acc", "tuned_params", "tuned_pct", "wall_s",
+               "sweep"]
     done = [{k: r.get(k) for k in columns} for r in rows
             if r.get("state") == "done" and r.get("test_acc") is not None and r.get("tuned_params")]
     return pd.DataFrame(done, columns=columns)

@@ -19,6 +19,14 @@ with user_errors():
                 "on digits) and come back.", icon=":material/insights:")
         st.stop()
     preselected = [i for i in st.session_state.get("compare_ids", []) if i in set(frame["id"])]
+    sweeps = sorted(frame["sweep"].dropna().unique())
+    if sweeps:
+        source = st.selectbox("Runs from", ["every run", *sweeps], key="compare_sweep",
+                              format_func=lambda s: s if s == "every run" else f"sweep {s}",
+                              help="A sweep's trials only (its frontier, averaged over seeds, is on **Sweeps**).")
+        if source != "every run":
+            frame = frame[frame["sweep"] == source]
+            preselected = [i for i in preselected if i in set(frame["id"])]
     c1, c2 = st.columns(2)
     datasets = sorted(frame["dataset"].dropna().unique())
     default_ds = frame[frame["id"].isin(preselected)]["dataset"].iloc[0] if preselected else datasets[0]

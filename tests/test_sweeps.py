@@ -314,3 +314,17 @@ def test_starting_a_prepared_sweep_from_the_page_queues_one_driver(roots, monkey
             proc.kill()
             proc.wait()
     assert SweepDir(started[0][1][2]).state() == "interrupted"  # its driver is gone: resumable, not "queued"
+
+
+@pytest.mark.usefixtures("served_app")
+def test_compare_can_pick_one_sweeps_trials(roots, fake_run):
+    runs, _ = roots
+    sweep = finished_sweep(runs, fake_run, seeds=(0,))
+    fake_run(runs, "20260101-000000-e2vpt-digits")
+    at = open_page("pages/compare.py")
+    no_exception(at)
+    assert len(at.multiselect[0].value) == 1 + len(sweep.read()["trials"])
+    at.selectbox(key="compare_sweep").set_value("S").run()
+    no_exception(at)
+    assert sorted(at.multiselect[0].value) == sorted(f"S/{t}" for t in sweep.read()["trials"])
+    assert charts_on(at) == 1
