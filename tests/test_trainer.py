@@ -151,7 +151,10 @@ def cli(*args, cwd=None):
 
 
 @pytest.mark.slow
-def test_cli_refuses_bad_input_with_one_line_and_nonzero_exit(tmp_path, e2vpt_run):
+def test_cli_refuses_bad_input_with_one_line_and_nonzero_exit(tmp_path, e2vpt_run, capsys):
+    """The CLI's own entry point, called in-process (what `python -m e2vpt` runs, minus the interpreter start)."""
+    from e2vpt.cli import main
+
     cases = [
         (["train", "--backbone", "no_such_vit", "--no-pretrained"], "unknown backbone"),
         (["train", "--backbone", "resnet18", "--no-pretrained"], "not a timm VisionTransformer"),
@@ -165,11 +168,11 @@ def test_cli_refuses_bad_input_with_one_line_and_nonzero_exit(tmp_path, e2vpt_ru
     for args, expected in cases:
         run_dir = tmp_path / f"r{len(args)}"
         full = args if "--run-dir" in args else args + ["--run-dir", str(run_dir)]
-        result = cli(*full)
-        assert result.returncode == 2, (args, result.stderr)
-        assert expected in result.stderr, (args, result.stderr)
-        assert "Traceback" not in result.stderr
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+        code, stderr = main(full), capsys.readouterr().err
+        assert code == 2, (args, stderr)
+        assert expected in stderr, (args, stderr)
+        assert "Traceback" not in stderr
+        assert len(stderr.strip().splitlines()) == 1, stderr
     assert (e2vpt_run[0] / "summary.json").is_file()  # the finished run was not touched
 
 
