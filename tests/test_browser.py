@@ -187,3 +187,29 @@ def drive(page, url: str, runs: Path) -> None:
         no_exception_on(page)
         assert f"run={started[0]}" in page.url
         page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def test_the_sweeps_page_draws_a_finished_sweeps_frontier(server, browser, fake_run):
+    """After the demo test (which counts the folders in the runs root): a finished sweep's frontier."""
+    from test_sweeps import finished_sweep
+
+    url, runs = server
+    sweep = finished_sweep(runs, fake_run)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1700})
+    page.set_default_timeout(120_000)
+    try:
+        page.goto(f"{url}/sweeps?sweep={sweep.id}")
+        page.get_by_role("heading", name="Sweeps", level=1).wait_for()
+        wait_idle(page)
+        plots = page.locator(".js-plotly-plot")
+        plots.nth(1).wait_for()  # the frontier and the parallel coordinates
+        assert page.get_by_text("Best of each method").count() >= 1
+        assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 3  # one per method, and the front
+        no_exception_on(page)
+        page.screenshot(path=str(ARTIFACTS / "sweeps.png"))
+    except BaseException:
+        page.screenshot(path=str(ARTIFACTS / "failure-sweeps.png"))
+        raise
+    finally:
+        page.close()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,12 +11,14 @@ import pytest
 from e2vpt.config import TrainConfig
 from e2vpt.runs import DATA_ROOT_ENV, RUNS_ROOT_ENV, list_runs, with_data_root
 
+import procs  # tests/procs.py: `python -m e2vpt` forked from a preloaded server
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*args, env: dict, cwd: Path):
-    return subprocess.run([sys.executable, "-m", "e2vpt", *args], capture_output=True, text=True, timeout=600,
-                          cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+    """`python -m e2vpt ARGS` in `cwd` with `env` added (a process forked from tests/procs.py's preloaded server)."""
+    return procs.run(*args, timeout=600, cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT), **env})
 
 
 @pytest.mark.slow

@@ -31,6 +31,8 @@ from e2vpt.runs import RunDir
 from e2vpt.trainer import train
 from e2vpt.uploads import safe_extract_zip
 
+import procs  # tests/procs.py: `python -m e2vpt` processes forked from a preloaded forkserver
+
 pytestmark = pytest.mark.fault
 
 BASE = dict(backbone="demo", pretrained=False, dataset="digits", method="e2vpt", epochs=2, retrain_epochs=2,
@@ -74,8 +76,7 @@ def status_of(run_dir):
 
 
 def kill_when(run_dir, predicate, cli=None):
-    proc = subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *(cli or CLI_BASE), "--run-dir", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = procs.start("train", *(cli or CLI_BASE), "--run-dir", str(run_dir))
     try:
         wait_for(lambda: predicate(status_of(run_dir)) or proc.poll() is not None)
         assert proc.poll() is None, "the run finished before the kill point"
@@ -94,11 +95,9 @@ def test_kill_9_while_scoring_shows_interrupted_then_resumes_to_the_uninterrupte
     kill_when(run_dir, lambda s: "scoring" in s.get("message", ""), FAST_CLI)
     assert_run_intact(run_dir)
     assert RunDir(run_dir).status()["state"] == "interrupted"  # what the app and `e2vpt runs` show
-    listed = subprocess.run([sys.executable, "-m", "e2vpt", "runs", "--root", str(tmp_path)], capture_output=True,
-                            text=True)
+    listed = procs.run("runs", "--root", str(tmp_path))
     assert "interrupted" in listed.stdout
-    result = subprocess.run([sys.executable, "-m", "e2vpt", "train", "--resume", str(run_dir), "--quiet"],
-                            capture_output=True, text=True, timeout=900)
+    result = procs.run("train", "--resume", str(run_dir), "--quiet", timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     assert_same_as_reference(run_dir, fast_reference)
     epochs = [(r["round"], r["epoch"]) for r in read_jsonl(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
@@ -352,8 +351,7 @@ def test_pickle_bomb_is_refused_and_never_executed(tmp_path, suffix):
     marker = tmp_path / "pwned"
     bomb = tmp_path / f"weights{suffix}"
     bomb.write_bytes(pickle.dumps(Bomb(marker)))
-    result = subprocess.run([sys.executable, "-m", "e2vpt", "train", *CLI_BASE, "--weights", str(bomb), "--run-dir",
-                             str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    result = procs.run("train", *CLI_BASE, "--weights", str(bomb), "--run-dir", str(tmp_path / "run"), timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert ("safetensors" in result.stderr) and not marker.exists()
     assert not (tmp_path / "run").exists()
@@ -395,15 +393,12 @@ def test_archive_extracts_only_images_into_a_fresh_folder(tmp_path):
 @pytest.mark.slow
 def test_second_trainer_on_the_same_run_is_refused(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *CLI_BASE, "--run-dir", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = procs.start("train", *CLI_BASE, "--run-dir", str(run_dir))
     try:
         wait_for(lambda: status_of(run_dir).get("state") == "running")
-        second = subprocess.run([sys.executable, "-m", "e2vpt", "train", "--resume", str(run_dir), "--quiet"],
-                                capture_output=True, text=True, timeout=120)
+        second = procs.run("train", "--resume", str(run_dir), "--quiet", timeout=120)
         assert second.returncode == 2 and "another process" in second.stderr
-        again = subprocess.run([sys.executable, "-m", "e2vpt", "train", *CLI_BASE, "--run-dir", str(run_dir)],
-                               capture_output=True, text=True, timeout=120)
+        again = procs.run("train", *CLI_BASE, "--run-dir", str(run_dir), timeout=120)
         assert again.returncode == 2 and "already holds a run" in again.stderr
     finally:
         proc.send_signal(signal.SIGTERM)  # Cancel: stops cleanly at the next step
@@ -417,17 +412,18 @@ def test_second_trainer_on_the_same_run_is_refused(tmp_path):
     (["train", "--resume", "/nonexistent/run"], "no run to resume"),
 ])
 def test_missing_run_directories_get_a_clear_message(args, expected):
-    result = subprocess.run([sys.executable, "-m", "e2vpt", *args], capture_output=True, text=True, timeout=120)
+    result = procs.run(*args, timeout=120)
     assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
 def test_two_runs_at_once_each_in_its_own_directory(tmp_path):
-    procs = [subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *CLI_BASE, "--epochs", "1",
-                               "--prune-rounds", "0", "--run-dir", str(tmp_path / f"run{i}")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ, OMP_NUM_THREADS="1"))
-             for i in range(2)]
-    for proc in procs:
+    children = [subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *CLI_BASE, "--epochs", "1",
+                                  "--prune-rounds", "0", "--run-dir", str(tmp_path / f"run{i}")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 env=dict(os.environ, OMP_NUM_THREADS="1"))
+                for i in range(2)]
+    for proc in children:
         assert proc.wait(600) == 0, proc.stderr.read()[-2000:]
     for i in range(2):
         assert RunDir(tmp_path / f"run{i}").status()["state"] == "done"
@@ -494,7 +490,6 @@ def test_uploads_together_stay_under_their_quota(tmp_path):
 FAST = dict(BASE, epochs=1, retrain_epochs=1)
 FAST_CLI = ["--backbone", "demo", "--no-pretrained", "--dataset", "digits", "--method", "e2vpt", "--epochs", "1",
             "--retrain-epochs", "1", "--prune-rounds", "1", "--prompt-len", "4", "--kv-len", "2", "--seed", "1", "--quiet"]
-KILL_AT_WRITE = Path(__file__).with_name("kill_at_write.py")
 
 # (file moved into place, which time, before/after): a fast run writes checkpoint 1 after the first
 # epoch, 2 at the phase boundary, 3 after pruning, 4 after the retrain epoch, 5 at the end
@@ -521,9 +516,7 @@ def epochs_logged(run_dir):
 def kill_at_write(run_dir, name, nth, when, *args):
     """Train (or resume, with `args`) in a child that kill -9s itself at that write; returns its exit code."""
     args = args or (*FAST_CLI, "--run-dir", str(run_dir))
-    proc = subprocess.run([sys.executable, str(KILL_AT_WRITE), name, str(nth), when, "--", "train", *args],
-                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1])
-    return proc.returncode
+    return procs.run("train", *args, kill_at=(name, nth, when), timeout=600).returncode
 
 
 def assert_same_as_reference(run_dir, reference):
@@ -545,8 +538,7 @@ def test_kill_9_between_writes_resumes_to_the_uninterrupted_result(tmp_path, fas
     assert kill_at_write(run_dir, *WRITE_POINTS[point]) == -signal.SIGKILL
     assert_run_intact(run_dir, killed=True)
     assert RunDir(run_dir).status()["state"] == "interrupted"
-    result = subprocess.run([sys.executable, "-m", "e2vpt", "train", "--resume", str(run_dir), "--quiet"],
-                            capture_output=True, text=True, timeout=600)
+    result = procs.run("train", "--resume", str(run_dir), "--quiet", timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert_same_as_reference(run_dir, fast_reference)
 
@@ -557,11 +549,9 @@ def test_kill_9_after_the_summary_shows_done_and_is_not_trained_again(tmp_path, 
     assert kill_at_write(run_dir, "summary.json", 1, "after") == -signal.SIGKILL
     assert json.loads((run_dir / "status.json").read_text())["state"] == "running"  # what the dead process left
     assert RunDir(run_dir).status()["state"] == "done"
-    listed = subprocess.run([sys.executable, "-m", "e2vpt", "runs", "--root", str(tmp_path)], capture_output=True,
-                            text=True)
+    listed = procs.run("runs", "--root", str(tmp_path))
     assert "done" in listed.stdout and "interrupted" not in listed.stdout
-    again = subprocess.run([sys.executable, "-m", "e2vpt", "train", "--resume", str(run_dir), "--quiet"],
-                           capture_output=True, text=True, timeout=300)
+    again = procs.run("train", "--resume", str(run_dir), "--quiet", timeout=300)
     assert again.returncode == 2 and "already finished" in again.stderr and "Traceback" not in again.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["test_acc"] == fast_reference[0]["test_acc"]
@@ -813,8 +803,7 @@ def user_folder(path: Path) -> dict[str, bytes]:
 
 def test_training_refuses_a_folder_that_is_not_a_run(tmp_path):
     before = user_folder(tmp_path / "mine")
-    result = subprocess.run([sys.executable, "-m", "e2vpt", "train", *FAST_CLI, "--run-dir", str(tmp_path / "mine")],
-                            capture_output=True, text=True, timeout=300)
+    result = procs.run("train", *FAST_CLI, "--run-dir", str(tmp_path / "mine"), timeout=300)
     assert result.returncode == 2 and "not an e2vpt run" in result.stderr and "Traceback" not in result.stderr
     after = {str(p.relative_to(tmp_path / "mine")): p.read_bytes() for p in (tmp_path / "mine").rglob("*") if p.is_file()}
     assert after == before
@@ -913,12 +902,12 @@ def test_safetensors_own_error_on_a_full_disk_is_recognised(small_disk):
 @pytest.mark.slow
 def test_a_disk_that_fills_during_training_fails_with_the_hint_then_resumes(small_disk, fast_reference):
     run_dir = small_disk / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *FAST_CLI, "--run-dir", str(run_dir)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = procs.start("train", *FAST_CLI, "--run-dir", str(run_dir), capture=True)
     try:
         wait_for(lambda: "val acc" in status_of(run_dir).get("message", "") or proc.poll() is not None)
         filler = fill(small_disk)
-        _, err = proc.communicate(timeout=300)
+        proc.wait(300)
+        err = proc.stderr
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -968,21 +957,19 @@ def test_eval_of_a_truncated_weights_file_names_the_file(tmp_path, finished_run)
     runs, run_dir = finished_run
     (run_dir / "weights.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
     truncate(run_dir / "weights.safetensors")
-    result = subprocess.run([sys.executable, "-m", "e2vpt", "eval", str(run_dir)], capture_output=True, text=True,
-                            timeout=300)
+    result = procs.run("eval", str(run_dir), timeout=300)
     assert result.returncode == 2 and "weights.safetensors" in result.stderr and "Traceback" not in result.stderr
 
 
 def sigterm_when(run_dir, predicate, args):
-    proc = subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = procs.start("train", *args, capture=True)
     try:
         wait_for(lambda: predicate(status_of(run_dir)) or proc.poll() is not None)
         assert proc.poll() is None, "the run ended before the signal"
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-        return proc.returncode, time.monotonic() - sent, err
+        proc.wait(60)
+        return proc.returncode, time.monotonic() - sent, proc.stderr
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -1047,8 +1034,7 @@ def test_twenty_kills_of_a_demo_run_end_where_an_uninterrupted_run_ends(tmp_path
 
     for i in range(1, 21):
         args = ["--resume", str(run_dir)] if run_dir.exists() else ["--config", str(config_file), "--run-dir", str(run_dir)]
-        proc = subprocess.Popen([sys.executable, "-m", "e2vpt", "train", *args, "--quiet"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = procs.start("train", *args, "--quiet")
         try:
             wait_for(lambda: (status_of(run_dir).get("state") == "running" and status_of(run_dir).get("pid") == proc.pid
                               and done_fraction(status_of(run_dir)) >= i / 21) or proc.poll() is not None)
@@ -1059,8 +1045,7 @@ def test_twenty_kills_of_a_demo_run_end_where_an_uninterrupted_run_ends(tmp_path
             if proc.poll() is None:
                 proc.kill()
         assert_run_intact(run_dir, killed=True)
-    result = subprocess.run([sys.executable, "-m", "e2vpt", "train", "--resume", str(run_dir), "--quiet"],
-                            capture_output=True, text=True, timeout=900)
+    result = procs.run("train", "--resume", str(run_dir), "--quiet", timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (summary["test_acc"], summary["tuned_params"]) == (reference["test_acc"], reference["tuned_params"])

@@ -3,8 +3,6 @@
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -19,6 +17,8 @@ from e2vpt.methods import build_model
 from e2vpt.prompts import PromptedViT
 from e2vpt.pruning import score_importance
 from e2vpt.swin import PromptedSwin
+
+import procs  # tests/procs.py: `python -m e2vpt` forked from a preloaded server
 
 DIM, DEPTH, HEADS, CLASSES, P, L, R = 32, 2, 4, 5, 4, 2, 4
 
@@ -153,9 +153,8 @@ def test_trained_masks_learn_in_the_first_phase_only():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "e2vpt", "train", "--backbone", "demo", "--dataset", "digits",
-                           "--epochs", "1", "--retrain-epochs", "1", "--prune-rounds", "1", "--quiet", *args],
-                          capture_output=True, text=True, timeout=600)
+    return procs.run("train", "--backbone", "demo", "--dataset", "digits", "--epochs", "1", "--retrain-epochs", "1",
+                     "--prune-rounds", "1", "--quiet", *args, timeout=600)
 
 
 @pytest.mark.slow  # two short trainings of the demo (about 35 s each); studio's CLI runs are in test_cli.py

@@ -22,9 +22,9 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sweep(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def sweep(*args: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "e2vpt", "sweep", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+                          timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})})
 
 
 def leaderboard(folder: Path) -> list[dict]:
@@ -90,8 +90,10 @@ def ray_cluster(ray_tmp):
 
 def test_a_sweep_joins_an_existing_cluster_and_a_failing_trial_is_recorded_while_the_rest_go_on(tmp_path, ray_cluster):
     out = tmp_path / "S"
+    # Ray 2.60 clusters use token authentication; a driver naming an address sends its token only when
+    # told to (RAY_AUTH_MODE=token, the token in ~/.ray/auth_token or RAY_AUTH_TOKEN), as Ray's docs say
     result = sweep("--methods", "linear", "--epochs", "1", "--grid", "dataset=imagefolder,digits", "--out", str(out),
-                   "--address", ray_cluster)
+                   "--address", ray_cluster, env={"RAY_AUTH_MODE": "token"})
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]  # a trial failed: not a clean 0
     rows = {r["dataset"]: r for r in leaderboard(out)}
     assert rows["digits"]["status"] == "done" and float(rows["digits"]["test_acc"]) > 0.5
@@ -113,16 +115,19 @@ def test_an_unreachable_cluster_address_is_one_line_and_loses_nothing(tmp_path):
 
 
 def _ray_processes_under(temp_dir: str) -> list[int]:
-    """Processes started for the Ray whose temp dir is `temp_dir` (their environment or files say so)."""
-    import psutil
-
+    """Processes of the Ray whose temp dir is `temp_dir`: their command line or an open file says so
+    (Ray renames its processes, e.g. `ray::DashboardAgent`, but they keep their logs there open)."""
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
         try:
-            text = " ".join(proc.info["cmdline"] or [])
-            if temp_dir in text or any(temp_dir in f.path for f in proc.open_files()):
-                found.append(proc.pid)
-        except (psutil.Error, OSError):
+            if temp_dir in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(proc.name))
+                continue
+            if any(temp_dir in os.readlink(fd) for fd in (proc / "fd").iterdir()):
+                found.append(int(proc.name))
+        except OSError:
             continue
     return found
 
@@ -146,6 +151,9 @@ def test_a_killed_driver_leaves_a_sweep_the_same_command_resumes_without_retrain
         if driver.poll() is None:
             driver.kill()
         time.sleep(5)  # Ray's own processes notice their driver is gone
+        trainer = json.loads((out / "t000-linear-s0" / "status.json").read_text())["pid"]
+        assert not Path(f"/proc/{trainer}").exists() or "Z" in Path(f"/proc/{trainer}/stat").read_text().split(") ")[1][:1], \
+            "the trial's training process outlived its driver"
         for pid in _ray_processes_under(ray_tmp):  # what Ray leaves behind a kill -9 (its agents)
             with __import__("contextlib").suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

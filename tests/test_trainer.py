@@ -1,8 +1,6 @@
 """End-to-end properties of training runs on digits: learning, frozen backbone, records, reload, resume."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +13,8 @@ from e2vpt.config import TrainConfig
 from e2vpt.fileio import read_jsonl
 from e2vpt.runs import RunDir
 from e2vpt.trainer import Trainer, train
+
+import procs  # tests/procs.py: `python -m e2vpt` forked from a preloaded server
 
 FAST = dict(backbone="demo", pretrained=True, dataset="digits", epochs=1, retrain_epochs=1, prompt_len=4,
             kv_len=2, batch_size=64, seed=0)
@@ -147,7 +147,7 @@ def test_resume_after_interruption_gives_the_same_result_across_pruning_rounds(t
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "e2vpt", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return procs.run(*args, cwd=cwd, timeout=300)
 
 
 @pytest.mark.slow

@@ -184,8 +184,10 @@ def _start_ray(address: str | None, cpus: int | None, gpus: int | None, temp_dir
                      runtime_env={"py_modules": [str(PACKAGE_DIR)]})  # the cluster gets this very e2vpt
         except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ...: all "cannot reach it"
             text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"cannot reach the Ray cluster at {address!r}: {text}; check the address "
-                            "(`ray status` on the head node) or leave --address out to run here") from None
+            hint = ("check the address (`ray status` on the head node) or leave --address out to run here; a cluster "
+                    "with token authentication (Ray's default) also needs RAY_AUTH_MODE=token and its token in "
+                    "RAY_AUTH_TOKEN or ~/.ray/auth_token")
+            raise UserError(f"cannot reach the Ray cluster at {address!r}: {text}; {hint}") from None
         return True
     path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     kwargs = {"num_cpus": cpus or os.cpu_count() or 1, "include_dashboard": False, "log_to_driver": False,
