@@ -159,6 +159,8 @@ def start_run(config: TrainConfig, root: str | Path | None = None, run_id: str |
     root.mkdir(parents=True, exist_ok=True)
     config = check_inputs(config, data)
     run_id = run_id or new_run_id(config, root)
+    if "/" in str(run_id):
+        raise RunDirError(f"a new run's id cannot contain '/' ({run_id!r}); sweeps make their own trials")
     path = run_path(run_id, root)
     try:
         path.mkdir()  # exclusive: a second start for the same id fails here

@@ -318,10 +318,13 @@ def test_runs_page_deletes_only_after_confirmation(roots, fake_run):
 # the launcher: roots, ids, refusals
 def test_run_ids_cannot_leave_the_runs_root(roots):
     runs, _ = roots
-    for bad in ["../x", "..", ".", "/etc", "a/b", "", "x" * 200, "-rf"]:
+    for bad in ["../x", "..", ".", "/etc", "a/b/c", "a/../b", "a//b", "a/", "a/..", "", "x" * 200, "-rf"]:
         with pytest.raises(RunDirError):
             run_store.run_path(bad, runs)
     assert run_store.run_path("20260101-e2vpt", runs) == runs.resolve() / "20260101-e2vpt"
+    assert run_store.run_path("sweep/t000", runs) == runs.resolve() / "sweep" / "t000"  # a sweep's trial
+    with pytest.raises(RunDirError, match="cannot contain"):  # but a new run is never made inside another folder
+        launch.start_run(TrainConfig(), runs, run_id="sweep/t000")
 
 
 def test_listing_skips_links_that_point_outside_the_root(roots, fake_run, tmp_path):

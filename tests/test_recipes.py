@@ -172,6 +172,7 @@ def test_each_recipe_trains_on_digits_from_the_cli(tmp_path, recipe):
     assert ("tuned.kv_value" in init) == (not config["kv_shared"])
 
 
+@pytest.mark.slow  # a real (short) official run, about 40 s
 def test_an_official_run_trains_its_masks_first_then_fixes_them_and_keeps_pruned_tokens_zeroed(tmp_path):
     from e2vpt.build import load_run_model
     from e2vpt.trainer import train
