@@ -133,11 +133,11 @@ def drive(page, url: str, runs: Path) -> None:
 
     # a demo E2VPT run on the shipped pretrained ViT, through the form (its screenshots feed the README)
     assert page.get_by_role("checkbox", name="Pretrained backbone").is_checked()
-    set_number(page, "Epochs", 3)
+    set_number(page, "Epochs", 2)
     set_number(page, "Epochs after each pruning round", 1)
     set_number(page, "Visual prompt tokens per layer (p)", 8)
     set_number(page, "Key-value prompts per layer (l)", 4)
-    set_number(page, "Pruning rounds", 2)
+    set_number(page, "Pruning rounds", 1)
     page.screenshot(path=str(ARTIFACTS / "train-form.png"))
     page.get_by_role("button", name="Start training").click()
     page.get_by_text("Started").first.wait_for(timeout=120_000)

@@ -157,8 +157,8 @@ def run_cli(*args):
                      "--prune-rounds", "1", "--quiet", *args, timeout=600)
 
 
-@pytest.mark.slow  # two short trainings of the demo (about 35 s each); studio's CLI runs are in test_cli.py
-@pytest.mark.parametrize("recipe", ["official", "paper"])
+@pytest.mark.slow  # a short training of the demo (about 35 s); studio's CLI runs are in test_cli.py
+@pytest.mark.parametrize("recipe", ["official"])  # paper's flags: the next test; both train the same loop
 def test_each_recipe_trains_on_digits_from_the_cli(tmp_path, recipe):
     result = run_cli("--recipe", recipe, "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
@@ -170,6 +170,15 @@ def test_each_recipe_trains_on_digits_from_the_cli(tmp_path, recipe):
     kv = init["tuned.kv_key"]
     assert kv.abs().max() <= math.sqrt(6 / (kv.shape[-2] * kv.shape[-1]))
     assert ("tuned.kv_value" in init) == (not config["kv_shared"])
+
+
+@pytest.mark.parametrize("recipe", ["paper", "official", "studio"])
+def test_the_cli_recipe_flag_resolves_every_setting_of_the_recipe_and_flags_still_win(recipe):
+    from e2vpt.cli import build_parser, config_from_args
+
+    config = config_from_args(build_parser().parse_args(["train", "--recipe", recipe, "--segments", "8"]))
+    assert config.recipe == recipe and config.segments == 8
+    assert all(getattr(config, k) == v for k, v in RECIPES[recipe].items() if k != "segments")
 
 
 @pytest.mark.slow  # a real (short) official run, about 40 s
