@@ -46,6 +46,20 @@ RUN_FILES = {MARKER, "config.json", "status.json", "metrics.jsonl", "pruning.jso
 OWNED_PATTERN = re.compile(r"round_\d+\.safetensors|\..+\.tmp")  # round states, crash-safe writes' temp files
 
 
+def lock_is_held(path: Path) -> bool:
+    """True while some process holds an exclusive flock on `path` (a shared probe: pollers never block
+    one another, and a killed holder's lock is gone with it)."""
+    if not path.exists():
+        return False
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -218,17 +232,8 @@ class RunDir:
         self._lock_file = f
 
     def is_locked(self) -> bool:
-        """True while a trainer holds the run (a shared probe: pollers never block one another)."""
-        lock = self.lock_file
-        if not lock.exists():
-            return False
-        with open(lock) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-        return False
+        """True while a trainer holds the run."""
+        return lock_is_held(self.lock_file)
 
     # status
     def write_status(self, state: str, progress: float | None = None, message: str = "", **extra) -> None:

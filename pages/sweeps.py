@@ -9,7 +9,7 @@ from e2vpt import charts, launch
 from e2vpt.data import list_datasets
 from e2vpt.sweeps import frontier
 from e2vpt.sweeps.prepared import PREPARED, estimate_seconds, prepared
-from e2vpt.sweeps.store import list_sweeps
+from e2vpt.sweeps.store import list_sweeps, swept_settings
 from pages._common import POLL_SECONDS, elapsed, runs, set_current_run, show_chart, through_app, user_errors
 
 through_app()
@@ -97,11 +97,8 @@ def show(sweep_id: str) -> None:
     show_chart(charts.frontier_chart(table, title=f"Accuracy against tuned parameters ({sweep_id})"), table,
                f"{sweep_id}-frontier", key="frontier")
     st.info(frontier.verdict(table), icon=":material/insights:")
-    swept = [c for c in pd.DataFrame(rows).columns if c not in ("trial", "method", "seed", "status", "val_acc", "test_acc",
-                                                                "tuned_params", "tuned_pct", "wall_s", "selected_round",
-                                                                "message")]
     frame = pd.DataFrame(rows)
-    show_chart(charts.parallel_coordinates(frame, swept), frame, f"{sweep_id}-settings", key="parcoords")
+    show_chart(charts.parallel_coordinates(frame, swept_settings(record)), frame, f"{sweep_id}-settings", key="parcoords")
     if state not in ACTIVE:
         st.dataframe(trial_table(rows), hide_index=True)
     st.download_button("Leaderboard (CSV)", frame.to_csv(index=False), file_name=f"{sweep_id}-leaderboard.csv",

@@ -146,3 +146,25 @@ def roots(tmp_path, monkeypatch):
     monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
     monkeypatch.setenv(run_store.DATA_ROOT_ENV, str(data))
     return runs, data
+
+
+@_pytest.fixture
+def fake_spawn(monkeypatch):
+    """Replace every process the launcher starts (training runs, sweep drivers) by `sleep`: a live process,
+    so the run or sweep reads as active, that trains nothing. Yields the [(process, e2vpt arguments)]."""
+    import subprocess
+
+    from e2vpt import launch
+
+    procs = []
+
+    def spawn(log_file, args):
+        proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
+        procs.append((proc, args))
+        return proc
+
+    monkeypatch.setattr(launch, "_spawn_logged", spawn)
+    yield procs
+    for proc, _ in procs:
+        proc.kill()
+        proc.wait()

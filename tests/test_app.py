@@ -33,23 +33,6 @@ TIMEOUT = 300  # the first script run imports torch and timm; this machine may b
 pytestmark = pytest.mark.usefixtures("served_app")  # conftest.py: pages run as a served app runs them
 
 
-@pytest.fixture
-def fake_spawn(monkeypatch):
-    """Replace the training process by `sleep`: a live process, so the run reads as active, trains nothing."""
-    procs = []
-
-    def spawn(run, args):
-        proc = subprocess.Popen(["sleep", "120"], start_new_session=True)
-        procs.append((proc, args))
-        return proc
-
-    monkeypatch.setattr(launch, "_spawn", spawn)
-    yield procs
-    for proc, _ in procs:
-        proc.kill()
-        proc.wait()
-
-
 def open_page(page: str, run: str | None = None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
     if run is not None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from e2vpt import launch
 from e2vpt.cli import main
 from e2vpt.errors import ConfigError, RunDirError
 from e2vpt.runs import list_runs, open_run
@@ -287,16 +286,9 @@ def test_the_sweeps_page_shows_the_frontier_and_opens_a_trial_on_every_page(root
 
 
 @pytest.mark.usefixtures("served_app")
-def test_starting_a_prepared_sweep_from_the_page_queues_one_driver(roots, monkeypatch):
+def test_starting_a_prepared_sweep_from_the_page_queues_one_driver(roots, fake_spawn):
     runs, _ = roots
-    started = []
-
-    def spawn(log_file, args):
-        proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
-        started.append((proc, args))
-        return proc
-
-    monkeypatch.setattr(launch, "_spawn_logged", spawn)
+    started = fake_spawn
     try:
         at = open_page("pages/sweeps.py")
         no_exception(at)

@@ -97,7 +97,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, address: str | None = None, c
             f"{len(todo)} to run")
         cancelled = False
         if todo:
-            cancelled = _tune(sweep, record, todo, address=address, cpus=cpus, gpus=gpus,
+            cancelled = _tune(sweep, spec, record, todo, address=address, cpus=cpus, gpus=gpus,
                               cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                               max_concurrent=max_concurrent, ray_temp_dir=ray_temp_dir, say=say)
         rows = sweep.write_leaderboard(record)
@@ -122,7 +122,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, address: str | None = None, c
         sweep.unlock()
 
 
-def _tune(sweep: SweepDir, record: dict, todo: list, *, address, cpus, gpus, cpus_per_trial, gpus_per_trial,
+def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, *, address, cpus, gpus, cpus_per_trial, gpus_per_trial,
           max_concurrent, ray_temp_dir, say) -> bool:
     """Run `todo` on Ray Tune; returns True when the sweep was cancelled."""
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the run folders are the records
@@ -134,9 +134,9 @@ def _tune(sweep: SweepDir, record: dict, todo: list, *, address, cpus, gpus, cpu
     try:
         if gpus_per_trial is None:
             gpus_per_trial = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        if gpus_per_trial and any(TrainConfig.from_dict(t.config).device == "cpu" for t in todo):
+        trial_configs = [TrainConfig.from_dict(t.config) for t in todo]
+        if gpus_per_trial and any(c.device == "cpu" for c in trial_configs):
             raise ConfigError("the sweep asks for a GPU per trial but its trials use --device cpu")
-        spec = SweepDir(sweep.path).spec()
         configs = {t.id: t.config for t in todo}
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, configs=configs, sweep_path=str(sweep.path.resolve()),
@@ -146,8 +146,7 @@ def _tune(sweep: SweepDir, record: dict, todo: list, *, address, cpus, gpus, cpu
         if spec.scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            longest = max(TrainConfig.from_dict(t.config).epochs + TrainConfig.from_dict(t.config).rounds
-                          * TrainConfig.from_dict(t.config).resolved_retrain_epochs for t in todo)
+            longest = max(c.epochs + c.rounds * c.resolved_retrain_epochs for c in trial_configs)
             scheduler = ASHAScheduler(max_t=longest + 1, grace_period=1, reduction_factor=2)
         progress = _Progress(sweep, record, say, len(todo))
         tuner = tune.Tuner(
@@ -280,9 +279,10 @@ class _Progress(Callback):
     def _finished(self, trial_id: str, entry: dict) -> None:
         self.finished += 1
         self._save()
+        rows = []
         with contextlib.suppress(Exception):
-            self.sweep.write_leaderboard(self.record)
-        row = next((r for r in self.sweep.rows(self.record) if r["trial"] == trial_id), {})
+            rows = self.sweep.write_leaderboard(self.record)
+        row = next((r for r in rows if r["trial"] == trial_id), {})
         result = (f"val {row['val_acc']:.3f} test {row['test_acc']:.3f}, {row['tuned_params']:,} tuned, "
                   f"{row['wall_s']:.0f} s" if row.get("test_acc") is not None else entry.get("message", ""))
         self.say(f"[{self.finished}/{self.total}] {trial_id} {entry['status']}: {result}")

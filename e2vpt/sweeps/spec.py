@@ -20,7 +20,6 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..config import METHOD_SPECS, METHODS, TrainConfig, kind, meta, settings
@@ -285,11 +284,6 @@ class SweepSpec:
                         raise ConfigError(f"the sweep expands to more than {MAX_TRIALS} trials; narrow the grid")
         return trials
 
-    def swept_settings(self) -> list[str]:
-        """Names of the settings that vary across trials (the leaderboard's columns)."""
-        names = list(self.grid) + [n for m in self.methods.values() for n in m["grid"]] + list(self.random)
-        return list(dict.fromkeys(names))
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -315,11 +309,3 @@ def _draw(rng: random.Random, dist: dict) -> Any:
     if kind_ == "loguniform":
         return math.exp(rng.uniform(math.log(low), math.log(high)))
     return rng.randint(int(low), int(high))
-
-
-def load_spec_file(path: str | Path) -> dict:
-    """A YAML or JSON sweep spec file as a mapping (dashes allowed in keys)."""
-    from ..config import load_config_file
-
-    return load_config_file(path)
-

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import RunDirError
 from ..fileio import atomic_write_bytes, atomic_write_json, read_json
-from ..runs import MARKER, SWEEP_FILE, RunDir, _pid_alive
+from ..runs import MARKER, SWEEP_FILE, RunDir, _pid_alive, lock_is_held
 from .spec import SweepSpec
 
 SWEEP_STATES = ("queued", "running", "done", "cancelled", "failed", "interrupted")
@@ -133,15 +133,7 @@ class SweepDir:
             self._lock = None
 
     def is_locked(self) -> bool:
-        if not self.lock_file.is_file():
-            return False
-        with open(self.lock_file) as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(f, fcntl.LOCK_UN)
-        return False
+        return lock_is_held(self.lock_file)
 
     def state(self, record: dict | None = None) -> str:
         """The sweep's state; a `running` or `queued` sweep whose driver is gone reads `interrupted`."""
@@ -186,7 +178,7 @@ class SweepDir:
     def rows(self, record: dict | None = None) -> list[dict]:
         """The leaderboard: one row per trial, in the spec's order."""
         record = record or self.read()
-        swept = _swept(record)
+        swept = swept_settings(record)
         rows = []
         for trial_id, recorded in record["trials"].items():
             if not isinstance(recorded, dict):
@@ -206,7 +198,7 @@ class SweepDir:
     def write_leaderboard(self, record: dict | None = None) -> list[dict]:
         record = record or self.read()
         rows = self.rows(record)
-        columns = ["trial", "method", *_swept(record), *LEADERBOARD_COLUMNS[2:]]
+        columns = ["trial", "method", *swept_settings(record), *LEADERBOARD_COLUMNS[2:]]
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -215,7 +207,8 @@ class SweepDir:
         return rows
 
 
-def _swept(record: dict) -> list[str]:
+def swept_settings(record: dict) -> list[str]:
+    """The settings that vary across a sweep's trials, in first-seen order (the leaderboard's columns)."""
     names: list[str] = []
     for trial in record["trials"].values():
         if isinstance(trial, dict) and isinstance(trial.get("values"), dict):
