@@ -31,13 +31,20 @@ from e2vpt.runs import RunDir
 from e2vpt.trainer import train
 from e2vpt.uploads import safe_extract_zip
 
+from small_data import digits_folder
+
 import procs  # tests/procs.py: `python -m e2vpt` processes forked from a preloaded forkserver
 
 pytestmark = pytest.mark.fault
 
-BASE = dict(backbone="demo", pretrained=False, dataset="digits", method="e2vpt", epochs=2, retrain_epochs=2,
-            prune_rounds=1, prompt_len=4, kv_len=2, seed=1)
-CLI_BASE = ["--backbone", "demo", "--no-pretrained", "--dataset", "digits", "--method", "e2vpt", "--epochs", "2",
+# Real digit images, 240 of them (tests/small_data.py): these runs are killed, broken and resumed dozens of
+# times and only need every code path, which three batches an epoch exercise as well as thirteen.
+DIGITS = str(digits_folder())
+DATA = dict(dataset="imagefolder", data_root=DIGITS)
+DATA_CLI = ["--dataset", "imagefolder", "--data-root", DIGITS]
+BASE = dict(backbone="demo", pretrained=False, method="e2vpt", epochs=2, retrain_epochs=2,
+            prune_rounds=1, prompt_len=4, kv_len=2, seed=1, **DATA)
+CLI_BASE = ["--backbone", "demo", "--no-pretrained", *DATA_CLI, "--method", "e2vpt", "--epochs", "2",
             "--retrain-epochs", "2", "--prune-rounds", "1", "--prompt-len", "4", "--kv-len", "2", "--seed", "1", "--quiet"]
 
 
@@ -275,7 +282,8 @@ def test_nan_loss_stops_as_failed_with_step_and_hint_and_keeps_checkpoint(tmp_pa
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = original(*args, **kwargs)
-        return loss * float("nan") if calls["n"] == 20 else loss  # step 20: inside the second epoch
+        # an epoch is 3 training steps and 1 validation batch: call 6 is the second step of the second epoch
+        return loss * float("nan") if calls["n"] == 6 else loss
 
     import e2vpt.trainer as trainer_module
 
@@ -488,7 +496,7 @@ def test_uploads_together_stay_under_their_quota(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # 1. the checkpoint: one file, the previous one kept, a real kill -9 at the exact moments between writes
 FAST = dict(BASE, epochs=1, retrain_epochs=1)
-FAST_CLI = ["--backbone", "demo", "--no-pretrained", "--dataset", "digits", "--method", "e2vpt", "--epochs", "1",
+FAST_CLI = ["--backbone", "demo", "--no-pretrained", *DATA_CLI, "--method", "e2vpt", "--epochs", "1",
             "--retrain-epochs", "1", "--prune-rounds", "1", "--prompt-len", "4", "--kv-len", "2", "--seed", "1", "--quiet"]
 
 # (file moved into place, which time, before/after): a fast run writes checkpoint 1 after the first
@@ -1021,7 +1029,7 @@ def test_status_polls_never_make_the_lock_look_taken(tmp_path):
 def test_twenty_kills_of_a_demo_run_end_where_an_uninterrupted_run_ends(tmp_path):
     from e2vpt.config import preset
 
-    config = preset("demo")
+    config = preset("demo", **DATA)  # the demo's schedule: 4 epochs, 2 rounds of pruning and 2 retraining epochs
     reference = train(config, tmp_path / "reference", quiet=True)
     ref_weights = load_file(str(tmp_path / "reference" / "weights.safetensors"))
     config_file = tmp_path / "demo.json"
