@@ -6,8 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from small_data import digits_folder
 
-ARGS = ["train", "--backbone", "demo", "--dataset", "digits", "--method", "e2vpt", "--epochs", "1",
+# 240 real digit images (tests/small_data.py): the test compares two ways of running, not learning
+ARGS = ["train", "--backbone", "demo", "--dataset", "imagefolder", "--data-root", str(digits_folder()), "--method", "e2vpt", "--epochs", "1",
         "--retrain-epochs", "1", "--prune-rounds", "1", "--prompt-len", "4", "--kv-len", "2", "--batch-size", "64",
         "--seed", "3", "--quiet"]
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from e2vpt.sweeps import SweepDir
+from small_data import digits_folder
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +135,8 @@ def _ray_processes_under(temp_dir: str) -> list[int]:
 
 def test_a_killed_driver_leaves_a_sweep_the_same_command_resumes_without_retraining(tmp_path, ray_tmp):
     out = tmp_path / "S"
-    args = ["--methods", "linear", "--epochs", "2", "--out", str(out), "--cpus", "1", "--ray-temp-dir", ray_tmp]
+    args = ["--methods", "linear", "--epochs", "2", "--dataset", "imagefolder", "--data-root", str(digits_folder()),
+            "--out", str(out), "--cpus", "1", "--ray-temp-dir", ray_tmp]
     driver = subprocess.Popen([sys.executable, "-m", "e2vpt", "sweep", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     metrics = out / "t000-linear-s0" / "metrics.jsonl"

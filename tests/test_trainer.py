@@ -14,10 +14,14 @@ from e2vpt.fileio import read_jsonl
 from e2vpt.runs import RunDir
 from e2vpt.trainer import Trainer, train
 
+from small_data import digits_folder
+
 import procs  # tests/procs.py: `python -m e2vpt` forked from a preloaded server
 
 FAST = dict(backbone="demo", pretrained=True, dataset="digits", epochs=1, retrain_epochs=1, prompt_len=4,
             kv_len=2, batch_size=64, seed=0)
+# 240 real digit images in a folder (tests/small_data.py), for tests of bookkeeping rather than learning
+SMALL = dict(dataset="imagefolder", data_root=str(digits_folder()))
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +117,15 @@ def test_every_method_trains_from_the_same_loop(tmp_path, method):
 @pytest.mark.slow
 def test_a_random_init_backbone_run_reloads_to_the_same_accuracy(tmp_path):
     """--no-pretrained: the backbone is not saved, so reloading must rebuild the same random weights."""
-    summary = train(TrainConfig(method="vpt-deep", **dict(FAST, pretrained=False)), tmp_path / "random", quiet=True)
+    summary = train(TrainConfig(method="vpt-deep", **dict(FAST, pretrained=False, **SMALL)), tmp_path / "random",
+                    quiet=True)
     again = evaluate_run(tmp_path / "random", device="cpu")
     assert again["test_acc"] == pytest.approx(summary["test_acc"], abs=1e-9)
 
 
 @pytest.mark.slow
 def test_resume_after_interruption_gives_the_same_result_across_pruning_rounds(tmp_path, monkeypatch):
-    config = dict(FAST, method="e2vpt", prune_rounds=1, retrain_epochs=2)
+    config = dict(FAST, method="e2vpt", prune_rounds=1, retrain_epochs=2, **SMALL)
     reference = train(TrainConfig(**config), tmp_path / "reference", quiet=True)
 
     calls = {"n": 0}
@@ -178,7 +183,8 @@ def test_cli_refuses_bad_input_with_one_line_and_nonzero_exit(tmp_path, e2vpt_ru
 
 @pytest.mark.slow
 def test_cli_config_file_with_flag_override(tmp_path):
-    (tmp_path / "c.yaml").write_text("method: linear\nepochs: 1\nbackbone: demo\npretrained: false\nlr: 0.5\n")
+    (tmp_path / "c.yaml").write_text("method: linear\nepochs: 1\nbackbone: demo\npretrained: false\nlr: 0.5\n"
+                                     f"dataset: imagefolder\ndata_root: {SMALL['data_root']}\n")
     result = cli("train", "--config", str(tmp_path / "c.yaml"), "--lr", "0.01", "--run-dir", str(tmp_path / "run"),
                  "--quiet")
     assert result.returncode == 0, result.stderr
