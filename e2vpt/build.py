@@ -48,7 +48,8 @@ def build_model_and_splits(config: TrainConfig, download: bool = False, train_au
                                img_size=config.img_size, global_pool=config.global_pool)
     dc = data_config(backbone)
     splits = load_splits(config.dataset, root=config.data_root, img_size=dc["input_size"][-1], mean=dc["mean"],
-                         std=dc["std"], seed=0, download=download, train_augment=train_augment)
+                         std=dc["std"], seed=0, download=download, train_augment=train_augment,
+                         train_on_val=config.train_on == "train+val")
     torch.manual_seed(config.seed)  # and so are the prompts and the head, whatever the data loading drew
     return build_model(config, backbone, splits.num_classes), splits
 

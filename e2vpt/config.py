@@ -145,6 +145,11 @@ class TrainConfig:
                              label="Download the dataset (torchvision, needs network)")
     train_augment: bool = setting(False, "random resized crop + flip while training (FGVC style)", group="data",
                                   label="Training augmentation")
+    train_on: Literal["train", "train+val"] = setting(
+        "train", "train: the train split, with val held out to pick the epoch and round; train+val: both, once the "
+        "hyper-parameters are chosen (VPT's final protocol), keeping the last epoch and round since nothing is held "
+        "out", group="data", label="Train on",
+        choice_labels={"train": "train split (val held out)", "train+val": "train + val (final runs)"})
     # optimisation
     epochs: int = setting(4, "epochs of the first training phase", group="optimisation", label="Epochs",
                           ge=1, le=10_000, basic=True)
@@ -223,6 +228,10 @@ class TrainConfig:
             setattr(self, f.name, check_value(f, getattr(self, f.name)))
         if not isinstance(self.extra, dict):
             raise ConfigError(f"extra must be a mapping, got {type(self.extra).__name__}")
+        trains_on_val_already = self.dataset.strip().lower().replace("_", "-") in ("vtab-train800val200", "vtab-final")
+        if self.train_on == "train+val" and trains_on_val_already:
+            raise ConfigError(f"dataset {self.dataset} already trains on train800val200; use dataset vtab with "
+                              "train_on train+val, or train_on train", "train_on")
         if self.spec.visual != "none" and self.prompt_len == 0:
             raise ConfigError(f"prompt_len (--prompt-len) must be at least 1 for {self.method}, which trains visual "
                               "prompts; use e.g. --prompt-len 10", "prompt_len")
@@ -240,6 +249,11 @@ class TrainConfig:
     @property
     def resolved_retrain_epochs(self) -> int:
         return self.retrain_epochs if self.retrain_epochs is not None else self.epochs
+
+    @property
+    def holds_out_val(self) -> bool:
+        """Whether val is unseen in training, so that it may pick the epoch and the pruning round."""
+        return self.train_on == "train"
 
     @property
     def rounds(self) -> int:

@@ -307,9 +307,8 @@ class PromptTuned(nn.Module, ABC):
     def gate_values(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image gates holding the current mask values, (B, prompt layers, p) and (B, prompt layers, p, R):
         what importance scoring differentiates the loss with respect to."""
-        rows = range(self.tuned.token_mask.shape[0])
-        token = torch.stack([self.mask_values(layer)[0] for layer in rows]).detach()
-        segment = torch.stack([self.mask_values(layer)[1] for layer in rows]).detach()
+        tokens, segments = zip(*(self.mask_values(layer) for layer in range(self.tuned.token_mask.shape[0])))
+        token, segment = torch.stack(tokens).detach(), torch.stack(segments).detach()
         return (token.unsqueeze(0).repeat(batch, 1, 1), segment.unsqueeze(0).repeat(batch, 1, 1, 1))
 
     def _kv(self, layer: int):

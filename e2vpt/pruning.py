@@ -10,8 +10,9 @@ Selection: with `mask_scope="layer"` the (layer, token) scores are ranked togeth
 so a layer can lose all its prompts (removed, it then reads no visual prompt; its key-value prompts
 stay); with `"shared"` the scores are summed over layers and position k, and segment r of position
 k, are pruned in every layer (the paper and the official code share one mask by all layers).
-Segments are ranked across all surviving tokens, keeping at least `min_segments` per token
-(official: 4 of 16).
+Segments are ranked across all surviving tokens (`segment_rank="global"`), or within each token, every
+token losing the same share of its own lowest segments (`"per-token"`, the official code: `per_token`
+below); either way at least `min_segments` per token stay (official: 4 of 16).
 
 Rewinding: survivors go back to their saved initial values (`init`, lottery-ticket style) or to
 fresh random values (`reinit`, the official code); masks carry over and pruned values stay zero.

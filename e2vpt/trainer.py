@@ -225,7 +225,7 @@ class Trainer:
         if not self.rounds:
             return 0
         candidates = [r for r in self.rounds if r["round"] > 0] or self.rounds
-        if self.config.select_round == "last":
+        if self.config.select_round == "last" or not self.config.holds_out_val:
             return candidates[-1]["round"]
         best = max(r["val_acc"] for r in candidates)
         return [r for r in candidates if r["val_acc"] >= best][-1]["round"]  # ties go to more pruning
@@ -392,7 +392,7 @@ class Trainer:
             train_loss, train_acc = self._train_epoch(phase, epoch, optimizer, scheduler)
             val_loss, val_acc = evaluate(self.model, val_loader, self.device, self.autocast, self.dist)
             self.units_done += 1
-            if not best or val_acc > best["val_acc"]:
+            if not best or val_acc > best["val_acc"] or not self.config.holds_out_val:
                 best = {"val_acc": val_acc, "epoch": epoch + 1, "state": self.model.tuned_state()}
             # the line first, then the checkpoint: a crash between them resumes from the previous
             # checkpoint, which drops the line and trains the epoch again (the reverse would lose the line)
@@ -406,7 +406,7 @@ class Trainer:
                          f"val acc {val_acc:.3f}", force=True)
             if self.on_epoch is not None:
                 self.on_epoch(record)
-        # the phase's result is its best-validation state
+        # the phase's result is its best-validation state (its last when val is trained on)
         self.model.load_tuned_state({k: v.to(self.device) for k, v in best["state"].items()})
         _, test_acc = evaluate(self.model, self._loader("test"), self.device, self.autocast, self.dist)
         record = self._round_record(phase, importance, best["val_acc"], test_acc,

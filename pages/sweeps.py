@@ -33,13 +33,16 @@ def start_form(open_by_default: bool) -> None:
         datasets = [e["name"] for e in list_datasets() if not e["needs_root"]]
         dataset = b.selectbox("Dataset", datasets, key="sweep_dataset")
         epochs = c.number_input("Epochs", 1, 1000, 4, key="sweep_epochs")
-        seeds = d.number_input("Seeds", 1, 10, len(PREPARED[name]["spec"]["seeds"]), key=f"sweep_seeds_{name}")
+        # under VPT's protocol the search runs one seed and the final trials the number asked for here
+        seeds_key = "final_seeds" if PREPARED[name]["spec"].get("protocol") == "vpt" else "seeds"
+        seeds = d.number_input("Final seeds" if seeds_key == "final_seeds" else "Seeds", 1, 10,
+                               len(PREPARED[name]["spec"][seeds_key]), key=f"sweep_seeds_{name}")
         asha = st.checkbox("Stop trials that fall behind early (ASHA)", key="sweep_asha",
                            help="Ray Tune's ASHA scheduler stops trials whose validation accuracy is behind after "
                                 "each epoch; the frontier then has fewer points, sooner.")
         with user_errors("This sweep cannot start: "):
             spec = prepared(name, {"backbone": backbone, "dataset": dataset, "epochs": int(epochs)},
-                            seeds=list(range(int(seeds))), scheduler="asha" if asha else "fifo")
+                            **{seeds_key: list(range(int(seeds)))}, scheduler="asha" if asha else "fifo")
             guess = estimate_seconds(spec, runs(), slots=os.cpu_count() or 1)
             when = f"about {elapsed(guess['seconds'])}" if guess["seconds"] else "no estimate yet"
             st.caption(f"{guess['trials']} trials, {when}: {guess['basis']}.")
@@ -91,6 +94,8 @@ def show(sweep_id: str) -> None:
             launch.resume_sweep(sweep_id)
             st.rerun()
     rows = sweep.rows(record)
+    if note := frontier.protocol_note(record, rows):
+        st.caption(note)
     every_round = st.toggle("Every E2VPT pruning round as a point", value=True, key="sweep_rounds",
                             help="Round 0 is E2VPT before pruning; each later round has fewer parameters.")
     table = frontier.summary(frontier.points(sweep, every_round=every_round))

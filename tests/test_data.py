@@ -282,6 +282,27 @@ def test_imagefolder_train_augment_changes_only_the_train_transform(tmp_path):
     assert torch.equal(splits.test[0][0], splits.test[0][0])  # evaluation stays deterministic
 
 
+def test_training_on_train_and_val_adds_the_val_images_to_train_and_says_val_is_not_held_out():
+    plain = load_splits("digits", img_size=16)
+    both = load_splits("digits", img_size=16, train_on_val=True)
+    assert len(both.train) == len(plain.train) + len(plain.val) and len(both.val) == len(plain.val)
+    train_x = torch.stack([both.train[i][0] for i in range(len(both.train))])
+    for i in (0, len(plain.val) - 1):  # every val image is now a training image, with its label
+        x, y = plain.val[i]
+        assert torch.equal(train_x[len(plain.train) + i], x) and both.train[len(plain.train) + i][1] == y
+    assert torch.equal(both.test.images, plain.test.images)
+    assert "val accuracy is not held-out" in both.source and plain.source in both.source
+
+
+def test_val_images_trained_on_go_through_the_training_augmentation(tmp_path):
+    root = make_class_tree(tmp_path / "pics")
+    splits = load_splits("imagefolder", root=str(root), img_size=32, train_augment=True, train_on_val=True)
+    val_in_train = splits.train.datasets[1]
+    assert samples_of(val_in_train) == samples_of(splits.val)
+    assert "RandomResizedCrop" in repr(val_in_train.transform)
+    assert "RandomResizedCrop" not in repr(splits.val.transform)  # val itself is still evaluated plainly
+
+
 def test_empty_class_folder_is_named(tmp_path):
     root = make_class_tree(tmp_path / "pics")
     (root / "zebra").mkdir()

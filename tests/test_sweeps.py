@@ -74,6 +74,70 @@ def test_command_line_grid_values_take_the_settings_types():
 
 
 # --------------------------------------------------------------------------------------------------
+# VPT's protocol: a search on validation accuracy, then the chosen configuration on train + val
+def test_the_vpt_protocol_searches_lr_and_weight_decay_unless_the_spec_sweeps_them():
+    spec = SweepSpec(methods=["vpt-deep"], protocol="vpt")
+    assert {t.values["lr"] for t in spec.trials()} == {0.003, 0.01, 0.03} and len(spec.trials()) == 9
+    assert all(t.config["train_on"] == "train" and t.stage == "search" for t in spec.trials())
+    sgd = SweepSpec(methods=["vpt-deep"], protocol="vpt", base={"optimizer": "sgd"})
+    assert len(sgd.trials()) == 40 and max(t.values["lr"] for t in sgd.trials()) == 50.0  # VPT's own grid
+    own = SweepSpec(methods=["vpt-deep"], protocol="vpt", grid={"lr": [0.01, 0.1]})
+    assert [t.values for t in own.trials()] == [{"lr": 0.01}, {"lr": 0.1}]
+    assert SweepSpec.from_dict(spec.to_dict()).trials() == spec.trials()  # what sweep.json stores expands the same
+
+
+def test_the_protocol_retrains_each_methods_best_mean_validation_config_on_train_and_val():
+    spec = SweepSpec(methods=["linear", "vpt-deep"], grid={"lr": [0.01, 0.03]}, seeds=[0, 1], protocol="vpt",
+                     final_seeds=[4, 5, 6])
+    trials = {(t.method, t.values["lr"], t.seed): t.id for t in spec.trials()}
+    val = {trials["linear", 0.01, 0]: 0.90, trials["linear", 0.01, 1]: 0.70,  # mean 0.80: one lucky seed
+           trials["linear", 0.03, 0]: 0.85, trials["linear", 0.03, 1]: 0.84,  # mean 0.845: chosen
+           trials["vpt-deep", 0.01, 0]: 0.5}  # vpt-deep's other trials did not finish
+    chosen = spec.best_points(val)
+    assert chosen == {"linear": {"lr": 0.03}, "vpt-deep": {"lr": 0.01}}
+    assert spec.best_points({trials["linear", 0.01, 0]: 0.8, trials["linear", 0.03, 0]: 0.8}) == {"linear": {"lr": 0.01}}
+    finals = spec.final_trials(chosen)
+    assert [t.id for t in finals] == ["f000-linear-s4", "f001-linear-s5", "f002-linear-s6", "f003-vpt-deep-s4",
+                                      "f004-vpt-deep-s5", "f005-vpt-deep-s6"]
+    assert all(t.stage == "final" and t.config["train_on"] == "train+val" and t.config["seed"] == t.seed
+               for t in finals)
+    assert {t.config["lr"] for t in finals if t.method == "linear"} == {0.03}
+    assert spec.final_trials({"vpt-deep": {"lr": 0.01}})[0].id == "f000-vpt-deep-s4"
+
+
+def test_the_frontier_of_a_protocol_sweep_shows_its_final_trials_and_says_what_was_chosen(tmp_path, fake_run):
+    spec = SweepSpec(methods=["linear"], grid={"lr": [0.01, 0.03]}, protocol="vpt", final_seeds=[0, 1])
+    sweep = SweepDir(tmp_path / "S")
+    record = sweep.create(spec)
+    for trial_id, acc in zip(record["trials"], (0.6, 0.7)):
+        fake_run(sweep.path, trial_id, method="linear", test_acc=acc)
+    rows = sweep.rows(record)
+    assert "retrained on train + val" in frontier.protocol_note(record, rows)
+    assert set(frontier.points(sweep)["trial"]) == set(record["trials"])  # the search, until finals finish
+    for trial in spec.final_trials({"linear": {"lr": 0.03}}):
+        record["trials"][trial.id] = {"method": "linear", "seed": trial.seed, "values": trial.values,
+                                      "stage": "final", "status": "done"}
+        fake_run(sweep.path, trial.id, method="linear", test_acc=0.75 + 0.01 * trial.seed)
+    sweep.write(record)
+    points = frontier.points(sweep)
+    assert sorted(points["trial"]) == ["f000-linear-s0", "f001-linear-s1"]
+    note = frontier.protocol_note(record, sweep.rows(record))
+    assert "chose linear: lr=0.03" in note and "seeds 0, 1" in note
+    header = sweep.write_leaderboard(record) and sweep.leaderboard_file.read_text().splitlines()[0].split(",")
+    assert header[:4] == ["trial", "method", "stage", "lr"]
+
+
+def test_a_sweep_recorded_before_protocols_existed_is_still_the_same_sweep(tmp_path):
+    sweep = SweepDir(tmp_path / "S")
+    sweep.create(_spec())
+    record = json.loads(sweep.sweep_file.read_text())
+    for key in ("protocol", "final_seeds"):
+        del record["spec"][key]
+    sweep.sweep_file.write_text(json.dumps(record))
+    assert list(sweep.create(_spec())["trials"]) == [t.id for t in _spec().trials()]  # not "another sweep"
+
+
+# --------------------------------------------------------------------------------------------------
 # bad specs: one line, before anything runs
 @pytest.mark.parametrize("values, words", [
     ({"grid": {"lrr": [0.1]}}, "unknown setting 'lrr' in the sweep's grid; did you mean lr"),
@@ -91,6 +155,9 @@ def test_command_line_grid_values_take_the_settings_types():
     ({"grid": {"lr": [0.01, -1.0]}}, "lr (--lr) must be more than 0"),
     ({"scheduler": "hyperband"}, "scheduler must be one of fifo, asha"),
     ({"base": {"epochs": "many"}}, "epochs (--epochs) must be a whole number"),
+    ({"protocol": "vtab"}, "protocol must be one of none, vpt"),
+    ({"protocol": "vpt", "final_seeds": [1, 1]}, "final_seeds [1, 1] repeat a seed"),
+    ({"protocol": "vpt", "base": {"train_on": "train+val"}}, "leave train_on out of the sweep"),
 ])
 def test_a_bad_spec_is_refused_in_one_line_naming_it(values, words):
     with pytest.raises(ConfigError) as info:

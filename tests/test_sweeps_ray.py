@@ -67,6 +67,52 @@ def test_the_issue_command_trains_six_trials_through_ray_tune_and_again_trains_n
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/summary.json")} == summaries
 
 
+def test_the_vpt_protocol_searches_on_validation_then_retrains_each_best_on_train_and_val(tmp_path, ray_tmp):
+    out = tmp_path / "S"
+    command = ["--methods", "linear", "--epochs", "1", "--grid", "lr=0.0003,0.05", "--protocol", "vpt",
+               "--final-seeds", "0", "1", "--dataset", "imagefolder", "--data-root", str(digits_folder()),
+               "--out", str(out), "--cpus", "2", "--ray-temp-dir", ray_tmp]
+    first = sweep(*command)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    rows = leaderboard(out)
+    search = [r for r in rows if r["stage"] == "search"]
+    finals = [r for r in rows if r["stage"] == "final"]
+    assert len(search) == 2 and len(finals) == 2 and {r["status"] for r in rows} == {"done"}
+    best = max(search, key=lambda r: float(r["val_acc"]))  # chosen on validation, never on test
+    assert {r["lr"] for r in finals} == {best["lr"]} and sorted(r["seed"] for r in finals) == ["0", "1"]
+    for row in finals:
+        config = json.loads((out / row["trial"] / "config.json").read_text())
+        assert config["train_on"] == "train+val" and config["lr"] == float(best["lr"])
+        assert config["seed"] == int(row["seed"])
+    assert f"protocol vpt: linear retrains lr={float(best['lr'])}" in first.stdout
+    assert json.loads((out / "sweep.json").read_text())["state"] == "done"
+
+    again = sweep(*command)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 trial(s), 2 already finished, 0 to run" in again.stdout
+    assert "2 final trial(s), 2 already finished, 0 to run" in again.stdout
+
+
+def test_asha_stops_a_trial_that_falls_behind_and_it_is_not_trained_again(tmp_path, ray_tmp):
+    """One trial at a time, so the order is fixed: the good learning rate sets the bar at epoch 1 and the
+    hopeless one (lr 1e-7) falls below it there and is stopped."""
+    out = tmp_path / "S"
+    command = ["--methods", "linear", "--epochs", "3", "--grid", "lr=0.05,0.0000001", "--scheduler", "asha",
+               "--dataset", "imagefolder", "--data-root", str(digits_folder()), "--out", str(out), "--cpus", "1",
+               "--ray-temp-dir", ray_tmp]
+    first = sweep(*command)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    rows = {float(r["lr"]): r for r in leaderboard(out)}
+    assert rows[0.05]["status"] == "done"
+    stopped = rows[1e-7]
+    assert stopped["status"] == "stopped" and "stopped early by the scheduler" in stopped["message"]
+    epochs = [r for r in map(json.loads, (out / stopped["trial"] / "metrics.jsonl").read_text().splitlines())
+              if r["kind"] == "epoch"]
+    assert 1 <= len(epochs) < 3  # it did not train its last epochs
+    again = sweep(*command)
+    assert "2 already finished, 0 to run" in again.stdout  # a stopped trial is a result, not a to-do
+
+
 @pytest.fixture
 def ray_cluster(ray_tmp):
     """A Ray cluster already running on this machine (its own process), as a user's would be."""

@@ -151,6 +151,24 @@ def test_resume_after_interruption_gives_the_same_result_across_pruning_rounds(t
     assert kinds == [("epoch", 0, 1), ("prune", 1, None), ("epoch", 1, 1), ("epoch", 1, 2)]
 
 
+@pytest.mark.slow
+def test_a_run_on_train_and_val_keeps_its_last_epoch_and_round_since_nothing_is_held_out(tmp_path):
+    config = TrainConfig(**dict(FAST, method="e2vpt", epochs=2, retrain_epochs=2, prune_rounds=1, train_on="train+val",
+                                **SMALL))
+    summary = train(config, tmp_path / "final", quiet=True)
+    pruning = RunDir(tmp_path / "final").pruning()
+    assert summary["selected_round"] == pruning["selected_round"] == 1  # the last round, whatever val says
+    assert [r["best_epoch"] for r in pruning["rounds"]] == [2, 2]  # each phase's last epoch
+    assert "Trained on train + val" in summary["data_source"] and "not held-out" in summary["data_source"]
+
+
+def test_train_and_val_is_refused_where_the_dataset_already_trains_on_both():
+    from e2vpt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="already trains on train800val200"):
+        TrainConfig(dataset="vtab-train800val200", train_on="train+val")
+
+
 def cli(*args, cwd=None):
     return procs.run(*args, cwd=cwd, timeout=300)
 

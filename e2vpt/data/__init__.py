@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from e2vpt.data.builtin import BUILTIN_DESCRIPTIONS, clear_cache, load_builtin
-from e2vpt.data.common import DATA_SEED, DatasetSplits, MemoryDataset, check_normalisation
+from e2vpt.data.common import DATA_SEED, DatasetSplits, MemoryDataset, check_normalisation, with_val_in_train
 from e2vpt.data.folders import ImageFileDataset, build_folder_splits, verify_images
 from e2vpt.data.torchvision_sets import TORCHVISION_DATASETS, build_torchvision_splits
 from e2vpt.errors import DataError
@@ -70,7 +70,8 @@ def canonical_name(name: str) -> str:
 
 def load_splits(name: str, root: str | None = None, img_size: int = 32,
                 mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
-                seed: int = 0, download: bool = False, train_augment: bool = False) -> DatasetSplits:
+                seed: int = 0, download: bool = False, train_augment: bool = False,
+                train_on_val: bool = False) -> DatasetSplits:
     """Load a dataset's train/val/test splits at `img_size`, normalised with `mean`/`std`.
 
     Args:
@@ -85,6 +86,8 @@ def load_splits(name: str, root: str | None = None, img_size: int = 32,
         download: let torchvision (or Fashion-MNIST's fallback) download into `root`.
         train_augment: timm's training augmentation on the train split of file-backed datasets;
             built-in tasks are never augmented (their labels live in position and orientation).
+        train_on_val: the train split also holds the val images (VPT's final protocol, once the
+            hyper-parameters are chosen); val stays as it is, so its accuracy is no longer held-out.
 
     Raises:
         DataError: unknown name, missing or malformed files, unreadable images (named by path).
@@ -95,7 +98,9 @@ def load_splits(name: str, root: str | None = None, img_size: int = 32,
     mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
     img_size = int(img_size)
     if key in BUILTIN_DATASETS:
-        return load_builtin(key, root, img_size, mean, std, download)
-    if key in TORCHVISION_DATASETS:
-        return build_torchvision_splits(key, root, img_size, mean, std, download, train_augment)
-    return build_folder_splits(key, root, img_size, mean, std, train_augment)
+        splits = load_builtin(key, root, img_size, mean, std, download)
+    elif key in TORCHVISION_DATASETS:
+        splits = build_torchvision_splits(key, root, img_size, mean, std, download, train_augment)
+    else:
+        splits = build_folder_splits(key, root, img_size, mean, std, train_augment)
+    return with_val_in_train(splits) if train_on_val else splits

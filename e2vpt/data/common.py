@@ -6,13 +6,15 @@ VTAB-1k-style 800/200 split the same way and a run's `source` sentence can name 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import ConcatDataset, Dataset
 
 from e2vpt.errors import DataError
 
@@ -82,6 +84,22 @@ class MemoryDataset(Dataset):
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split at once: `(float32 (N, 3, H, W) normalised, int64 (N,))`."""
         return self._normalise(self.images), self.labels.clone()
+
+
+def with_val_in_train(splits: DatasetSplits) -> DatasetSplits:
+    """The same splits with the val images added to train (VPT's final protocol: train800val200).
+
+    Val images join train through train's transform (its augmentation, if any). Val itself is kept,
+    so curves still draw, but its accuracy is no longer held-out; `source` says so.
+    """
+    val = splits.val
+    if hasattr(val, "transform") and hasattr(splits.train, "transform"):
+        val = copy.copy(val)
+        val.transform = splits.train.transform
+    return dataclasses.replace(
+        splits, train=ConcatDataset([splits.train, val]),
+        source=f"{splits.source} Trained on train + val ({len(splits.train)} + {len(splits.val)} images, VPT's final "
+               "protocol): val accuracy is not held-out.")
 
 
 def resize_to_uint8(images: torch.Tensor, size: int, chunk: int = 256) -> torch.Tensor:

@@ -26,12 +26,14 @@ def _label(method: str, values: dict) -> str:
 
 def points(sweep: SweepDir, every_round: bool = True) -> pd.DataFrame:
     """One row per finished trial (and, with `every_round`, per E2VPT pruning round): method, config
-    label, seed, round, val_acc, test_acc, tuned_params, tuned_pct."""
+    label, seed, round, val_acc, test_acc, tuned_params, tuned_pct. Under protocol vpt, once final
+    trials have finished, only they are points: the search trials chose them on validation accuracy."""
     record = sweep.read()
+    finished = [row for row in sweep.rows(record) if row["status"] == "done"]
+    if any(row["stage"] == "final" for row in finished):
+        finished = [row for row in finished if row["stage"] == "final"]
     rows = []
-    for row in sweep.rows(record):
-        if row["status"] != "done":
-            continue
+    for row in finished:
         trial = record["trials"][row["trial"]]
         label = _label(row["method"], trial.get("values") or {})
         base = {"trial": row["trial"], "method": row["method"], "config": label, "seed": row["seed"]}
@@ -103,3 +105,26 @@ def verdict(table: pd.DataFrame) -> str:
     cheaper = [r.method for r in rest.itertuples() if r.tuned_params < top.tuned_params]
     more = f"; {', '.join(cheaper)} tune fewer parameters" if cheaper else ""
     return text + f" {top.method} is ahead of every other method beyond the seeds' spread{more}."
+
+
+def protocol_note(record: dict, rows: list[dict]) -> str:
+    """What a protocol-vpt sweep did, in words: which configuration each method's search chose and what
+    the frontier shows. Empty for a sweep without a protocol."""
+    spec = record.get("spec") or {}
+    if spec.get("protocol", "none") != "vpt":
+        return ""
+    search = [r for r in rows if r["stage"] == "search"]
+    finals = [r for r in rows if r["stage"] == "final"]
+    text = (f"VPT protocol: {len(search)} search trial(s) on the train split, judged on validation accuracy "
+            "(never on test)")
+    if not finals:
+        return text + "; each method's best is then retrained on train + val, and the chart shows those final trials " \
+                      "once they have finished. Until then it shows the search."
+    chosen = {}
+    for r in finals:
+        values = (record["trials"].get(r["trial"]) or {}).get("values") or {}
+        chosen.setdefault(r["method"], ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                                 for k, v in values.items()) or "its only configuration")
+    seeds = sorted({r["seed"] for r in finals})
+    return (text + " chose " + "; ".join(f"{m}: {c}" for m, c in chosen.items()) + f". The chart shows the final "
+            f"trials: each choice retrained on train + val with seeds {', '.join(map(str, seeds))}, test accuracy.")

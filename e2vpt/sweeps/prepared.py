@@ -22,11 +22,11 @@ PREPARED = {
                              "e2vpt": {"grid": {"prompt_len": [4, 8], "kv_len": [1, 4]}}},
                  "seeds": [0, 1, 2]},
     },
-    "learning rate x weight decay": {
-        "help": "VPT's protocol, first stage: each (learning rate, weight decay) pair for VPT-deep and E2VPT, "
-                "judged on the validation split",
+    "learning rate x weight decay, VPT protocol": {
+        "help": "VPT's protocol for VPT-deep and E2VPT: each (learning rate, weight decay) pair judged on the "
+                "validation split, then each method's best retrained on train + val with 3 seeds and reported on test",
         "spec": {"methods": ["vpt-deep", "e2vpt"], "grid": {"lr": [0.003, 0.01, 0.03], "weight_decay": [0.0, 1e-4, 1e-2]},
-                 "seeds": [0]},
+                 "seeds": [0], "protocol": "vpt", "final_seeds": [0, 1, 2]},
     },
 }
 
@@ -59,6 +59,8 @@ def estimate_seconds(spec: SweepSpec, rows: list[dict], slots: int = 1) -> dict:
     machine (a trial at 1 CPU is slower than the same run measured on all CPUs), so it divides nothing.
     """
     trials = spec.trials()
+    if spec.protocol == "vpt":  # the final trials' configuration is chosen later: priced as each method's first
+        trials += spec.final_trials({m: next((t.values for t in trials if t.method == m), {}) for m in spec.methods})
     configs = [TrainConfig.from_dict(t.config) for t in trials]
     epochs = [c.epochs + c.rounds * (c.resolved_retrain_epochs + 1) for c in configs]  # +1: a scoring pass
     first = configs[0]

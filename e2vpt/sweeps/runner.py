@@ -79,34 +79,27 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, address: str | None = None, c
     sweep = SweepDir(out)
     sweep.create(spec)  # refuses a foreign folder or another spec before anything is locked or started
     sweep.lock()
+    ray_session = _RaySession(address, cpus, gpus, ray_temp_dir)
     try:
         record = sweep.read()
         record.update(state="running", message="", pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"))
         sweep.cancel_file.unlink(missing_ok=True)
-        trials = spec.trials()
-        for trial in trials:
-            now = sweep.trial_status(trial.id, record["trials"].get(trial.id, {}))
-            entry = record["trials"].setdefault(trial.id, {"method": trial.method, "seed": trial.seed,
-                                                           "values": trial.values})
-            entry.update(status=now["status"] if now["status"] in FINISHED else "pending",
-                         message=now["message"] if now["status"] in FINISHED else "")
-        todo = [t for t in trials if record["trials"][t.id]["status"] not in FINISHED]
-        sweep.write(record)
         say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
-        say(f"sweep {sweep.path}: {len(trials)} trial(s), {len(trials) - len(todo)} already finished, "
-            f"{len(todo)} to run")
-        cancelled = False
-        if todo:
-            cancelled = _tune(sweep, spec, record, todo, address=address, cpus=cpus, gpus=gpus,
-                              cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                              max_concurrent=max_concurrent, ray_temp_dir=ray_temp_dir, say=say)
+        options = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent)
+        trials = spec.trials()
+        cancelled, ran = _run_stage(sweep, spec, record, trials, ray_session, say, "", **options)
+        if spec.protocol == "vpt" and not cancelled:
+            finals = _final_trials(sweep, spec, record, trials, say)
+            if finals:
+                cancelled, ran_final = _run_stage(sweep, spec, record, finals, ray_session, say, "final ", **options)
+                trials, ran = trials + finals, ran + ran_final
         rows = sweep.write_leaderboard(record)
         counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "stopped", "failed", "pending", "cancelled")}
         record["state"] = "cancelled" if cancelled else ("done" if not counts["pending"] else "interrupted")
         record["message"] = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         sweep.write(record)
         say(f"sweep {record['state']}: {record['message']}; leaderboard: {sweep.leaderboard_file}")
-        return {"state": record["state"], "trials": len(trials), "ran": len(todo), **counts,
+        return {"state": record["state"], "trials": len(trials), "ran": ran, **counts,
                 "leaderboard": str(sweep.leaderboard_file)}
     except BaseException as exc:
         with contextlib.suppress(Exception):
@@ -119,52 +112,108 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, address: str | None = None, c
             sweep.write_leaderboard(record)
         raise
     finally:
+        ray_session.close()
         sweep.unlock()
 
 
-def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, *, address, cpus, gpus, cpus_per_trial, gpus_per_trial,
-          max_concurrent, ray_temp_dir, say) -> bool:
+def _run_stage(sweep: SweepDir, spec: SweepSpec, record: dict, trials: list, ray_session, say, label: str,
+               **options) -> tuple[bool, int]:
+    """Record `trials` in sweep.json (statuses read from their run folders) and run the unfinished ones;
+    returns (cancelled, how many ran)."""
+    for trial in trials:
+        now = sweep.trial_status(trial.id, record["trials"].get(trial.id, {}))
+        entry = record["trials"].setdefault(trial.id, {"method": trial.method, "seed": trial.seed,
+                                                       "values": trial.values, "stage": trial.stage})
+        entry.update(status=now["status"] if now["status"] in FINISHED else "pending",
+                     message=now["message"] if now["status"] in FINISHED else "")
+    todo = [t for t in trials if record["trials"][t.id]["status"] not in FINISHED]
+    sweep.write(record)
+    say(f"sweep {sweep.path}: {len(trials)} {label}trial(s), {len(trials) - len(todo)} already finished, "
+        f"{len(todo)} to run")
+    if not todo:
+        return False, 0
+    return _tune(sweep, spec, record, todo, ray_session, say=say, **options), len(todo)
+
+
+def _final_trials(sweep: SweepDir, spec: SweepSpec, record: dict, search: list, say) -> list:
+    """Protocol vpt: once every search trial has finished, each method's best configuration on validation
+    accuracy, trained again on train + val with the final seeds. None while the search is incomplete."""
+    rows = {r["trial"]: r for r in sweep.rows(record)}
+    if any(rows[t.id]["status"] not in FINISHED + ("failed",) for t in search):
+        return []
+    chosen = spec.best_points({t.id: rows[t.id]["val_acc"] for t in search if rows[t.id]["status"] == "done"})
+    for method in spec.methods:
+        if method in chosen:
+            picked = ", ".join(f"{k}={v}" for k, v in chosen[method].items()) or "its only configuration"
+            say(f"protocol vpt: {method} retrains {picked} (best validation accuracy) on train + val with seeds "
+                f"{' '.join(map(str, spec.final_seeds))}")
+        else:
+            say(f"protocol vpt: no search trial of {method} finished, so it has no final trials")
+    return spec.final_trials(chosen)
+
+
+def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_session, *, cpus_per_trial, gpus_per_trial,
+          max_concurrent, say) -> bool:
     """Run `todo` on Ray Tune; returns True when the sweep was cancelled."""
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the run folders are the records
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    import ray
     from ray import tune
 
-    started_ray = _start_ray(address, cpus, gpus, ray_temp_dir)
-    try:
-        if gpus_per_trial is None:
-            gpus_per_trial = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        trial_configs = [TrainConfig.from_dict(t.config) for t in todo]
-        if gpus_per_trial and any(c.device == "cpu" for c in trial_configs):
-            raise ConfigError("the sweep asks for a GPU per trial but its trials use --device cpu")
-        configs = {t.id: t.config for t in todo}
-        trainable = tune.with_resources(
-            tune.with_parameters(run_trial, configs=configs, sweep_path=str(sweep.path.resolve()),
-                                 threads=max(1, int(cpus_per_trial))),
-            {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-        scheduler = None
-        if spec.scheduler == "asha":
-            from ray.tune.schedulers import ASHAScheduler
+    cluster = ray_session.start()
+    if gpus_per_trial is None:
+        gpus_per_trial = 1 if cluster.get("GPU", 0) >= 1 else 0
+    trial_configs = [TrainConfig.from_dict(t.config) for t in todo]
+    if gpus_per_trial and any(c.device == "cpu" for c in trial_configs):
+        raise ConfigError("the sweep asks for a GPU per trial but its trials use --device cpu")
+    configs = {t.id: t.config for t in todo}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, configs=configs, sweep_path=str(sweep.path.resolve()),
+                             threads=max(1, int(cpus_per_trial))),
+        {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    scheduler = None
+    if spec.scheduler == "asha" and todo[0].stage == "search":  # final trials are reported, never stopped
+        from ray.tune.schedulers import ASHAScheduler
 
-            longest = max(c.epochs + c.rounds * c.resolved_retrain_epochs for c in trial_configs)
-            scheduler = ASHAScheduler(max_t=longest + 1, grace_period=1, reduction_factor=2)
-        progress = _Progress(sweep, record, say, len(todo))
-        tuner = tune.Tuner(
-            trainable,
-            param_space={"trial": tune.grid_search([t.id for t in todo])},
-            tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler,
-                                        max_concurrent_trials=max_concurrent,
-                                        trial_name_creator=lambda trial: trial.config["trial"],
-                                        trial_dirname_creator=lambda trial: trial.config["trial"]),
-            run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S"), storage_path=str(sweep.ray_dir.resolve()),
-                                      verbose=0, callbacks=[progress], stop=_CancelStopper(sweep),
-                                      failure_config=tune.FailureConfig(max_failures=0)),
-        )
-        tuner.fit()
-        return progress.cancelled or sweep.cancel_file.exists()
-    finally:
-        if started_ray:
+        longest = max(c.epochs + c.rounds * c.resolved_retrain_epochs for c in trial_configs)
+        scheduler = ASHAScheduler(max_t=longest + 1, grace_period=1, reduction_factor=2)
+    progress = _Progress(sweep, record, say, len(todo))
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search([t.id for t in todo])},
+        tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler,
+                                    max_concurrent_trials=max_concurrent,
+                                    trial_name_creator=lambda trial: trial.config["trial"],
+                                    trial_dirname_creator=lambda trial: trial.config["trial"]),
+        run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S") + ("-final" if todo[0].stage == "final" else ""),
+                                  storage_path=str(sweep.ray_dir.resolve()), verbose=0, callbacks=[progress],
+                                  stop=_CancelStopper(sweep), failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    tuner.fit()
+    return progress.cancelled or sweep.cancel_file.exists()
+
+
+class _RaySession:
+    """Ray for the whole sweep (both stages of a protocol): started at the first trial to run, shut down
+    at the end when the sweep started it; never started when nothing is left to train."""
+
+    def __init__(self, address, cpus, gpus, temp_dir) -> None:
+        self.args, self.started, self.owned = (address, cpus, gpus, temp_dir), False, False
+
+    def start(self) -> dict:
+        """Connect (once); returns the cluster's resources."""
+        os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # the run folders are the records
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        import ray
+
+        if not self.started:
+            self.owned = _start_ray(*self.args)
+            self.started = True
+        return ray.cluster_resources()
+
+    def close(self) -> None:
+        if self.owned:
+            import ray
+
             ray.shutdown()
+            self.owned = False
 
 
 def _start_ray(address: str | None, cpus: int | None, gpus: int | None, temp_dir: str | None) -> bool:

@@ -26,6 +26,15 @@ from ..config import METHOD_SPECS, METHODS, TrainConfig, kind, meta, settings
 from ..errors import ConfigError
 
 SCHEDULERS = ("fifo", "asha")
+# none: every trial is reported as it is; vpt: VPT's protocol (Jia et al. 2022, section 4.1): the grid is a
+# search judged on validation accuracy, then each method's best configuration is trained again on
+# train + val with `final_seeds` and reported on test
+PROTOCOLS = ("none", "vpt")
+# the protocol's search grid when the spec sweeps neither lr nor weight_decay: VPT's own for SGD, and
+# the same span around the demo's AdamW default for AdamW
+VPT_GRID = {"sgd": {"lr": [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05],
+                    "weight_decay": [0.01, 0.001, 0.0001, 0.0]},
+            "adamw": {"lr": [0.003, 0.01, 0.03], "weight_decay": [0.0, 1e-4, 1e-2]}}
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice")
 # settings a sweep sets itself: the seed comes from `seeds`, the method from `methods`
 SWEEP_OWNED = ("method", "seed")
@@ -131,6 +140,7 @@ class Trial:
     method: str
     seed: int
     values: dict  # the swept settings' values for this trial (unused ones left out)
+    stage: str = "search"  # or "final": the protocol's retraining of the chosen configuration
 
 
 @dataclass
@@ -149,6 +159,10 @@ class SweepSpec:
         scheduler: fifo (every trial runs to the end) or asha (stops trials behind on validation accuracy).
         search_seed: seeds the random draws, so the same spec always gives the same trials.
         name: a label shown in the app.
+        protocol: none, or vpt: the trials above are a search judged on validation accuracy (lr x weight
+            decay by default), then each method's best configuration is trained on train + val once per
+            `final_seeds` and those final trials are what the sweep reports (test mean and spread).
+        final_seeds: the seeds of the final trials (protocol vpt).
     """
 
     base: dict = field(default_factory=dict)
@@ -160,23 +174,24 @@ class SweepSpec:
     scheduler: str = "fifo"
     search_seed: int = 0
     name: str = ""
+    protocol: str = "none"
+    final_seeds: list = field(default_factory=lambda: [0, 1, 2])
 
     def __post_init__(self) -> None:
         self.base = self._checked_base(self.base, "base settings")
         self.methods = self._checked_methods(self.methods)
         self.grid = self._checked_grid(self.grid, "grid")
         self.random = self._checked_random(self.random)
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        self.final_seeds = self._checked_seeds(self.final_seeds, "final_seeds", "--final-seeds")
+        if self.protocol == "vpt":
+            self._protocol_search_grid()
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or not 0 <= self.samples <= MAX_TRIALS:
             raise ConfigError(f"samples must be a whole number from 0 to {MAX_TRIALS}, got {self.samples!r}")
         if self.random and not self.samples:
             raise ConfigError("the sweep has a random search but samples is 0; give --samples N")
-        if not isinstance(self.seeds, list) or not self.seeds:
-            raise ConfigError("the sweep needs at least one seed (--seeds 0 1 2)")
-        for s in self.seeds:
-            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32:
-                raise ConfigError(f"seeds must be whole numbers from 0 to 4294967295, got {s!r}")
-        if len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError(f"seeds {self.seeds} repeat a seed")
+        self.seeds = self._checked_seeds(self.seeds, "seeds", "--seeds")
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if not isinstance(self.name, str):
@@ -184,6 +199,32 @@ class SweepSpec:
         self.trials()  # every trial's config checked now, before anything runs
 
     # -- checks -------------------------------------------------------------------------------------
+    @staticmethod
+    def _checked_seeds(seeds: Any, name: str, flag: str) -> list:
+        if not isinstance(seeds, list) or not seeds:
+            raise ConfigError(f"the sweep needs at least one seed in {name} ({flag} 0 1 2)")
+        for s in seeds:
+            if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32:
+                raise ConfigError(f"{name} must be whole numbers from 0 to 4294967295, got {s!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ConfigError(f"{name} {seeds} repeat a seed")
+        return seeds
+
+    def _protocol_search_grid(self) -> None:
+        """VPT's protocol searches on the train split: the final trials alone train on train + val. With
+        nothing about lr or weight decay swept, the search is VPT's lr x weight decay grid."""
+        every_base = [self.base, *(own["base"] for own in self.methods.values())]
+        if any(b.get("train_on", "train") != "train" for b in every_base) or "train_on" in self.grid \
+                or "train_on" in self.random or any("train_on" in own["grid"] for own in self.methods.values()):
+            raise ConfigError("protocol vpt searches on the train split and trains its final trials on train + val "
+                              "itself; leave train_on out of the sweep")
+        swept = set(self.grid) | set(self.random)
+        for own in self.methods.values():
+            swept |= set(own["grid"])
+        if not swept & {"lr", "weight_decay"}:
+            optimizer = self.base.get("optimizer", "adamw")
+            self.grid = {**self.grid, **VPT_GRID.get(optimizer, VPT_GRID["adamw"])}
+
     @staticmethod
     def _checked_base(values: Any, where: str) -> dict:
         if not isinstance(values, dict):
@@ -282,6 +323,34 @@ class SweepSpec:
                                         seed=seed, values=point))
                     if len(trials) > MAX_TRIALS:
                         raise ConfigError(f"the sweep expands to more than {MAX_TRIALS} trials; narrow the grid")
+        return trials
+
+    def best_points(self, val_acc: dict[str, float]) -> dict[str, dict]:
+        """Each method's configuration with the highest mean validation accuracy over its seeds, from
+        `val_acc` (search trial id -> accuracy, finished trials only); ties go to the earlier one.
+        A method none of whose trials finished is left out."""
+        means: dict[str, dict] = {}
+        for trial in self.trials():
+            if trial.id in val_acc and val_acc[trial.id] is not None:
+                key = json.dumps(trial.values, sort_keys=True, default=str)
+                means.setdefault(trial.method, {}).setdefault(key, (trial.values, []))[1].append(val_acc[trial.id])
+        return {method: max(configs.values(), key=lambda item: sum(item[1]) / len(item[1]))[0]
+                for method, configs in means.items()}
+
+    def final_trials(self, chosen: dict[str, dict]) -> list[Trial]:
+        """The protocol's final trials: each method's chosen configuration trained on train + val, once per
+        final seed; ids `f000-<method>-s<seed>`, in the order of the spec's methods."""
+        trials = []
+        for method in self.methods:
+            if method not in chosen:
+                continue
+            for seed in self.final_seeds:
+                values = {**self.base, **self.methods[method]["base"], **chosen[method], "method": method,
+                          "seed": seed, "train_on": "train+val"}
+                config = TrainConfig.from_dict(values).to_dict()
+                config.pop("extra", None)
+                trials.append(Trial(id=f"f{len(trials):03d}-{method}-s{seed}", config=config, method=method,
+                                    seed=seed, values=dict(chosen[method]), stage="final"))
         return trials
 
     def to_dict(self) -> dict:

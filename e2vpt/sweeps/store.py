@@ -2,8 +2,8 @@
 
     S/sweep.json        the spec, the sweep's state (queued, running, done, cancelled, failed) and each
                         trial's status (pending, running, done, stopped, failed, cancelled)
-    S/leaderboard.csv   one row per trial: method, the swept values, seed, status, val_acc, test_acc,
-                        tuned_params, tuned_pct, wall_s
+    S/leaderboard.csv   one row per trial: method, (with a protocol) stage search or final, the swept
+                        values, seed, status, val_acc, test_acc, tuned_params, tuned_pct, wall_s
     S/<trial>/          each trial is an ordinary run directory (same contract as any run), so every
                         page opens it as `<sweep>/<trial>` when S sits in the runs root
     S/ray/              Ray Tune's own records of each time the sweep ran
@@ -186,7 +186,8 @@ class SweepDir:
             now = self.trial_status(trial_id, recorded)
             summary = now["summary"] or {}
             values = recorded.get("values") if isinstance(recorded.get("values"), dict) else {}
-            row = {"trial": trial_id, "method": recorded.get("method"), "seed": recorded.get("seed"),
+            row = {"trial": trial_id, "method": recorded.get("method"), "stage": recorded.get("stage", "search"),
+                   "seed": recorded.get("seed"),
                    **{name: values.get(name) for name in swept}, "status": now["status"],
                    "val_acc": summary.get("val_acc", recorded.get("val_acc") if now["status"] == "stopped" else None),
                    "test_acc": summary.get("test_acc"), "tuned_params": summary.get("tuned_params"),
@@ -198,7 +199,8 @@ class SweepDir:
     def write_leaderboard(self, record: dict | None = None) -> list[dict]:
         record = record or self.read()
         rows = self.rows(record)
-        columns = ["trial", "method", *swept_settings(record), *LEADERBOARD_COLUMNS[2:]]
+        stage = ["stage"] if record["spec"].get("protocol", "none") != "none" else []
+        columns = ["trial", "method", *stage, *swept_settings(record), *LEADERBOARD_COLUMNS[2:]]
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
@@ -217,7 +219,12 @@ def swept_settings(record: dict) -> list[str]:
 
 
 def _comparable(spec: dict) -> dict:
-    """A spec without its label (renaming a sweep does not make it another sweep)."""
+    """A spec with its defaults filled in (a sweep.json written before a key existed means that key's
+    default) and without its label (renaming a sweep does not make it another sweep)."""
+    try:
+        spec = SweepSpec.from_dict(dict(spec)).to_dict()
+    except Exception:  # noqa: BLE001 - compared as written; `spec()` names what is wrong with it
+        pass
     return json.loads(json.dumps({k: v for k, v in spec.items() if k != "name"}, sort_keys=True, default=str))
 
 
