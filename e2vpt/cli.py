@@ -125,6 +125,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", help="YAML or JSON sweep spec (base, methods, grid, random, samples, seeds, "
                                            "scheduler; docs/SWEEPS.md); the flags below override it")
+    p.add_argument("--prepared", metavar="NAME", help="start from a prepared sweep of the Sweeps page: "
+                                                       "'class comparison' or 'learning rate x weight decay, VPT "
+                                                       "protocol'; the flags below change it")
     p.add_argument("--out", help="the sweep folder (default: <runs root>/sweep-<time>); the same folder again "
                                  "continues the sweep, training only what did not finish")
     p.add_argument("--methods", nargs="+", help="methods to compare, e.g. linear vpt-deep e2vpt")
@@ -159,7 +162,15 @@ def sweep_spec_from_args(args: argparse.Namespace):
     """The spec: the file's, with the flags on top; None when nothing at all was given (continue --out)."""
     from .sweeps.spec import SweepSpec, parse_grid, parse_random
 
+    if args.spec and args.prepared:
+        raise UserError("give a spec file or --prepared, not both")
     values = load_config_file(args.spec) if args.spec else {}
+    if args.prepared:
+        from .sweeps.prepared import PREPARED
+
+        if args.prepared not in PREPARED:
+            raise UserError(f"no prepared sweep {args.prepared!r}; choose from {', '.join(map(repr, PREPARED))}")
+        values = {**PREPARED[args.prepared]["spec"], "name": args.prepared}
     base = dict(values.get("base") or {}) if isinstance(values.get("base") or {}, dict) else values.get("base")
     flags = given_settings(args)
     if isinstance(base, dict):
@@ -169,7 +180,7 @@ def sweep_spec_from_args(args: argparse.Namespace):
              "random": parse_random(args.random) if args.random else None, "samples": args.samples,
              "seeds": args.seeds, "scheduler": args.scheduler, "name": args.name, "protocol": args.protocol,
              "final_seeds": args.final_seeds}
-    if not args.spec and not flags and all(v is None for v in given.values()):
+    if not args.spec and not args.prepared and not flags and all(v is None for v in given.values()):
         return None
     values.update({k: v for k, v in given.items() if v is not None})
     if base or "base" in values:

@@ -180,6 +180,24 @@ def test_the_cli_refuses_a_bad_spec_file_with_one_line_and_writes_nothing(tmp_pa
     assert not out.exists()
 
 
+def test_the_command_line_starts_the_pages_prepared_sweeps_with_its_flags_on_top():
+    from e2vpt.cli import build_parser, sweep_spec_from_args
+    from e2vpt.sweeps.prepared import prepared
+
+    args = build_parser().parse_args(["sweep", "--prepared", "class comparison", "--epochs", "2", "--seeds", "0"])
+    spec = sweep_spec_from_args(args)
+    page = prepared("class comparison", {"epochs": 2}, seeds=[0])  # what the Sweeps page starts
+    assert [t.config for t in spec.trials()] == [t.config for t in page.trials()]
+    assert spec.name == "class comparison"
+
+
+def test_an_unknown_prepared_sweep_is_one_line(tmp_path, capsys):
+    assert main(["sweep", "--prepared", "class comparision", "--out", str(tmp_path / "S")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no prepared sweep 'class comparision'" in err and "'class comparison'" in err
+    assert not (tmp_path / "S").exists()
+
+
 def test_an_empty_grid_on_the_command_line_is_refused(tmp_path, capsys):
     assert main(["sweep", "--methods", "linear", "--grid", "lr=", "--out", str(tmp_path / "S")]) == 2
     assert "gives lr no values" in capsys.readouterr().err
@@ -360,14 +378,14 @@ def test_starting_a_prepared_sweep_from_the_page_queues_one_driver(roots, fake_s
         at = open_page("pages/sweeps.py")
         no_exception(at)
         assert "No sweeps yet" in texts(at, "info")
-        assert "27 trials" in texts(at, "caption")  # class comparison: 3 linear + 12 VPT-deep + 12 E2VPT
+        assert "21 trials" in texts(at, "caption")  # class comparison: 3 linear + 12 VPT-deep + 6 E2VPT
         next(b for b in at.button if b.label == "Start sweep").click().run()
         no_exception(at)
         assert len(started) == 1 and started[0][1][:2] == ["sweep", "--out"]
         sweep = SweepDir(started[0][1][2])
         assert sweep.path.parent == runs and sweep.state() == "queued"
         assert at.query_params["sweep"] == sweep.id
-        assert len(sweep.read()["trials"]) == 27
+        assert len(sweep.read()["trials"]) == 21
     finally:
         for proc, _ in started:
             proc.kill()

@@ -164,6 +164,9 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
     if gpus_per_trial and any(c.device == "cpu" for c in trial_configs):
         raise ConfigError("the sweep asks for a GPU per trial but its trials use --device cpu")
     configs = {t.id: t.config for t in todo}
+    # the longest trials first (the classic rule for packing jobs onto slots): the sweep then ends on
+    # short trials rather than on one long trial while the other slots idle
+    todo = [t for _, t in sorted(zip(trial_configs, todo), key=lambda pair: -_expected_cost(pair[0]))]
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, configs=configs, sweep_path=str(sweep.path.resolve()),
                              threads=max(1, int(cpus_per_trial))),
@@ -180,6 +183,9 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
         param_space={"trial": tune.grid_search([t.id for t in todo])},
         tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler,
                                     max_concurrent_trials=max_concurrent,
+                                    # a trial's process is kept for the next one: torch, timm and the
+                                    # built-in datasets are loaded once per slot, not once per trial
+                                    reuse_actors=True,
                                     trial_name_creator=lambda trial: trial.config["trial"],
                                     trial_dirname_creator=lambda trial: trial.config["trial"]),
         run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S") + ("-final" if todo[0].stage == "final" else ""),
@@ -188,6 +194,13 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
     )
     tuner.fit()
     return progress.cancelled or sweep.cancel_file.exists()
+
+
+def _expected_cost(config: TrainConfig) -> float:
+    """A trial's relative cost for ordering: its epochs (a scoring pass counts as one), halved for a linear
+    probe, which never backpropagates through the backbone."""
+    epochs = config.epochs + config.rounds * (config.resolved_retrain_epochs + 1)
+    return epochs * (0.5 if config.method == "linear" else 1.0)
 
 
 class _RaySession:
