@@ -17,11 +17,18 @@ from scipy import stats
 from .store import SweepDir
 
 
+SHORT_NAMES = {"prompt_len": "p", "kv_len": "l", "lr": "lr", "weight_decay": "wd", "prune_ratio": "prune",
+               "segment_ratio": "seg"}
+
+
+def _settings_text(values: dict, names: dict | None = None) -> list[str]:
+    """`name=value` for each swept setting (floats as %g), under `names` where given."""
+    names = names or {}
+    return [f"{names.get(k, k)}={v:g}" if isinstance(v, float) else f"{names.get(k, k)}={v}" for k, v in values.items()]
+
+
 def _label(method: str, values: dict) -> str:
-    short = {"prompt_len": "p", "kv_len": "l", "lr": "lr", "weight_decay": "wd", "prune_ratio": "prune",
-             "segment_ratio": "seg"}
-    parts = [f"{short.get(k, k)}={v:g}" if isinstance(v, float) else f"{short.get(k, k)}={v}" for k, v in values.items()]
-    return " ".join([method, *parts])
+    return " ".join([method, *_settings_text(values, SHORT_NAMES)])
 
 
 def points(sweep: SweepDir, every_round: bool = True) -> pd.DataFrame:
@@ -123,8 +130,7 @@ def protocol_note(record: dict, rows: list[dict]) -> str:
     chosen = {}
     for r in finals:
         values = (record["trials"].get(r["trial"]) or {}).get("values") or {}
-        chosen.setdefault(r["method"], ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                                 for k, v in values.items()) or "its only configuration")
+        chosen.setdefault(r["method"], ", ".join(_settings_text(values)) or "its only configuration")
     seeds = sorted({r["seed"] for r in finals})
     return (text + " chose " + "; ".join(f"{m}: {c}" for m, c in chosen.items()) + f". The chart shows the final "
             f"trials: each choice retrained on train + val with seeds {', '.join(map(str, seeds))}, test accuracy.")

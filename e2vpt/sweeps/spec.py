@@ -213,14 +213,13 @@ class SweepSpec:
     def _protocol_search_grid(self) -> None:
         """VPT's protocol searches on the train split: the final trials alone train on train + val. With
         nothing about lr or weight decay swept, the search is VPT's lr x weight decay grid."""
-        every_base = [self.base, *(own["base"] for own in self.methods.values())]
-        if any(b.get("train_on", "train") != "train" for b in every_base) or "train_on" in self.grid \
-                or "train_on" in self.random or any("train_on" in own["grid"] for own in self.methods.values()):
-            raise ConfigError("protocol vpt searches on the train split and trains its final trials on train + val "
-                              "itself; leave train_on out of the sweep")
         swept = set(self.grid) | set(self.random)
         for own in self.methods.values():
             swept |= set(own["grid"])
+        every_base = [self.base, *(own["base"] for own in self.methods.values())]
+        if "train_on" in swept or any(b.get("train_on", "train") != "train" for b in every_base):
+            raise ConfigError("protocol vpt searches on the train split and trains its final trials on train + val "
+                              "itself; leave train_on out of the sweep")
         if not swept & {"lr", "weight_decay"}:
             optimizer = self.base.get("optimizer", "adamw")
             self.grid = {**self.grid, **VPT_GRID.get(optimizer, VPT_GRID["adamw"])}
@@ -305,22 +304,28 @@ class SweepSpec:
                 points.append(point)
         return points
 
+    def _config(self, method: str, point: dict, seed: int, **fixed) -> dict:
+        """The full, checked training config of `method` at `point` with `seed` (and `fixed` on top); a
+        value no trial could train with is one line naming the trial."""
+        values = {**self.base, **self.methods[method]["base"], **point, "method": method, "seed": seed, **fixed}
+        try:
+            config = TrainConfig.from_dict(values).to_dict()
+        except ConfigError as exc:
+            where = ", ".join(f"{k}={v}" for k, v in point.items())
+            raise ConfigError(f"{exc} (trial {method}" + (f" with {where}" if where else "") + ")",
+                              exc.setting) from None
+        config.pop("extra", None)
+        return config
+
     def trials(self) -> list[Trial]:
         """Every trial, in a fixed order: methods as given, then configurations, then seeds."""
         trials = []
         for method in self.methods:
             for point in self.points(method):
                 for seed in self.seeds:
-                    values = {**self.base, **self.methods[method]["base"], **point, "method": method, "seed": seed}
-                    try:
-                        config = TrainConfig.from_dict(values).to_dict()
-                    except ConfigError as exc:
-                        where = ", ".join(f"{k}={v}" for k, v in point.items())
-                        raise ConfigError(f"{exc} (trial {method}" + (f" with {where}" if where else "") + ")",
-                                          exc.setting) from None
-                    config.pop("extra", None)
-                    trials.append(Trial(id=f"t{len(trials):03d}-{method}-s{seed}", config=config, method=method,
-                                        seed=seed, values=point))
+                    trials.append(Trial(id=f"t{len(trials):03d}-{method}-s{seed}",
+                                        config=self._config(method, point, seed), method=method, seed=seed,
+                                        values=point))
                     if len(trials) > MAX_TRIALS:
                         raise ConfigError(f"the sweep expands to more than {MAX_TRIALS} trials; narrow the grid")
         return trials
@@ -345,12 +350,9 @@ class SweepSpec:
             if method not in chosen:
                 continue
             for seed in self.final_seeds:
-                values = {**self.base, **self.methods[method]["base"], **chosen[method], "method": method,
-                          "seed": seed, "train_on": "train+val"}
-                config = TrainConfig.from_dict(values).to_dict()
-                config.pop("extra", None)
-                trials.append(Trial(id=f"f{len(trials):03d}-{method}-s{seed}", config=config, method=method,
-                                    seed=seed, values=dict(chosen[method]), stage="final"))
+                trials.append(Trial(id=f"f{len(trials):03d}-{method}-s{seed}",
+                                    config=self._config(method, chosen[method], seed, train_on="train+val"),
+                                    method=method, seed=seed, values=dict(chosen[method]), stage="final"))
         return trials
 
     def to_dict(self) -> dict:

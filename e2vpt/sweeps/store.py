@@ -17,6 +17,7 @@ summaries, so a driver killed between a trial's end and the leaderboard's update
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import io
 import json
@@ -221,10 +222,9 @@ def swept_settings(record: dict) -> list[str]:
 def _comparable(spec: dict) -> dict:
     """A spec with its defaults filled in (a sweep.json written before a key existed means that key's
     default) and without its label (renaming a sweep does not make it another sweep)."""
-    try:
-        spec = SweepSpec.from_dict(dict(spec)).to_dict()
-    except Exception:  # noqa: BLE001 - compared as written; `spec()` names what is wrong with it
-        pass
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(SweepSpec)}
+    spec = {**defaults, **spec}
     return json.loads(json.dumps({k: v for k, v in spec.items() if k != "name"}, sort_keys=True, default=str))
 
 
