@@ -117,6 +117,19 @@ def rounds_that_prune(token_mask: torch.Tensor, segments: int, prune_ratio: floa
     return useful
 
 
+def kept_after(token_shape: tuple[int, int], segments: int, prune_ratio: float, segment_ratio: float, scope: str,
+               per_token: bool = False) -> tuple[int, int]:
+    """(tokens, segments) that survive one pruning round of a full (layers, p) prompt at these ratios.
+
+    Like `rounds_that_prune`, the counts do not depend on the scores, so two ratio pairs with the same
+    counts prune the same number of pieces: the pruning search trains such a pair once.
+    """
+    tokens = prune_tokens(torch.ones(token_shape), torch.zeros(token_shape), prune_ratio, scope)
+    segment_mask = prune_segments(tokens, torch.ones(*token_shape, segments), torch.zeros(*token_shape, segments),
+                                  segment_ratio, min_segments_for(segments), scope, per_token)
+    return int(tokens.sum()), int((segment_mask * tokens[..., None]).sum())
+
+
 def _count_to_prune(kept: int, ratio: float, keep_at_least: int) -> int:
     """round(ratio * kept), but never below `keep_at_least` survivors."""
     return max(0, min(int(round(ratio * kept)), kept - keep_at_least))

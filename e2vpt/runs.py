@@ -138,6 +138,8 @@ class RunDir:
     checkpoint_prev_file = property(lambda self: self._file("checkpoint.prev.safetensors"))
     checkpoint_meta_file = property(lambda self: self._file("checkpoint.json"))  # older versions' layout
     init_file = property(lambda self: self._file("init.safetensors"))
+    # importance scored once after phase 0, for a pruning search whose trials all start from this run
+    search_importance_file = property(lambda self: self._file("search_importance.safetensors"))
     cancel_file = property(lambda self: self._file("cancel.request"))
     log_file = property(lambda self: self._file("train.log"))
     lock_file = property(lambda self: self._file("run.lock"))

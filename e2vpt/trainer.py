@@ -36,7 +36,8 @@ from .distributed import DistContext, global_batches, local_batches
 from .errors import Cancelled, ConfigError, NumericsError, RunDirError, UserError
 from .fileio import (append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, is_disk_full,
                      read_jsonl)
-from .pruning import min_segments_for, prune_segments, prune_tokens, rewind, rounds_that_prune, score_importance
+from .pruning import (Importance, min_segments_for, prune_segments, prune_tokens, rewind, rounds_that_prune,
+                      score_importance)
 from .runs import RunDir, read_tensors
 
 
@@ -60,6 +61,18 @@ def warmup_cosine(total_steps: int, warmup_steps: int, first: int = 1):
     return factor
 
 
+# settings that phase 0 never reads: a run may take its phase 0 from another run that differs only in these
+PRUNING_ONLY = ("prune_rounds", "prune_ratio", "segment_ratio", "retrain_epochs", "select_round", "rewind")
+
+
+def phase0_mismatch(source: dict, config: TrainConfig) -> str | None:
+    """Why a run with `source` settings cannot stand in for `config`'s phase 0 (None when it can)."""
+    wanted = config.to_dict()
+    differ = sorted(k for k in set(source) | set(wanted)
+                    if k not in PRUNING_ONLY + ("extra",) and source.get(k) != wanted.get(k))
+    return f"it differs in {', '.join(differ)}" if differ else None
+
+
 @dataclass
 class Phase:
     index: int  # 0 = initial training, r = pruning round r
@@ -79,12 +92,22 @@ class Trainer:
         quiet: no tqdm bars (the app's subprocess still logs its status file).
         on_epoch: called with each epoch's metric record after it is written (a sweep reports it to
             Ray Tune, whose scheduler may stop the trial there).
+        phase0_from: a finished run whose phase 0 this run takes instead of training its own (the pruning
+            search: one phase 0, scored once, then one run per pruning level). It must differ only in
+            pruning settings; its scores (`search_importance.safetensors`) are used when it has them.
+            Recorded in config.json, so `--resume` finds it again.
+        score_after: score the prompts once more after the last phase and keep the scores in the run
+            folder, for the runs that will take this run's phase 0.
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path | None = None, quiet: bool = False,
-                 on_epoch: Callable[[dict], None] | None = None) -> None:
+                 on_epoch: Callable[[dict], None] | None = None, phase0_from: str | Path | None = None,
+                 score_after: bool = False) -> None:
         self.config = config
         self.on_epoch = on_epoch
+        self.phase0_from = phase0_from or config.extra.get("phase0_from")
+        self.score_after = score_after
+        self.search_score_s = 0.0
         self.run = RunDir(run_dir) if run_dir is not None else None
         self.quiet = quiet
         self.stop_requested = False
@@ -344,10 +367,9 @@ class Trainer:
         cfg, model = self.config, self.model
         self._status("running", f"round {phase.index}: scoring prompt importance", force=True)
         start = time.monotonic()
-        loader = self._loader("train")
-        importance = score_importance(model, loader, self.device, cfg.importance, self.autocast,
-                                      all_reduce=self.dist.all_reduce if self.dist.enabled else None,
-                                      token_from=cfg.token_importance)
+        importance = self._shared_importance() if phase.index == 1 else None
+        if importance is None:
+            importance = self._score()
         t = model.tuned
         token_mask = prune_tokens(t.token_mask, importance.token, cfg.prune_ratio, cfg.mask_scope)
         segment_mask = prune_segments(token_mask, t.segment_mask, importance.segment, cfg.segment_ratio,
@@ -363,6 +385,72 @@ class Trainer:
                    "tuned_params": model.tuned_param_count(), "score_s": round(score_s, 3),
                    "scored_images": importance.images, "wall_s": round(self._wall(), 3)})
         return importance, score_s
+
+    def _score(self) -> Importance:
+        cfg = self.config
+        return score_importance(self.model, self._loader("train"), self.device, cfg.importance, self.autocast,
+                                all_reduce=self.dist.all_reduce if self.dist.enabled else None,
+                                token_from=cfg.token_importance)
+
+    def _shared_importance(self) -> Importance | None:
+        """The scores the phase-0 run kept (`score_after`), when this run took its phase 0 and they fit;
+        None otherwise (the run then scores itself: same state, same data, same scores)."""
+        if not self.phase0_from:
+            return None
+        path = RunDir(self.phase0_from).search_importance_file
+        try:
+            saved = read_tensors(path) if path.is_file() else None
+        except RunDirError:
+            return None
+        t = self.model.tuned
+        if saved is None or saved.get("token") is None or saved["token"].shape != t.token_mask.shape \
+                or saved.get("segment") is None or saved["segment"].shape != t.segment_mask.shape:
+            return None
+        return Importance(token=saved["token"], segment=saved["segment"], images=int(saved["images"].item()))
+
+    def _save_search_importance(self) -> None:
+        """`score_after`: score the final state once, for every run that takes this run's phase 0."""
+        if self.writer is None or self.model.tuned.visual is None:
+            return
+        self._status("running", "scoring prompt importance for the pruning search", force=True)
+        start = time.monotonic()
+        importance = self._score()
+        self.search_score_s = time.monotonic() - start
+        atomic_save_safetensors(self.run.search_importance_file, {
+            "token": importance.token, "segment": importance.segment,
+            "images": torch.tensor(importance.images), "score_s": torch.tensor(self.search_score_s)})
+
+    def _adopt_phase0(self) -> None:
+        """Stand where `phase0_from` stood after its phase 0: its initial values, its round-0 state, record
+        and epoch lines. What follows (pruning rounds) is this run's own, and so is its wall time."""
+        source = RunDir(self.phase0_from)
+        where = f"the phase 0 to start from, {source.path},"
+        try:
+            if source.summary() is None:
+                raise RunDirError(f"{where} has not finished")
+            problem = phase0_mismatch(source.config(), self.config)
+            if problem:
+                raise RunDirError(f"{where} cannot stand in for this run's phase 0: {problem}")
+            record = next(r for r in (source.pruning() or {}).get("rounds", []) if r["round"] == 0)
+            state, initial = read_tensors(source.round_file(0)), read_tensors(source.init_file)
+        except (StopIteration, OSError) as exc:
+            raise RunDirError(f"{where} has no readable round 0 ({exc})") from None
+        expected = self.model.tuned_state()
+        for name, tensors in (("its round 0", state), ("its initial values", initial)):
+            if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
+                raise RunDirError(f"{where} does not fit this run's model ({name} differ)")
+        self.initial_state = {k: v.to(self.device) for k, v in initial.items()}
+        self.model.load_tuned_state({k: v.to(self.device) for k, v in state.items()})
+        self.rounds = [record]
+        self.round_states[0] = state
+        self.units_done = self.phases[0].epochs
+        if self.writer is not None:
+            atomic_save_safetensors(self.run.init_file, self.initial_state)
+            atomic_save_safetensors(self.run.round_file(0), state)
+            lines = [r for r in source.metrics() if r.get("round", 0) == 0]
+            atomic_write_bytes(self.run.metrics_file, "".join(json.dumps(r) + "\n" for r in lines).encode())
+            self._write_pruning()
+            self._save_checkpoint(1, 0, None, None, {})
 
     def _run_phase(self, phase: Phase, start_epoch: int, resume_state: Checkpoint | None = None) -> None:
         """Train one phase (pruning first when it is a pruning round) and record its result.
@@ -437,6 +525,8 @@ class Trainer:
                 created = self.run.prepare_new()
                 self.run.lock()
                 self.config.extra.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S"))
+                if self.phase0_from:
+                    self.config.extra["phase0_from"] = str(Path(self.phase0_from).resolve())
                 atomic_write_json(self.run.config_file, self.config.to_dict())
             self._status("running", "loading backbone and data", force=True)
         self.dist.init(self.device)
@@ -449,7 +539,7 @@ class Trainer:
                     shutil.rmtree(self.run.path, ignore_errors=True)
                     self.run = None
                 raise
-            start_phase, start_epoch, resume_state = 0, 0, None
+            start_phase, start_epoch, resume_state, checkpoint = 0, 0, None, None
             if self.run is not None:
                 saved_init = self._saved_initial_state() if resume else None
                 if saved_init is not None:
@@ -461,16 +551,21 @@ class Trainer:
                     start_phase, start_epoch = checkpoint.phase, checkpoint.epochs_done
                     resume_state = checkpoint if checkpoint.mid_phase else None
                     self._truncate_metrics(start_phase, start_epoch, pruned=resume_state is not None)
-                elif resume:
+                elif resume and not self.phase0_from:
                     self._truncate_metrics(0, 0, pruned=False)
                     self.model.load_tuned_state(self.initial_state)
                 if resume and self.resume_note:
                     self._status("running", f"resuming: {self.resume_note}", force=True)
                     tqdm.write(f"e2vpt: resuming {self.run.path}: {self.resume_note}", file=sys.stderr)
+            if checkpoint is None and self.phase0_from:
+                self._adopt_phase0()
+                start_phase, start_epoch = 1, 0
             for phase in self.phases[start_phase:]:
                 state = resume_state if phase.index == start_phase else None
                 self._run_phase(phase, start_epoch if phase.index == start_phase else 0, state)
                 start_epoch = 0
+            if self.score_after:
+                self._save_search_importance()
             return self._finish()
         except (Cancelled, KeyboardInterrupt):
             self._status("cancelled", "cancelled by the user; partial results are kept", force=True)
@@ -519,10 +614,12 @@ class Trainer:
             "tuned_pct_no_head": 100.0 * record["tuned_params_no_head"] / self.backbone_params,
             "selected_round": selected, "rounds": len(self.rounds) - 1, "wall_s": round(self._wall(), 3),
             "train_s": round(sum(r["train_s"] for r in self.rounds), 3),
-            "score_s": round(sum(r["score_s"] for r in self.rounds), 3),
+            "score_s": round(sum(r["score_s"] for r in self.rounds) + self.search_score_s, 3),
             "device": str(self.device), "num_classes": self.splits.num_classes, "data_source": self.splits.source,
             "torch_threads": torch.get_num_threads(),
         }
+        if self.phase0_from:  # its phase 0 was another run's: that run paid for it
+            summary.update(phase0_from=str(self.phase0_from), phase0_train_s=self.rounds[0]["train_s"])
         if self.writer is not None:
             atomic_save_safetensors(self.run.weights_file, self.model.tuned_state(),
                                     {"method": cfg.method, "backbone": cfg.backbone, "selected_round": selected})
@@ -535,9 +632,12 @@ class Trainer:
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,
-          on_epoch: Callable[[dict], None] | None = None) -> dict:
-    """Train `config` into `run_dir`; returns the summary. The library's one-call entry point."""
-    trainer = Trainer(config, run_dir, quiet=quiet, on_epoch=on_epoch)
+          on_epoch: Callable[[dict], None] | None = None, phase0_from: str | Path | None = None,
+          score_after: bool = False) -> dict:
+    """Train `config` into `run_dir`; returns the summary. The library's one-call entry point.
+    `phase0_from` and `score_after`: the pruning search (see `Trainer`)."""
+    trainer = Trainer(config, run_dir, quiet=quiet, on_epoch=on_epoch, phase0_from=phase0_from,
+                      score_after=score_after)
 
     def request_stop(signum, frame):
         trainer.stop_requested = True
