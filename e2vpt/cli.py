@@ -139,11 +139,17 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", nargs="+", type=int, help="train every configuration once per seed (default: 0)")
     p.add_argument("--scheduler", choices=("fifo", "asha"), help="asha stops trials behind on validation accuracy "
                                                                  "early (default: fifo, every trial to the end)")
-    p.add_argument("--protocol", choices=("none", "vpt"),
+    p.add_argument("--protocol", choices=("none", "vpt", "e2vpt-search"),
                    help="vpt: the trials are a search judged on validation accuracy (lr x weight decay unless you sweep "
                         "them), then each method's best is retrained on train + val with --final-seeds and reported "
-                        "on test (default: none)")
+                        "on test; e2vpt-search: beside the trials, E2VPT's official pruning search: phase 0 trained "
+                        "and scored once, every (token level x segment level) retrained from it, the best on "
+                        "validation (default: none)")
     p.add_argument("--final-seeds", nargs="+", type=int, help="seeds of protocol vpt's final trials (default: 0 1 2)")
+    p.add_argument("--token-levels", nargs="+", type=float, metavar="SHARE",
+                   help="protocol e2vpt-search: shares of the prompt tokens pruned (default: 0.1 0.2 ... 0.9)")
+    p.add_argument("--segment-levels", nargs="+", type=float, metavar="SHARE",
+                   help="protocol e2vpt-search: shares of the segments pruned (default: 0.1 0.2 ... 0.9)")
     p.add_argument("--name", help="a label for the app")
     ray = p.add_argument_group("Ray")
     ray.add_argument("--address", help="join a running Ray cluster (auto or HOST:PORT) instead of starting one here")
@@ -179,7 +185,7 @@ def sweep_spec_from_args(args: argparse.Namespace):
     given = {"methods": args.methods, "grid": parse_grid(args.grid) if args.grid else None,
              "random": parse_random(args.random) if args.random else None, "samples": args.samples,
              "seeds": args.seeds, "scheduler": args.scheduler, "name": args.name, "protocol": args.protocol,
-             "final_seeds": args.final_seeds}
+             "final_seeds": args.final_seeds, "token_levels": args.token_levels, "segment_levels": args.segment_levels}
     if not args.spec and not args.prepared and not flags and all(v is None for v in given.values()):
         return None
     values.update({k: v for k, v in given.items() if v is not None})

@@ -93,6 +93,10 @@ def setting(default: Any, help: str, *, group: str, label: str, ge: float | None
     return field(default=default, metadata={"setting": meta})
 
 
+# settings that phase 0 never reads: a run may take its phase 0 from another run that differs only in
+# these (the pruning search: one phase 0, many pruning levels)
+PRUNING_ONLY = ("prune_rounds", "prune_ratio", "segment_ratio", "retrain_epochs", "select_round", "rewind")
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one run. Each field's meaning, bounds and flag are in its `setting(...)`

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .build import build_model_and_splits, evaluate, resolve_device
 from .checkpoints import Checkpoint, read_checkpoints, remove_checkpoints, save_checkpoint
-from .config import TrainConfig
+from .config import PRUNING_ONLY, TrainConfig
 from .distributed import DistContext, global_batches, local_batches
 from .errors import Cancelled, ConfigError, NumericsError, RunDirError, UserError
 from .fileio import (append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, is_disk_full,
@@ -59,10 +59,6 @@ def warmup_cosine(total_steps: int, warmup_steps: int, first: int = 1):
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return factor
-
-
-# settings that phase 0 never reads: a run may take its phase 0 from another run that differs only in these
-PRUNING_ONLY = ("prune_rounds", "prune_ratio", "segment_ratio", "retrain_epochs", "select_round", "rewind")
 
 
 def phase0_mismatch(source: dict, config: TrainConfig) -> str | None:

@@ -127,6 +127,59 @@ def test_the_frontier_of_a_protocol_sweep_shows_its_final_trials_and_says_what_w
     assert header[:4] == ["trial", "method", "stage", "lr"]
 
 
+def test_the_pruning_search_scores_each_phase_0_once_and_trains_each_distinct_level_once():
+    spec = SweepSpec(methods=["linear", "e2vpt"], grid={"prune_ratio": [0.25, 0.5], "kv_len": [1, 4]}, seeds=[0, 1],
+                     protocol="e2vpt-search", token_levels=[0.25, 0.5, 0.75], segment_levels=[0.0, 0.25])
+    assert len(spec.trials()) == 2 + 2 * 2 * 2  # the iterative trials, as the grid says
+    scouts = spec.scout_trials()
+    # prune_ratio never reaches phase 0: its two values share one scout per (kv_len, seed)
+    assert [(t.values, t.seed) for t in scouts] == [({"kv_len": 1}, 0), ({"kv_len": 1}, 1), ({"kv_len": 4}, 0),
+                                                   ({"kv_len": 4}, 1)]
+    assert all(t.stage == "scout" and t.config["prune_rounds"] == 0 and t.method == "e2vpt" for t in scouts)
+    levels = spec.level_trials(scouts[0], (1, 4), 16)  # one prompt layer of 4 tokens
+    kept = {(t.values["prune_ratio"], t.values["segment_ratio"]) for t in levels}
+    # 0.25 and 0.5 of 4 tokens prune 1 and 2 (0.75 prunes 3); segment share 0 with token share 0 is not a level
+    assert len(levels) == 6 and (0.25, 0.0) in kept and (0.75, 0.25) in kept
+    assert all(t.phase0_from == scouts[0].id and t.config["prune_rounds"] == 1 and t.config["kv_len"] == 1
+               and t.config["seed"] == 0 and t.stage == "levels" for t in levels)
+    assert levels[0].id == "p000-e2vpt-s0-t25-g0"
+    # 2 tokens: 0.25 prunes none (so with segment share 0 nothing at all), 0.5 and 0.75 both prune one
+    # (at least one token stays), so 0.75 adds no level of its own
+    two = spec.level_trials(scouts[0], (1, 2), 16)
+    assert [t.id.removeprefix("p000-e2vpt-s0-") for t in two] == ["t25-g25", "t50-g0", "t50-g25"]
+
+
+def test_the_search_chooses_each_scouts_best_level_on_validation_and_the_frontier_shows_it(tmp_path, fake_run):
+    spec = SweepSpec(methods=["e2vpt"], seeds=[0], protocol="e2vpt-search", token_levels=[0.25, 0.5],
+                     segment_levels=[0.25])
+    sweep = SweepDir(tmp_path / "S")
+    record = sweep.create(spec)
+    scout = spec.scout_trials()[0]
+    levels = spec.level_trials(scout, (3, 4), 4)
+    fake_run(sweep.path, spec.trials()[0].id, test_acc=0.8)
+    fake_run(sweep.path, scout.id, rounds=0)
+    # two levels tie on validation: the one with fewer parameters (more pruning) is chosen
+    for trial, (val, params) in zip(levels, [(0.9, 900), (0.9, 700)]):
+        path = fake_run(sweep.path, trial.id, rounds=1, test_acc=0.85, tuned_params=params)
+        summary = json.loads((path / "summary.json").read_text())
+        (path / "summary.json").write_text(json.dumps(dict(summary, val_acc=val)))
+    for trial in [scout, *levels]:
+        record["trials"][trial.id] = {"method": "e2vpt", "seed": 0, "values": trial.values, "stage": trial.stage,
+                                      "status": "done", **({"phase0_from": scout.id} if trial.phase0_from else {})}
+    sweep.write(record)
+    rows = {r["trial"]: r for r in sweep.rows(record)}
+    assert [t for t, r in rows.items() if r["chosen"]] == [levels[1].id]
+    points = frontier.points(sweep)
+    search = points[points["method"] == "e2vpt-search"]
+    assert list(search["trial"]) == [levels[1].id] and list(search["tuned_params"]) == [700]
+    assert scout.id not in set(points["trial"]) and levels[0].id not in set(points["trial"])
+    note = frontier.protocol_note(record, list(rows.values()))
+    assert "scored once" in note and "t50-g25" in note and "iterative rounds (e2vpt) cost" in note
+    sweep.write_leaderboard(record)
+    header = sweep.leaderboard_file.read_text().splitlines()[0].split(",")
+    assert "chosen" in header and header[2] == "stage"
+
+
 def test_a_sweep_recorded_before_protocols_existed_is_still_the_same_sweep(tmp_path):
     sweep = SweepDir(tmp_path / "S")
     sweep.create(_spec())
@@ -155,7 +208,11 @@ def test_a_sweep_recorded_before_protocols_existed_is_still_the_same_sweep(tmp_p
     ({"grid": {"lr": [0.01, -1.0]}}, "lr (--lr) must be more than 0"),
     ({"scheduler": "hyperband"}, "scheduler must be one of fifo, asha"),
     ({"base": {"epochs": "many"}}, "epochs (--epochs) must be a whole number"),
-    ({"protocol": "vtab"}, "protocol must be one of none, vpt"),
+    ({"protocol": "vtab"}, "protocol must be one of none, vpt, e2vpt-search"),
+    ({"protocol": "e2vpt-search", "methods": ["vpt-deep"]}, "add e2vpt to the methods"),
+    ({"protocol": "e2vpt-search", "scheduler": "asha"}, "use --scheduler fifo"),
+    ({"protocol": "e2vpt-search", "token_levels": [0.5, 1.0]}, "token_levels are shares pruned in one round"),
+    ({"protocol": "e2vpt-search", "segment_levels": []}, "at least one level in segment_levels"),
     ({"protocol": "vpt", "final_seeds": [1, 1]}, "final_seeds [1, 1] repeat a seed"),
     ({"protocol": "vpt", "base": {"train_on": "train+val"}}, "leave train_on out of the sweep"),
 ])

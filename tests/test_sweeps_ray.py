@@ -93,6 +93,42 @@ def test_the_vpt_protocol_searches_on_validation_then_retrains_each_best_on_trai
     assert "2 final trial(s), 2 already finished, 0 to run" in again.stdout
 
 
+def test_the_pruning_search_scores_once_retrains_each_level_from_it_and_chooses_on_validation(tmp_path, ray_tmp):
+    out = tmp_path / "S"
+    command = ["--methods", "e2vpt", "--epochs", "1", "--retrain-epochs", "1", "--prune-rounds", "1", "--prompt-len", "4",
+               "--prune-ratio", "0.5", "--segment-ratio", "0.25", "--protocol", "e2vpt-search", "--token-levels", "0.25",
+               "0.5", "--segment-levels", "0.25", "--dataset", "imagefolder", "--data-root", str(digits_folder()),
+               "--out", str(out), "--cpus", "2", "--ray-temp-dir", ray_tmp]
+    first = sweep(*command)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    rows = {r["trial"]: r for r in leaderboard(out)}
+    assert {r["status"] for r in rows.values()} == {"done"}
+    assert sorted(r["stage"] for r in rows.values()) == ["levels", "levels", "scout", "search"]
+    scout = next(t for t, r in rows.items() if r["stage"] == "scout")
+    assert (out / scout / "search_importance.safetensors").is_file()  # scored once, by the scout
+    levels = [t for t, r in rows.items() if r["stage"] == "levels"]
+    for trial in levels:
+        summary = json.loads((out / trial / "summary.json").read_text())
+        assert summary["phase0_from"] == str((out / scout).resolve())
+        prune = [r for r in map(json.loads, (out / trial / "metrics.jsonl").read_text().splitlines())
+                 if r["kind"] == "prune"]
+        assert len(prune) == 1 and prune[0]["score_s"] < 0.05  # the scout's scores, not its own pass
+    # the level at the iterative trial's own ratios is the same training: the same round 1, to the bit
+    same = rows[f"{scout}-t50-g25"]
+    iterative = next(r for r in rows.values() if r["stage"] == "search")
+    round1 = json.loads((out / iterative["trial"] / "pruning.json").read_text())["rounds"][1]
+    assert (float(same["test_acc"]), int(same["tuned_params"])) == (round1["test_acc"], round1["tuned_params"])
+    chosen = [t for t in levels if rows[t]["chosen"] == "True"]
+    best = max(levels, key=lambda t: (float(rows[t]["val_acc"]), -int(rows[t]["tuned_params"])))
+    assert chosen == [best]
+    assert "2 pruning level(s) of 1 scored phase 0 run(s)" in first.stdout
+
+    again = sweep(*command)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "2 trial(s), 2 already finished, 0 to run" in again.stdout
+    assert "2 levels trial(s), 2 already finished, 0 to run" in again.stdout
+
+
 def test_asha_stops_a_trial_that_falls_behind_and_it_is_not_trained_again(tmp_path, ray_tmp):
     """One trial at a time, so the order is fixed: the good learning rate sets the bar at epoch 1 and the
     hopeless one (lr 1e-7) falls below it there and is stopped."""

@@ -31,21 +31,32 @@ def _label(method: str, values: dict) -> str:
     return " ".join([method, *_settings_text(values, SHORT_NAMES)])
 
 
+SEARCH_METHOD = "e2vpt-search"  # how the frontier names the pruning search's chosen levels
+
+
 def points(sweep: SweepDir, every_round: bool = True) -> pd.DataFrame:
     """One row per finished trial (and, with `every_round`, per E2VPT pruning round): method, config
     label, seed, round, val_acc, test_acc, tuned_params, tuned_pct. Under protocol vpt, once final
-    trials have finished, only they are points: the search trials chose them on validation accuracy."""
+    trials have finished, only they are points: the search trials chose them on validation accuracy.
+    Under protocol e2vpt-search, each scout's chosen level is a point of method `e2vpt-search` (its
+    configuration without the levels, which the search picked per seed); scouts and the other levels
+    are not (a scout is the round 0 its configuration's iterative e2vpt trial already shows)."""
     record = sweep.read()
     finished = [row for row in sweep.rows(record) if row["status"] == "done"]
     if any(row["stage"] == "final" for row in finished):
         finished = [row for row in finished if row["stage"] == "final"]
+    finished = [row for row in finished if row["stage"] not in ("scout", "levels") or row["chosen"]]
     rows = []
     for row in finished:
         trial = record["trials"][row["trial"]]
-        label = _label(row["method"], trial.get("values") or {})
-        base = {"trial": row["trial"], "method": row["method"], "config": label, "seed": row["seed"]}
+        values, method = trial.get("values") or {}, row["method"]
+        if row["stage"] == "levels":
+            values = {k: v for k, v in values.items() if k not in ("prune_ratio", "segment_ratio")}
+            method = SEARCH_METHOD
+        label = _label(method, values)
+        base = {"trial": row["trial"], "method": method, "config": label, "seed": row["seed"]}
         rounds = []
-        if every_round and row["method"] == "e2vpt":
+        if every_round and method == "e2vpt":
             pruning = sweep.trial_run(row["trial"]).pruning() or {}
             rounds = [r for r in pruning.get("rounds", []) if r.get("test_acc") is not None]
         if rounds:
@@ -118,6 +129,8 @@ def protocol_note(record: dict, rows: list[dict]) -> str:
     """What a protocol-vpt sweep did, in words: which configuration each method's search chose and what
     the frontier shows. Empty for a sweep without a protocol."""
     spec = record.get("spec") or {}
+    if spec.get("protocol", "none") == "e2vpt-search":
+        return _search_note(rows)
     if spec.get("protocol", "none") != "vpt":
         return ""
     search = [r for r in rows if r["stage"] == "search"]
@@ -134,3 +147,26 @@ def protocol_note(record: dict, rows: list[dict]) -> str:
     seeds = sorted({r["seed"] for r in finals})
     return (text + " chose " + "; ".join(f"{m}: {c}" for m, c in chosen.items()) + f". The chart shows the final "
             f"trials: each choice retrained on train + val with seeds {', '.join(map(str, seeds))}, test accuracy.")
+
+
+def _search_note(rows: list[dict]) -> str:
+    """What protocol e2vpt-search did and what it cost, beside the iterative rounds of the same configuration."""
+    scouts = [r for r in rows if r["stage"] == "scout"]
+    levels = [r for r in rows if r["stage"] == "levels"]
+    done = [r for r in levels if r["status"] == "done"]
+    seconds = lambda part: sum(r["wall_s"] or 0 for r in part)  # noqa: E731
+    text = (f"E2VPT pruning search (official schedule, E2VPT-SPEC.md section 4): phase 0 trained and scored once "
+            f"per configuration and seed ({len(scouts)} run(s), {seconds(scouts):.0f} s), then "
+            f"{len(levels)} pruning level(s) (share of tokens x share of segments pruned) each retrained from that "
+            f"shared state ({len(done)} finished, {seconds(done):.0f} s)")
+    chosen = [r for r in levels if r["chosen"]]
+    if not chosen:
+        return text + "; the level with the best validation accuracy is chosen once they have finished."
+    picks = "; ".join(f"{r['phase0_from']}: {r['trial'].removeprefix(r['phase0_from'] + '-')} (val "
+                      f"{100 * r['val_acc']:.1f} %, test {100 * r['test_acc']:.1f} %, {r['tuned_params']:,} parameters)"
+                      for r in chosen)
+    iterative = [r for r in rows if r["stage"] == "search" and r["method"] == "e2vpt" and r["status"] == "done"]
+    budget = (f" The iterative rounds (e2vpt) cost {seconds(iterative) / len(iterative):.0f} s per trial, against "
+              f"{(seconds(scouts) + seconds(done)) / max(len(scouts), 1):.0f} s per search." if iterative else "")
+    return (text + f". Chosen on validation accuracy (ties to more pruning; t = tokens pruned %, g = segments "
+            f"pruned %): {picks}; on the chart as {SEARCH_METHOD}." + budget)

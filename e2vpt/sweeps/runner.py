@@ -35,8 +35,11 @@ PROJECT_ROOT = PACKAGE_DIR.parent
 
 # --------------------------------------------------------------------------------------------------
 # one trial, inside a Ray worker
-def run_trial(params: dict, configs: dict, sweep_path: str, threads: int) -> None:
-    """Train trial `params["trial"]` into its run folder, reporting each epoch's validation accuracy."""
+def run_trial(params: dict, configs: dict, sweep_path: str, threads: int, phase0: dict | None = None) -> None:
+    """Train trial `params["trial"]` into its run folder, reporting each epoch's validation accuracy.
+
+    `phase0` (protocol e2vpt-search) maps a level trial to the scout whose phase 0 it starts from, and a
+    scout to None: a scout keeps its scores after training, for its levels."""
     import torch
     from ray import tune
 
@@ -46,6 +49,10 @@ def run_trial(params: dict, configs: dict, sweep_path: str, threads: int) -> Non
     trial_id = params["trial"]
     run = RunDir(Path(sweep_path) / trial_id)
     config = TrainConfig.from_dict(configs[trial_id])
+    roles = {}
+    if phase0 and trial_id in phase0:
+        scout = phase0[trial_id]
+        roles = {"phase0_from": Path(sweep_path) / scout} if scout else {"score_after": True}
 
     def report(record: dict) -> None:
         tune.report({"val_acc": record["val_acc"], "round": record["round"], "epoch": record["epoch"]})
@@ -55,7 +62,7 @@ def run_trial(params: dict, configs: dict, sweep_path: str, threads: int) -> Non
     else:
         # a trial that started before (killed, cancelled, failed) continues from its last epoch, or
         # from the first when it never finished one
-        summary = train(config, run.path, resume=run.exists(), quiet=True, on_epoch=report)
+        summary = train(config, run.path, resume=run.exists(), quiet=True, on_epoch=report, **roles)
     tune.report({"val_acc": summary["val_acc"], "test_acc": summary["test_acc"], "finished": True})
 
 
@@ -87,12 +94,17 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, address: str | None = None, c
         say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
         options = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent)
         trials = spec.trials()
-        cancelled, ran = _run_stage(sweep, spec, record, trials, ray_session, say, "", **options)
+        scouts = spec.scout_trials() if spec.protocol == "e2vpt-search" else []
+        cancelled, ran = _run_stage(sweep, spec, record, trials + scouts, ray_session, say, "", **options)
+        trials += scouts
+        later = []
         if spec.protocol == "vpt" and not cancelled:
-            finals = _final_trials(sweep, spec, record, trials, say)
-            if finals:
-                cancelled, ran_final = _run_stage(sweep, spec, record, finals, ray_session, say, "final ", **options)
-                trials, ran = trials + finals, ran + ran_final
+            later = _final_trials(sweep, spec, record, trials, say)
+        if scouts and not cancelled:
+            later = _level_trials(sweep, spec, scouts, say)
+        if later:
+            cancelled, ran_later = _run_stage(sweep, spec, record, later, ray_session, say, f"{later[0].stage} ", **options)
+            trials, ran = trials + later, ran + ran_later
         rows = sweep.write_leaderboard(record)
         counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "stopped", "failed", "pending", "cancelled")}
         record["state"] = "cancelled" if cancelled else ("done" if not counts["pending"] else "interrupted")
@@ -124,6 +136,8 @@ def _run_stage(sweep: SweepDir, spec: SweepSpec, record: dict, trials: list, ray
         now = sweep.trial_status(trial.id, record["trials"].get(trial.id, {}))
         entry = record["trials"].setdefault(trial.id, {"method": trial.method, "seed": trial.seed,
                                                        "values": trial.values, "stage": trial.stage})
+        if trial.phase0_from:
+            entry["phase0_from"] = trial.phase0_from
         entry.update(status=now["status"] if now["status"] in FINISHED else "pending",
                      message=now["message"] if now["status"] in FINISHED else "")
     todo = [t for t in trials if record["trials"][t.id]["status"] not in FINISHED]
@@ -152,6 +166,23 @@ def _final_trials(sweep: SweepDir, spec: SweepSpec, record: dict, search: list, 
     return spec.final_trials(chosen)
 
 
+def _level_trials(sweep: SweepDir, spec: SweepSpec, scouts: list, say) -> list:
+    """Protocol e2vpt-search: the pruning levels of every scout that has finished (a scout still to
+    finish gets its levels when the sweep runs again)."""
+    levels = []
+    for scout in scouts:
+        run = sweep.trial_run(scout.id)
+        pruning = run.pruning() if run.summary_file.is_file() else None
+        if not pruning or not pruning.get("prompt_len"):
+            continue
+        shape = (pruning["prompt_layers"], pruning["prompt_len"])
+        levels += spec.level_trials(scout, shape, pruning["segments"])
+    if levels:
+        say(f"protocol e2vpt-search: {len(levels)} pruning level(s) of {len(scouts)} scored phase 0 run(s), each "
+            "retrained from that shared state")
+    return levels
+
+
 def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_session, *, cpus_per_trial, gpus_per_trial,
           max_concurrent, say) -> bool:
     """Run `todo` on Ray Tune; returns True when the sweep was cancelled."""
@@ -164,12 +195,13 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
     if gpus_per_trial and any(c.device == "cpu" for c in trial_configs):
         raise ConfigError("the sweep asks for a GPU per trial but its trials use --device cpu")
     configs = {t.id: t.config for t in todo}
+    phase0 = {t.id: t.phase0_from for t in todo if t.stage in ("scout", "levels")}
     # the longest trials first (the classic rule for packing jobs onto slots): the sweep then ends on
     # short trials rather than on one long trial while the other slots idle
-    todo = [t for _, t in sorted(zip(trial_configs, todo), key=lambda pair: -_expected_cost(pair[0]))]
+    todo = [t for _, t in sorted(zip(trial_configs, todo), key=lambda pair: -_expected_cost(*pair))]
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, configs=configs, sweep_path=str(sweep.path.resolve()),
-                             threads=max(1, int(cpus_per_trial))),
+                             threads=max(1, int(cpus_per_trial)), phase0=phase0),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     scheduler = None
     if spec.scheduler == "asha" and todo[0].stage == "search":  # final trials are reported, never stopped
@@ -188,7 +220,7 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
                                     reuse_actors=True,
                                     trial_name_creator=lambda trial: trial.config["trial"],
                                     trial_dirname_creator=lambda trial: trial.config["trial"]),
-        run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S") + ("-final" if todo[0].stage == "final" else ""),
+        run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S") + ("" if todo[0].stage == "search" else f"-{todo[0].stage}"),
                                   storage_path=str(sweep.ray_dir.resolve()), verbose=0, callbacks=[progress],
                                   stop=_CancelStopper(sweep), failure_config=tune.FailureConfig(max_failures=0)),
     )
@@ -196,10 +228,10 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
     return progress.cancelled or sweep.cancel_file.exists()
 
 
-def _expected_cost(config: TrainConfig) -> float:
+def _expected_cost(config: TrainConfig, trial) -> float:
     """A trial's relative cost for ordering: its epochs (a scoring pass counts as one), halved for a linear
-    probe, which never backpropagates through the backbone."""
-    epochs = config.epochs + config.rounds * (config.resolved_retrain_epochs + 1)
+    probe, which never backpropagates through the backbone. A pruning level trains its round alone."""
+    epochs = (0 if trial.phase0_from else config.epochs) + config.rounds * (config.resolved_retrain_epochs + 1)
     return epochs * (0.5 if config.method == "linear" else 1.0)
 
 

@@ -22,14 +22,18 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import METHOD_SPECS, METHODS, TrainConfig, kind, meta, settings
+from ..config import METHOD_SPECS, METHODS, PRUNING_ONLY, TrainConfig, kind, meta, settings
 from ..errors import ConfigError
 
 SCHEDULERS = ("fifo", "asha")
 # none: every trial is reported as it is; vpt: VPT's protocol (Jia et al. 2022, section 4.1): the grid is a
 # search judged on validation accuracy, then each method's best configuration is trained again on
-# train + val with `final_seeds` and reported on test
-PROTOCOLS = ("none", "vpt")
+# train + val with `final_seeds` and reported on test; e2vpt-search: the official pruning search
+# (docs/E2VPT-SPEC.md section 4) beside the grid's own trials, whose iterative rounds it is compared with
+PROTOCOLS = ("none", "vpt", "e2vpt-search")
+# the official code's candidate levels: 10 %, ..., 90 % of the tokens, and of each token's segments (it
+# never keeps fewer than 1 token or 4 of 16 segments; levels that keep the same counts are trained once)
+OFFICIAL_LEVELS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
 # the protocol's search grid when the spec sweeps neither lr nor weight_decay: VPT's own for SGD, and
 # the same span around the demo's AdamW default for AdamW
 VPT_GRID = {"sgd": {"lr": [50.0, 25.0, 10.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1, 0.05],
@@ -140,7 +144,10 @@ class Trial:
     method: str
     seed: int
     values: dict  # the swept settings' values for this trial (unused ones left out)
-    stage: str = "search"  # or "final": the protocol's retraining of the chosen configuration
+    # search: the spec's own trials; final: protocol vpt's retraining of the chosen configuration;
+    # scout and levels: protocol e2vpt-search's shared phase 0, and each pruning level trained from it
+    stage: str = "search"
+    phase0_from: str | None = None  # levels: the scout trial whose phase 0 (and scores) it starts from
 
 
 @dataclass
@@ -163,6 +170,8 @@ class SweepSpec:
             decay by default), then each method's best configuration is trained on train + val once per
             `final_seeds` and those final trials are what the sweep reports (test mean and spread).
         final_seeds: the seeds of the final trials (protocol vpt).
+        token_levels, segment_levels: protocol e2vpt-search's candidate pruning levels, as shares of the
+            tokens and of the segments pruned in one round; every pair is a trial (official: 10 %, ..., 90 %).
     """
 
     base: dict = field(default_factory=dict)
@@ -176,6 +185,8 @@ class SweepSpec:
     name: str = ""
     protocol: str = "none"
     final_seeds: list = field(default_factory=lambda: [0, 1, 2])
+    token_levels: list = field(default_factory=lambda: list(OFFICIAL_LEVELS))
+    segment_levels: list = field(default_factory=lambda: list(OFFICIAL_LEVELS))
 
     def __post_init__(self) -> None:
         self.base = self._checked_base(self.base, "base settings")
@@ -187,6 +198,14 @@ class SweepSpec:
         self.final_seeds = self._checked_seeds(self.final_seeds, "final_seeds", "--final-seeds")
         if self.protocol == "vpt":
             self._protocol_search_grid()
+        self.token_levels = self._checked_levels(self.token_levels, "token_levels", "--token-levels")
+        self.segment_levels = self._checked_levels(self.segment_levels, "segment_levels", "--segment-levels")
+        if self.protocol == "e2vpt-search":
+            if not any(METHOD_SPECS[m].prune for m in self.methods):
+                raise ConfigError("protocol e2vpt-search searches E2VPT's pruning levels; add e2vpt to the methods")
+            if self.scheduler == "asha":
+                raise ConfigError("protocol e2vpt-search trains every pruning level to its end, as the official code "
+                                  "does; use --scheduler fifo")
         if isinstance(self.samples, bool) or not isinstance(self.samples, int) or not 0 <= self.samples <= MAX_TRIALS:
             raise ConfigError(f"samples must be a whole number from 0 to {MAX_TRIALS}, got {self.samples!r}")
         if self.random and not self.samples:
@@ -209,6 +228,17 @@ class SweepSpec:
         if len(set(seeds)) != len(seeds):
             raise ConfigError(f"{name} {seeds} repeat a seed")
         return seeds
+
+    @staticmethod
+    def _checked_levels(levels: Any, name: str, flag: str) -> list:
+        if not isinstance(levels, list) or not levels:
+            raise ConfigError(f"the sweep needs at least one level in {name} ({flag} 0.25 0.5 0.75)")
+        for level in levels:
+            if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 <= level < 1:
+                raise ConfigError(f"{name} are shares pruned in one round, from 0 up to (not including) 1; got {level!r}")
+        if len(set(levels)) != len(levels):
+            raise ConfigError(f"{name} {levels} repeat a level")
+        return [float(level) for level in levels]
 
     def _protocol_search_grid(self) -> None:
         """VPT's protocol searches on the train split: the final trials alone train on train + val. With
@@ -353,6 +383,49 @@ class SweepSpec:
                 trials.append(Trial(id=f"f{len(trials):03d}-{method}-s{seed}",
                                     config=self._config(method, chosen[method], seed, train_on="train+val"),
                                     method=method, seed=seed, values=dict(chosen[method]), stage="final"))
+        return trials
+
+    def scout_trials(self) -> list[Trial]:
+        """Protocol e2vpt-search: one phase 0 per pruning configuration and seed, scored once after it.
+        Configurations that differ only in pruning settings share a scout; ids `p000-<method>-s<seed>`."""
+        trials, seen = [], set()
+        for method in self.methods:
+            if not METHOD_SPECS[method].prune:
+                continue
+            for point in self.points(method):
+                phase0 = {k: v for k, v in point.items() if k not in PRUNING_ONLY}
+                for seed in self.seeds:
+                    key = json.dumps([method, phase0, seed], sort_keys=True, default=str)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    trials.append(Trial(id=f"p{len(trials):03d}-{method}-s{seed}",
+                                        config=self._config(method, phase0, seed, prune_rounds=0), method=method,
+                                        seed=seed, values=phase0, stage="scout"))
+        return trials
+
+    def level_trials(self, scout: Trial, token_shape: tuple[int, int], segments: int) -> list[Trial]:
+        """Protocol e2vpt-search: every (token level, segment level) pair, one pruning round from `scout`'s
+        phase 0, for a prompt of `token_shape` (prompt layers, p) with `segments` per token (the scout's
+        model). Pairs that would keep the same number of tokens and segments as an earlier pair, or prune
+        nothing, are left out. Ids `<scout>-t<token %>-g<segment %>`."""
+        from ..pruning import kept_after  # torch: only the driver of such a sweep needs it
+
+        config = TrainConfig.from_dict(scout.config)
+        seen = {(token_shape[0] * token_shape[1], token_shape[0] * token_shape[1] * segments)}  # nothing pruned
+        trials = []
+        for token_level in self.token_levels:
+            for segment_level in self.segment_levels:
+                kept = kept_after(token_shape, segments, token_level, segment_level, config.mask_scope,
+                                  config.segment_rank == "per-token")
+                if kept in seen:
+                    continue
+                seen.add(kept)
+                values = {**scout.values, "prune_ratio": token_level, "segment_ratio": segment_level}
+                trials.append(Trial(id=f"{scout.id}-t{100 * token_level:g}-g{100 * segment_level:g}",
+                                    config=self._config(scout.method, values, scout.seed, prune_rounds=1),
+                                    method=scout.method, seed=scout.seed, values=values, stage="levels",
+                                    phase0_from=scout.id))
         return trials
 
     def to_dict(self) -> dict:

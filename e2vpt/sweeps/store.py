@@ -2,8 +2,10 @@
 
     S/sweep.json        the spec, the sweep's state (queued, running, done, cancelled, failed) and each
                         trial's status (pending, running, done, stopped, failed, cancelled)
-    S/leaderboard.csv   one row per trial: method, (with a protocol) stage search or final, the swept
-                        values, seed, status, val_acc, test_acc, tuned_params, tuned_pct, wall_s
+    S/leaderboard.csv   one row per trial: method, (with a protocol) its stage (search, final, scout,
+                        levels), the swept values, seed, status, val_acc, test_acc, tuned_params,
+                        tuned_pct, wall_s (the trial's own cost), and for protocol e2vpt-search which
+                        level each scout's search chose
     S/<trial>/          each trial is an ordinary run directory (same contract as any run), so every
                         page opens it as `<sweep>/<trial>` when S sits in the runs root
     S/ray/              Ray Tune's own records of each time the sweep ran
@@ -193,21 +195,42 @@ class SweepDir:
                    "val_acc": summary.get("val_acc", recorded.get("val_acc") if now["status"] == "stopped" else None),
                    "test_acc": summary.get("test_acc"), "tuned_params": summary.get("tuned_params"),
                    "tuned_pct": summary.get("tuned_pct"), "wall_s": summary.get("wall_s"),
-                   "selected_round": summary.get("selected_round"), "message": now["message"]}
+                   "selected_round": summary.get("selected_round"), "message": now["message"],
+                   "phase0_from": recorded.get("phase0_from")}
             rows.append(row)
+        chosen = set(search_choices(rows).values())
+        for row in rows:
+            row["chosen"] = row["trial"] in chosen
         return rows
 
     def write_leaderboard(self, record: dict | None = None) -> list[dict]:
         record = record or self.read()
         rows = self.rows(record)
-        stage = ["stage"] if record["spec"].get("protocol", "none") != "none" else []
-        columns = ["trial", "method", *stage, *swept_settings(record), *LEADERBOARD_COLUMNS[2:]]
+        protocol = record["spec"].get("protocol", "none")
+        stage = ["stage"] if protocol != "none" else []
+        chosen = ["chosen"] if protocol == "e2vpt-search" else []
+        columns = ["trial", "method", *stage, *swept_settings(record), *LEADERBOARD_COLUMNS[2:-1], *chosen,
+                   LEADERBOARD_COLUMNS[-1]]
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_bytes(self.leaderboard_file, out.getvalue().encode())
         return rows
+
+
+def search_choices(rows: list[dict]) -> dict[str, str]:
+    """Protocol e2vpt-search's choice for each scout: the finished level with the highest validation
+    accuracy, ties going to more pruning (fewer tuned parameters), as in the official code."""
+    best: dict[str, dict] = {}
+    for row in rows:
+        if row.get("stage") != "levels" or row["status"] != "done" or row.get("val_acc") is None:
+            continue
+        key = (row["val_acc"], -(row.get("tuned_params") or 0))
+        held = best.get(row["phase0_from"])
+        if held is None or key > (held["val_acc"], -(held.get("tuned_params") or 0)):
+            best[row["phase0_from"]] = row
+    return {scout: row["trial"] for scout, row in best.items()}
 
 
 def swept_settings(record: dict) -> list[str]:
