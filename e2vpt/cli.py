@@ -126,8 +126,9 @@ def add_sweep_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", nargs="?", help="YAML or JSON sweep spec (base, methods, grid, random, samples, seeds, "
                                            "scheduler; docs/SWEEPS.md); the flags below override it")
     p.add_argument("--prepared", metavar="NAME", help="start from a prepared sweep of the Sweeps page: "
-                                                       "'class comparison' or 'learning rate x weight decay, VPT "
-                                                       "protocol'; the flags below change it")
+                                                       "'class comparison', 'learning rate x weight decay, VPT "
+                                                       "protocol' or 'pruning search against pruning rounds'; the "
+                                                       "flags below change it")
     p.add_argument("--out", help="the sweep folder (default: <runs root>/sweep-<time>); the same folder again "
                                  "continues the sweep, training only what did not finish")
     p.add_argument("--methods", nargs="+", help="methods to compare, e.g. linear vpt-deep e2vpt")

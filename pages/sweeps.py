@@ -45,7 +45,7 @@ def start_form(open_by_default: bool) -> None:
                             **{seeds_key: list(range(int(seeds)))}, scheduler="asha" if asha else "fifo")
             guess = estimate_seconds(spec, runs(), slots=os.cpu_count() or 1)
             when = f"about {elapsed(guess['seconds'])}" if guess["seconds"] else "no estimate yet"
-            st.caption(f"{guess['trials']} trials, {when}: {guess['basis']}.")
+            st.caption(f"{'up to ' if guess['at_most'] else ''}{guess['trials']} trials, {when}: {guess['basis']}.")
             if st.button("Start sweep", type="primary", icon=":material/play_arrow:", key="sweep_start"):
                 sweep = launch.start_sweep(spec)
                 st.query_params["sweep"] = sweep.id
@@ -55,6 +55,8 @@ def start_form(open_by_default: bool) -> None:
 
 def trial_table(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
+    if not frame.empty and frame["phase0_from"].isna().all():  # only the pruning search's levels share a phase 0
+        frame = frame.drop(columns=["chosen", "phase0_from"])
     for column in ("val_acc", "test_acc"):
         frame[column] = frame[column].map(lambda v: None if v is None or pd.isna(v) else 100 * v)
     return frame

@@ -462,3 +462,22 @@ def test_compare_can_pick_one_sweeps_trials(roots, fake_run):
     no_exception(at)
     assert sorted(at.multiselect[0].value) == sorted(f"S/{t}" for t in sweep.read()["trials"])
     assert charts_on(at) == 1
+
+
+@pytest.mark.usefixtures("served_app")
+def test_the_page_starts_the_pruning_search_and_prices_every_level_it_may_train(roots, fake_spawn):
+    started = fake_spawn
+    try:
+        at = open_page("pages/sweeps.py")
+        at.radio(key="sweep_kind").set_value("pruning search against pruning rounds").run()
+        no_exception(at)
+        # 3 seeds: the E2VPT trial pruned in rounds, its scout and 3 x 2 levels each (identical ones are trained once)
+        assert "up to 24 trials" in texts(at, "caption")
+        next(b for b in at.button if b.label == "Start sweep").click().run()
+        no_exception(at)
+        spec = SweepDir(started[0][1][2]).read()["spec"]
+        assert spec["protocol"] == "e2vpt-search" and spec["seeds"] == [0, 1, 2]
+    finally:
+        for proc, _ in started:
+            proc.kill()
+            proc.wait()

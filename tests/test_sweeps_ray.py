@@ -103,7 +103,7 @@ def test_the_pruning_search_scores_once_retrains_each_level_from_it_and_chooses_
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     rows = {r["trial"]: r for r in leaderboard(out)}
     assert {r["status"] for r in rows.values()} == {"done"}
-    assert sorted(r["stage"] for r in rows.values()) == ["levels", "levels", "scout", "search"]
+    assert sorted(r["stage"] for r in rows.values()) == ["grid", "levels", "levels", "scout"]
     scout = next(t for t, r in rows.items() if r["stage"] == "scout")
     assert (out / scout / "search_importance.safetensors").is_file()  # scored once, by the scout
     levels = [t for t, r in rows.items() if r["stage"] == "levels"]
@@ -115,7 +115,7 @@ def test_the_pruning_search_scores_once_retrains_each_level_from_it_and_chooses_
         assert len(prune) == 1 and prune[0]["score_s"] < 0.05  # the scout's scores, not its own pass
     # the level at the iterative trial's own ratios is the same training: the same round 1, to the bit
     same = rows[f"{scout}-t50-g25"]
-    iterative = next(r for r in rows.values() if r["stage"] == "search")
+    iterative = next(r for r in rows.values() if r["stage"] == "grid")
     round1 = json.loads((out / iterative["trial"] / "pruning.json").read_text())["rounds"][1]
     assert (float(same["test_acc"]), int(same["tuned_params"])) == (round1["test_acc"], round1["tuned_params"])
     chosen = [t for t in levels if rows[t]["chosen"] == "True"]
@@ -125,8 +125,8 @@ def test_the_pruning_search_scores_once_retrains_each_level_from_it_and_chooses_
 
     again = sweep(*command)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "2 trial(s), 2 already finished, 0 to run" in again.stdout
-    assert "2 levels trial(s), 2 already finished, 0 to run" in again.stdout
+    assert "1 scout trial(s), 1 already finished, 0 to run" in again.stdout
+    assert "3 trial(s), 3 already finished, 0 to run" in again.stdout  # the iterative trial and the 2 levels
 
 
 def test_asha_stops_a_trial_that_falls_behind_and_it_is_not_trained_again(tmp_path, ray_tmp):

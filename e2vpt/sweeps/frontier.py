@@ -165,7 +165,7 @@ def _search_note(rows: list[dict]) -> str:
     picks = "; ".join(f"{r['phase0_from']}: {r['trial'].removeprefix(r['phase0_from'] + '-')} (val "
                       f"{100 * r['val_acc']:.1f} %, test {100 * r['test_acc']:.1f} %, {r['tuned_params']:,} parameters)"
                       for r in chosen)
-    iterative = [r for r in rows if r["stage"] == "search" and r["method"] == "e2vpt" and r["status"] == "done"]
+    iterative = [r for r in rows if r["stage"] == "grid" and r["method"] == "e2vpt" and r["status"] == "done"]
     budget = (f" The iterative rounds (e2vpt) cost {seconds(iterative) / len(iterative):.0f} s per trial, against "
               f"{(seconds(scouts) + seconds(done)) / max(len(scouts), 1):.0f} s per search." if iterative else "")
     return (text + f". Chosen on validation accuracy (ties to more pruning; t = tokens pruned %, g = segments "

@@ -31,6 +31,13 @@ PREPARED = {
         "spec": {"methods": ["vpt-deep", "e2vpt"], "grid": {"lr": [0.003, 0.01, 0.03], "weight_decay": [0.0, 1e-4, 1e-2]},
                  "seeds": [0], "protocol": "vpt", "final_seeds": [0, 1, 2]},
     },
+    "pruning search against pruning rounds": {
+        "help": "E2VPT's official pruning search (phase 0 trained and scored once, then each share of tokens x "
+                "share of segments pruned retrained from it, the best on validation) beside the same E2VPT pruned "
+                "in rounds, 3 seeds: what does the search buy, and at what cost?",
+        "spec": {"methods": ["e2vpt"], "protocol": "e2vpt-search", "token_levels": [0.25, 0.5, 0.75],
+                 "segment_levels": [0.25, 0.5], "seeds": [0, 1, 2]},
+    },
 }
 
 
@@ -57,8 +64,8 @@ def _epoch_costs(rows: list[dict], backbone: str, dataset: str, limit: int = 20)
 def estimate_seconds(spec: SweepSpec, rows: list[dict], slots: int = 1) -> dict:
     """The sweep's expected wall time from measured epoch times (see the module docstring).
 
-    Returns {"seconds": total or None, "trials": n, "epochs": all epochs, "measured_runs": how many
-    runs priced it, "basis": a sentence}. `slots` trials run at once; the estimate assumes they share the
+    Returns {"seconds": total or None, "trials": n, "at_most": whether n is an upper bound (the pruning
+    search's levels that turn out identical are trained once), "epochs": all epochs, "basis": a sentence}. `slots` trials run at once; the estimate assumes they share the
     machine (a trial at 1 CPU is slower than the same run measured on all CPUs), so it divides nothing.
     """
     trials = spec.trials()
@@ -66,13 +73,22 @@ def estimate_seconds(spec: SweepSpec, rows: list[dict], slots: int = 1) -> dict:
         trials += spec.final_trials({m: next((t.values for t in trials if t.method == m), {}) for m in spec.methods})
     configs = [TrainConfig.from_dict(t.config) for t in trials]
     epochs = [c.epochs + c.rounds * (c.resolved_retrain_epochs + 1) for c in configs]  # +1: a scoring pass
+    if spec.protocol == "e2vpt-search":  # each scout trains phase 0 and scores it; each level only retrains
+        # (levels that prune the same counts are trained once: priced as every pair, an upper bound)
+        pairs = len(spec.token_levels) * len(spec.segment_levels)
+        for scout in spec.scout_trials():
+            config = TrainConfig.from_dict(scout.config)
+            configs += [config] * (1 + pairs)
+            epochs += [config.epochs + 1] + [config.resolved_retrain_epochs] * pairs
+            trials += [scout] * (1 + pairs)
     first = configs[0]
     costs = _epoch_costs(rows, first.backbone, first.dataset)
+    at_most = spec.protocol == "e2vpt-search"
     if not costs:
-        return {"seconds": None, "trials": len(trials), "epochs": sum(epochs), "basis":
+        return {"seconds": None, "trials": len(trials), "at_most": at_most, "epochs": sum(epochs), "basis":
                 f"no finished run of {first.backbone} on {first.dataset} here yet to time an epoch: train one "
                 "first for an estimate"}
     total = sum(n * costs.get(c.method, costs["*"]) for n, c in zip(epochs, configs)) + 15.0  # + Ray's start-up
-    return {"seconds": total, "trials": len(trials), "epochs": sum(epochs),
+    return {"seconds": total, "trials": len(trials), "at_most": at_most, "epochs": sum(epochs),
             "basis": f"{sum(epochs)} epochs at the median epoch time of earlier {first.backbone} runs on "
                      f"{first.dataset} here ({costs['*']:.1f} s), {slots} trial(s) at a time sharing the machine"}

@@ -94,17 +94,21 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, address: str | None = None, c
         say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
         options = dict(cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, max_concurrent=max_concurrent)
         trials = spec.trials()
-        scouts = spec.scout_trials() if spec.protocol == "e2vpt-search" else []
-        cancelled, ran = _run_stage(sweep, spec, record, trials + scouts, ray_session, say, "", **options)
-        trials += scouts
-        later = []
+        cancelled, ran, stage = False, 0, trials
+        if spec.protocol == "e2vpt-search":
+            # the scouts first: their pruning levels then share the slots with the spec's own trials
+            scouts = spec.scout_trials()
+            cancelled, ran = _run_stage(sweep, spec, record, scouts, ray_session, say, "scout ", **options)
+            stage = trials + ([] if cancelled else _level_trials(sweep, spec, scouts, say))
+            trials = scouts + stage
+        if not cancelled:
+            cancelled, ran_now = _run_stage(sweep, spec, record, stage, ray_session, say, "", **options)
+            ran += ran_now
         if spec.protocol == "vpt" and not cancelled:
-            later = _final_trials(sweep, spec, record, trials, say)
-        if scouts and not cancelled:
-            later = _level_trials(sweep, spec, scouts, say)
-        if later:
-            cancelled, ran_later = _run_stage(sweep, spec, record, later, ray_session, say, f"{later[0].stage} ", **options)
-            trials, ran = trials + later, ran + ran_later
+            finals = _final_trials(sweep, spec, record, trials, say)
+            if finals:
+                cancelled, ran_final = _run_stage(sweep, spec, record, finals, ray_session, say, "final ", **options)
+                trials, ran = trials + finals, ran + ran_final
         rows = sweep.write_leaderboard(record)
         counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "stopped", "failed", "pending", "cancelled")}
         record["state"] = "cancelled" if cancelled else ("done" if not counts["pending"] else "interrupted")
@@ -205,6 +209,7 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     scheduler = None
     if spec.scheduler == "asha" and todo[0].stage == "search":  # final trials are reported, never stopped
+        # (protocol e2vpt-search, whose scouts and levels must not be stopped either, refuses asha)
         from ray.tune.schedulers import ASHAScheduler
 
         longest = max(c.epochs + c.rounds * c.resolved_retrain_epochs for c in trial_configs)
@@ -220,7 +225,7 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
                                     reuse_actors=True,
                                     trial_name_creator=lambda trial: trial.config["trial"],
                                     trial_dirname_creator=lambda trial: trial.config["trial"]),
-        run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S") + ("" if todo[0].stage == "search" else f"-{todo[0].stage}"),
+        run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S") + ("-final" if todo[0].stage == "final" else ""),
                                   storage_path=str(sweep.ray_dir.resolve()), verbose=0, callbacks=[progress],
                                   stop=_CancelStopper(sweep), failure_config=tune.FailureConfig(max_failures=0)),
     )

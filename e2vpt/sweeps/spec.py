@@ -144,8 +144,9 @@ class Trial:
     method: str
     seed: int
     values: dict  # the swept settings' values for this trial (unused ones left out)
-    # search: the spec's own trials; final: protocol vpt's retraining of the chosen configuration;
-    # scout and levels: protocol e2vpt-search's shared phase 0, and each pruning level trained from it
+    # search: the spec's own trials (grid under protocol e2vpt-search, where the levels are the search);
+    # final: protocol vpt's retraining of the chosen configuration; scout and levels: protocol
+    # e2vpt-search's shared phase 0, and each pruning level trained from it
     stage: str = "search"
     phase0_from: str | None = None  # levels: the scout trial whose phase 0 (and scores) it starts from
 
@@ -349,13 +350,13 @@ class SweepSpec:
 
     def trials(self) -> list[Trial]:
         """Every trial, in a fixed order: methods as given, then configurations, then seeds."""
-        trials = []
+        trials, stage = [], "grid" if self.protocol == "e2vpt-search" else "search"
         for method in self.methods:
             for point in self.points(method):
                 for seed in self.seeds:
                     trials.append(Trial(id=f"t{len(trials):03d}-{method}-s{seed}",
                                         config=self._config(method, point, seed), method=method, seed=seed,
-                                        values=point))
+                                        values=point, stage=stage))
                     if len(trials) > MAX_TRIALS:
                         raise ConfigError(f"the sweep expands to more than {MAX_TRIALS} trials; narrow the grid")
         return trials

@@ -110,8 +110,8 @@ class SweepDir:
             raise RunDirError(f"{self.path} is not empty and holds no sweep ({', '.join(names[:3])}"
                               f"{', ...' if len(names) > 3 else ''}); nothing was written: pick a new or empty --out")
         self.path.mkdir(parents=True, exist_ok=True)
-        trials = {t.id: {"method": t.method, "seed": t.seed, "values": t.values, "status": "pending", "message": ""}
-                  for t in spec.trials()}
+        trials = {t.id: {"method": t.method, "seed": t.seed, "values": t.values, "stage": t.stage, "status": "pending",
+                         "message": ""} for t in spec.trials()}
         record = {"format": 1, "spec": spec.to_dict(), "state": state, "message": "", "created": _now(),
                   "pid": None, "trials": trials}
         self.write(record)
@@ -200,7 +200,7 @@ class SweepDir:
             rows.append(row)
         chosen = set(search_choices(rows).values())
         for row in rows:
-            row["chosen"] = row["trial"] in chosen
+            row["chosen"] = row["trial"] in chosen if row["stage"] == "levels" else None
         return rows
 
     def write_leaderboard(self, record: dict | None = None) -> list[dict]:
