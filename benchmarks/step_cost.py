@@ -8,7 +8,7 @@ does not depend on the weights), and timed *interleaved*: `--warmup` rounds, the
 one step of each model in a rotating order; the median per configuration is reported. Interleaving matters here: the same configuration measured in two fresh processes
 differs by up to 8% on this VM, which would swamp the 3% the issue asks about. A step is exactly the
 trainer's step (`e2vpt/trainer.py: Trainer._train_epoch`): forward (bf16 autocast on CUDA, as
-`amp=True` does), cross-entropy, `zero_grad`, backward, AdamW step, `zero_pruned()`, and the
+`--precision auto` does), cross-entropy, `zero_grad`, backward, AdamW step, `zero_pruned()`, and the
 `.item()` reads the trainer does. Images are one fixed random batch (no data loading in the
 timing), and on the CPU `torch.use_deterministic_algorithms(True, warn_only=True)` is on, as the
 trainer sets it. Every child process runs `torch.set_num_threads(--threads)` (default 2).

@@ -33,6 +33,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def autocast_for(device: torch.device, precision: str):
+    """A factory of the autocast context for `precision` on `device`, or None for plain fp32.
+
+    auto is bf16 on a CUDA GPU that supports it and fp32 on the CPU: the CPU's numbers (demo, tests,
+    benchmarks) are fp32 ones, and bf16 there is a choice to measure (benchmarks/README.md, Precision).
+    bf16 on a CPU without native bfloat16 instructions still runs (emulated), only slower.
+    """
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp32":
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"--precision bf16: the GPU {torch.cuda.get_device_name(device)} has no bfloat16; use "
+                        "--precision fp32 (or auto)")
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
 def build_model_and_splits(config: TrainConfig, download: bool = False, train_augment: bool = False):
     """(prompted model on the CPU, its dataset splits) for `config`; the backbone is `model.backbone`.
 
@@ -94,13 +111,14 @@ def evaluate(model, loader, device, autocast=None, ctx: DistContext | None = Non
 
 
 def evaluate_run(run_dir: str | Path, device: str = "auto") -> dict:
-    """Re-evaluate a saved run on its validation and test splits."""
+    """Re-evaluate a saved run on its validation and test splits, at the precision it trained with."""
     dev = resolve_device(device)
-    model, _, splits = load_run_model(run_dir, device=str(dev))
+    model, config, splits = load_run_model(run_dir, device=str(dev))
+    autocast = autocast_for(dev, config.precision)
     results = {}
     for split in ("val", "test"):
         loader = DataLoader(getattr(splits, split), batch_size=256)
-        loss, acc = evaluate(model, loader, dev)
+        loss, acc = evaluate(model, loader, dev, autocast)
         results[f"{split}_loss"], results[f"{split}_acc"] = loss, acc
     results["tuned_params"] = model.tuned_param_count()
     return results

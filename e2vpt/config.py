@@ -223,8 +223,10 @@ class TrainConfig:
                         le=2**32 - 1)
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda or cuda:N", group="run", label="Device",
                           pattern=r"auto|cpu|cuda(:\d+)?", widget="select")
-    amp: bool = setting(True, "bfloat16 autocast on CUDA (ignored on the CPU)", group="run",
-                        label="bfloat16 autocast on CUDA")
+    precision: Literal["auto", "fp32", "bf16"] = setting(
+        "auto", "bf16: forward passes under bfloat16 autocast (weights, optimiser and loss stay fp32), on the GPU or "
+        "the CPU; auto: bf16 on a GPU that supports it, fp32 on the CPU (benchmarks/README.md, Precision)",
+        group="run", label="Precision")
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -271,6 +273,7 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> "TrainConfig":
         if not isinstance(values, dict):
             raise ConfigError(f"settings must be a mapping of names to values, not {type(values).__name__}")
+        values = _renamed(values)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(k) for k in set(values) - known)
         if unknown:
@@ -280,6 +283,15 @@ class TrainConfig:
             f = next(f for f in settings() if f.name == "recipe")
             check_value(f, recipe)  # raises the one-line error naming the choices
         return cls(**{**RECIPES[recipe], **values})
+
+
+def _renamed(values: dict) -> dict:
+    """Settings saved under an older name, read as today's: `amp` (true: bf16 on CUDA) is `precision`."""
+    if "amp" in values:
+        values = dict(values)
+        amp = values.pop("amp")
+        values.setdefault("precision", "auto" if amp else "fp32")
+    return values
 
 
 # --------------------------------------------------------------------------------------------------
@@ -428,7 +440,7 @@ RECIPES = {
 _VIT_B_GPU = {"backbone": "vit_base_patch16_224.augreg_in21k", "pretrained": True, "prompt_len": 10, "kv_len": 5,
               "optimizer": "sgd", "lr": 0.25, "batch_size": 64, "epochs": 100, "retrain_epochs": 100,
               "warmup_epochs": 10.0, "weight_decay": 1e-4, "prune_rounds": 2, "prune_ratio": 0.5,
-              "segment_ratio": 0.25, "select_round": "best", "device": "auto", "amp": True}
+              "segment_ratio": 0.25, "select_round": "best", "device": "auto", "precision": "auto"}
 PRESETS = {
     "demo": {},  # the defaults: the shipped demo ViT on digits, about a minute on a CPU
     "paper": {"recipe": "paper", **_VIT_B_GPU},

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .build import build_model_and_splits, evaluate, resolve_device
+from .build import autocast_for, build_model_and_splits, evaluate, resolve_device
 from .checkpoints import Checkpoint, read_checkpoints, remove_checkpoints, save_checkpoint
 from .config import PRUNING_ONLY, TrainConfig
 from .distributed import DistContext, global_batches, local_batches
@@ -111,9 +111,7 @@ class Trainer:
         self.device = resolve_device(config.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
-        self.autocast = None
-        if self.device.type == "cuda" and config.amp:
-            self.autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+        self.autocast = autocast_for(self.device, config.precision)
         self.rounds: list[dict] = []
         self.round_states: dict[int, dict] = {}
         self.units_done, self.total_units = 0, 1
@@ -611,7 +609,7 @@ class Trainer:
             "selected_round": selected, "rounds": len(self.rounds) - 1, "wall_s": round(self._wall(), 3),
             "train_s": round(sum(r["train_s"] for r in self.rounds), 3),
             "score_s": round(sum(r["score_s"] for r in self.rounds) + self.search_score_s, 3),
-            "device": str(self.device), "num_classes": self.splits.num_classes, "data_source": self.splits.source,
+            "device": str(self.device), "precision": "bf16" if self.autocast else "fp32", "num_classes": self.splits.num_classes, "data_source": self.splits.source,
             "torch_threads": torch.get_num_threads(),
         }
         if self.phase0_from:  # its phase 0 was another run's: that run paid for it

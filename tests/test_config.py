@@ -32,9 +32,9 @@ def test_the_settings_table_in_docs_is_the_generated_one():
 def test_flags_override_a_config_file_and_only_given_flags_count(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 7\nprompt-len: 3\nlr: 0.05\n")
-    args = build_parser().parse_args(["train", "--config", str(path), "--epochs", "2", "--no-amp"])
+    args = build_parser().parse_args(["train", "--config", str(path), "--epochs", "2", "--precision", "bf16"])
     config = config_from_args(args)
-    assert (config.epochs, config.prompt_len, config.lr, config.amp) == (2, 3, 0.05, False)
+    assert (config.epochs, config.prompt_len, config.lr, config.precision) == (2, 3, 0.05, "bf16")
     assert config.batch_size == TrainConfig().batch_size  # not given anywhere: the default
 
 
@@ -82,3 +82,9 @@ def test_a_bad_flag_value_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "error: warmup_epochs (--warmup-epochs) must be a finite number, got inf"
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_saved_with_the_older_amp_setting_still_reads_as_its_precision():
+    assert TrainConfig.from_dict({"amp": True}).precision == "auto"  # bf16 on CUDA, as amp meant
+    assert TrainConfig.from_dict({"amp": False}).precision == "fp32"
+    assert "amp" not in TrainConfig.from_dict({"amp": False}).to_dict()
