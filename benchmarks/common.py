@@ -188,3 +188,30 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def jpeg_folder(root: str | Path, images: int, classes: int = 10, size: tuple[int, int] = (500, 375),
+                seed: int = 0) -> Path:
+    """A synthetic `imagefolder` of `images` JPEGs (`size` pixels, ImageNet-like 500x375 by default),
+    `classes` class folders: smooth colour fields with a per-class tint and per-image noise, so they
+    compress and decode like photographs rather than like flat colour. Written once (a `complete` file
+    marks a finished folder) and reused."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(root)
+    if (root / "complete").is_file():
+        return root
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(images):
+        label = i % classes
+        folder = root / f"class_{label:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        coarse = rng.random((h // 25 + 1, w // 25 + 1, 3))
+        field = np.kron(coarse, np.ones((25, 25, 1)))[:h, :w]
+        tint = np.array([(label * 37) % 256, (label * 91) % 256, (label * 53) % 256]) / 255.0
+        pixels = 0.6 * field + 0.3 * tint + 0.1 * rng.random((h, w, 3))
+        Image.fromarray((pixels * 255).astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
+    (root / "complete").write_text("")
+    return root

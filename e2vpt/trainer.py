@@ -62,8 +62,9 @@ def warmup_cosine(total_steps: int, warmup_steps: int, first: int = 1):
 
 
 def phase0_mismatch(source: dict, config: TrainConfig) -> str | None:
-    """Why a run with `source` settings cannot stand in for `config`'s phase 0 (None when it can)."""
-    wanted = config.to_dict()
+    """Why a run with `source` settings cannot stand in for `config`'s phase 0 (None when it can). The
+    source's settings are read as today's (a setting saved under an older name is the same setting)."""
+    source, wanted = TrainConfig.from_dict(source).to_dict(), config.to_dict()
     differ = sorted(k for k in set(source) | set(wanted)
                     if k not in PRUNING_ONLY + ("extra",) and source.get(k) != wanted.get(k))
     return f"it differs in {', '.join(differ)}" if differ else None

@@ -73,3 +73,18 @@ def test_a_shared_run_killed_in_its_round_resumes_from_its_own_checkpoint(tmp_pa
     saved = TrainConfig.from_dict(RunDir(tmp_path / "crashed").config())
     resumed = train(saved, tmp_path / "crashed", resume=True, quiet=True)
     assert (resumed["test_acc"], resumed["tuned_params"]) == (reference["test_acc"], reference["tuned_params"])
+
+
+@pytest.mark.slow
+def test_a_scout_saved_by_an_older_version_with_amp_still_stands_in(tmp_path, scout):
+    import json
+    import shutil
+
+    old = tmp_path / "old-scout"
+    shutil.copytree(scout, old)
+    config = json.loads((old / "config.json").read_text())
+    config.pop("precision")
+    config["amp"] = True  # what this project wrote before --precision
+    (old / "config.json").write_text(json.dumps(config))
+    summary = train(TrainConfig(**BASE, prune_rounds=1), tmp_path / "level", quiet=True, phase0_from=old)
+    assert summary["phase0_from"] == str(old)
