@@ -38,10 +38,10 @@ FIELDS = ["time", "wall_s", "in_fit_s", "train_s", "score_s", "startup_s", "test
           "quick", "cpu", "busy"]
 
 
-def run_once(threads: int, quick: bool, run_dir: Path) -> dict:
+def run_once(threads: int, quick: bool, run_dir: Path, extra: tuple[str, ...] = ()) -> dict:
     from e2vpt.backbones import DEMO_WEIGHTS
 
-    cmd = [sys.executable, *COMMAND, "--run-dir", str(run_dir), "--quiet"]
+    cmd = [sys.executable, *COMMAND, *extra, "--run-dir", str(run_dir), "--quiet"]
     pretrained = DEMO_WEIGHTS.is_file()
     if quick:
         cmd += QUICK
