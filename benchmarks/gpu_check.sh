@@ -53,8 +53,9 @@ step env 20 bash -c "python3 -c 'import torch; print(\"torch\", torch.__version_
 (nvidia-smi || echo 'no nvidia-smi') >> '$OUT/env.txt'; nproc >> '$OUT/env.txt'; echo env written"
 
 if (( DRY )); then
-  step step_cost 240 python3 benchmarks/step_cost.py --device cpu --quick --sections main --out "$OUT/step_cost.csv"
-  step demo 240 demo --device cpu --epochs 1 --retrain-epochs 1 --prune-rounds 1
+  step step_cost 240 python3 benchmarks/step_cost.py --device cpu --quick --sections main --demo-batch 8 \
+       --out "$OUT/step_cost.csv"
+  step demo 240 demo --device cpu --epochs 1 --prune-rounds 0
   EPOCH=(--device cpu --backbone demo --images 64 --folder "$OUT/jpeg-64")
   step gpu_epoch_compile_off 240 python3 benchmarks/gpu_epoch.py "${EPOCH[@]}" --out "$OUT/gpu_epoch_compile_off.csv"
   step gpu_epoch_compile_on 240 python3 benchmarks/gpu_epoch.py "${EPOCH[@]}" --compile --compile-backend eager \

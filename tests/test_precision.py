@@ -57,7 +57,7 @@ def test_a_bf16_run_trains_prunes_and_reloads_to_its_own_accuracy(tmp_path):
 
 @pytest.mark.slow
 def test_the_demo_on_digits_under_bf16_stays_within_a_point_of_fp32(tmp_path):
-    config = dict(backbone="demo", dataset="digits", method="e2vpt", epochs=2, retrain_epochs=1, prune_rounds=1)
+    config = dict(backbone="demo", dataset="digits", method="e2vpt", epochs=1, retrain_epochs=1, prune_rounds=1)
     fp32 = train(TrainConfig(**config, precision="fp32"), tmp_path / "fp32", quiet=True)
     bf16 = train(TrainConfig(**config, precision="bf16"), tmp_path / "bf16", quiet=True)
     assert fp32["precision"] == "fp32" and bf16["precision"] == "bf16"
