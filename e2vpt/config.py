@@ -96,6 +96,8 @@ def setting(default: Any, help: str, *, group: str, label: str, ge: float | None
 # settings that phase 0 never reads: a run may take its phase 0 from another run that differs only in
 # these (the pruning search: one phase 0, many pruning levels)
 PRUNING_ONLY = ("prune_rounds", "prune_ratio", "segment_ratio", "retrain_epochs", "select_round", "rewind")
+# settings that change how fast a run goes, never what it computes
+NO_EFFECT_ON_RESULTS = ("workers",)
 
 @dataclass
 class TrainConfig:
@@ -227,6 +229,10 @@ class TrainConfig:
         "auto", "bf16: forward passes under bfloat16 autocast (weights, optimiser and loss stay fp32), on the GPU or "
         "the CPU; auto: bf16 on a GPU that supports it, fp32 on the CPU (benchmarks/README.md, Precision)",
         group="run", label="Precision")
+    workers: str = setting(
+        "auto", "data loading processes: auto (none for images in memory or in the decoded cache, else one per core up "
+        "to 8, leaving one core to training) or a number; the same seed gives the same batches whatever it is",
+        group="run", label="Data loading processes", pattern=r"auto|\d+")
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -373,8 +379,11 @@ def check_value(f: dataclasses.Field, value: Any) -> Any:
             raise ConfigError(f"{where} must be true or false, got {_describe(value)}", f.name)
         return value
     if base is str:
+        if f.name == "workers" and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            value = str(value)  # a number from Python or YAML
         if not isinstance(value, str) or (m["pattern"] and not re.fullmatch(m["pattern"], value)):
-            expected = {"device": "auto, cpu, cuda or cuda:N"}.get(f.name, "a name" if m["pattern"] else "text")
+            expected = {"device": "auto, cpu, cuda or cuda:N", "workers": "auto or a number of processes (0: load in "
+                        "the training process)"}.get(f.name, "a name" if m["pattern"] else "text")
             raise ConfigError(f"{where} must be {expected}, got {_describe(value)}", f.name)
         return value
     if base is int:

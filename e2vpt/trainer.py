@@ -26,12 +26,12 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .build import autocast_for, build_model_and_splits, evaluate, resolve_device
 from .checkpoints import Checkpoint, read_checkpoints, remove_checkpoints, save_checkpoint
-from .config import PRUNING_ONLY, TrainConfig
+from .config import NO_EFFECT_ON_RESULTS, PRUNING_ONLY, TrainConfig
+from .data.pipeline import DeviceBatches
 from .distributed import DistContext, global_batches, local_batches
 from .errors import Cancelled, ConfigError, NumericsError, RunDirError, UserError
 from .fileio import (append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, is_disk_full,
@@ -66,7 +66,7 @@ def phase0_mismatch(source: dict, config: TrainConfig) -> str | None:
     source's settings are read as today's (a setting saved under an older name is the same setting)."""
     source, wanted = TrainConfig.from_dict(source).to_dict(), config.to_dict()
     differ = sorted(k for k in set(source) | set(wanted)
-                    if k not in PRUNING_ONLY + ("extra",) and source.get(k) != wanted.get(k))
+                    if k not in PRUNING_ONLY + NO_EFFECT_ON_RESULTS + ("extra",) and source.get(k) != wanted.get(k))
     return f"it differs in {', '.join(differ)}" if differ else None
 
 
@@ -156,8 +156,9 @@ class Trainer:
                 f"{p} prompt token(s) in each of {layers} layer(s), prune_ratio {cfg.prune_ratio} and segment_ratio "
                 f"{cfg.segment_ratio}; use --prune-rounds {useful} or fewer, or raise the ratios", "prune_rounds")
 
-    def _loader(self, split: str, shuffle: bool = False, seed: int = 0, training: bool = False) -> DataLoader:
-        """This rank's share of the split, batch by batch (all of it in a single process).
+    def _loader(self, split: str, shuffle: bool = False, seed: int = 0, training: bool = False) -> DeviceBatches:
+        """This rank's share of the split, batch by batch (all of it in a single process), ready on the
+        device: augmented (when the split is) with crops drawn from `seed`, and normalised.
 
         For training, `self.global_sizes` keeps each global batch's size for the loss scaling, and a
         global batch smaller than the number of processes (possible only as the last one) is dropped.
@@ -169,7 +170,8 @@ class Trainer:
             batches = [b for b in batches if len(b) >= self.dist.world]
             self.global_sizes = [len(b) for b in batches]
         shards = [b for b in local_batches(batches, self.dist) if b]
-        return DataLoader(dataset, batch_sampler=shards, num_workers=0, pin_memory=self.device.type == "cuda")
+        return DeviceBatches(dataset, shards, self.device, seed=_seed_for(seed, self.dist.rank),
+                             workers=self.config.workers)
 
     def _make_optimizer(self, epochs: int):
         cfg = self.config

@@ -168,3 +168,10 @@ def fake_spawn(monkeypatch):
     for proc, _ in procs:
         proc.kill()
         proc.wait()
+
+
+# Decoded-image caches go to one folder per test session, never to the user's ~/.cache.
+if "E2VPT_CACHE_DIR" not in _os.environ:
+    import tempfile as _tempfile
+
+    _os.environ["E2VPT_CACHE_DIR"] = _tempfile.mkdtemp(prefix="e2vpt-decoded-")

@@ -16,8 +16,7 @@ from PIL import Image
 
 from e2vpt.data import (BUILTIN_DATASETS, DatasetSplits, ImageFileDataset, list_datasets, load_splits,
                         verify_images)
-from e2vpt.data import builtin, folders, synthetic
-from e2vpt.data.common import eval_transform
+from e2vpt.data import builtin, decoded, folders, synthetic
 from e2vpt.errors import DataError, UserError
 
 
@@ -273,12 +272,14 @@ def test_imagefolder_uses_given_train_val_test_folders(tmp_path):
     assert all(Path(p).parts[-3] == "test" for p, _ in samples_of(splits.test))
 
 
-def test_imagefolder_train_augment_changes_only_the_train_transform(tmp_path):
+def test_imagefolder_train_augment_changes_only_the_train_split(tmp_path):
     root = make_class_tree(tmp_path / "pics")
     splits = load_splits("imagefolder", root=str(root), img_size=32, train_augment=True)
     assert splits.train[0][0].shape == (3, 32, 32)
-    assert "RandomResizedCrop" in repr(splits.train.transform)
-    assert "RandomResizedCrop" not in repr(splits.val.transform)
+    assert splits.train.augment and not splits.val.augment and not splits.test.augment
+    torch.manual_seed(0)
+    draws = [splits.train[0][0] for _ in range(4)]
+    assert not all(torch.equal(draws[0], d) for d in draws[1:])  # random crops and flips
     assert torch.equal(splits.test[0][0], splits.test[0][0])  # evaluation stays deterministic
 
 
@@ -297,10 +298,12 @@ def test_training_on_train_and_val_adds_the_val_images_to_train_and_says_val_is_
 def test_val_images_trained_on_go_through_the_training_augmentation(tmp_path):
     root = make_class_tree(tmp_path / "pics")
     splits = load_splits("imagefolder", root=str(root), img_size=32, train_augment=True, train_on_val=True)
-    val_in_train = splits.train.datasets[1]
-    assert samples_of(val_in_train) == samples_of(splits.val)
-    assert "RandomResizedCrop" in repr(val_in_train.transform)
-    assert "RandomResizedCrop" not in repr(splits.val.transform)  # val itself is still evaluated plainly
+    plain = load_splits("imagefolder", root=str(root), img_size=32, train_augment=True)
+    assert samples_of(splits.train)[len(plain.train):] == samples_of(splits.val)
+    assert splits.train.augment  # val images in train are augmented like the rest of train
+    assert not splits.val.augment  # val itself is still evaluated plainly
+    last = len(splits.train) - 1
+    assert torch.equal(splits.train.fetch([last])[0][0], splits.val.fetch([len(splits.val) - 1])[0][0])
 
 
 def test_empty_class_folder_is_named(tmp_path):
@@ -353,7 +356,10 @@ def test_corrupt_zero_byte_and_truncated_images_are_reported_by_path(tmp_path):
 def test_large_folders_still_fail_lazily_with_the_path(tmp_path, monkeypatch):
     bad = _tree_with_bad_images(tmp_path / "pics")
     monkeypatch.setattr(folders, "EAGER_VERIFY_MAX", 0)  # as if the folder were too big to check upfront
+    monkeypatch.setattr(decoded, "_fits_in_memory", lambda nbytes: False)  # ... and to cache without a disk
+    monkeypatch.setenv("E2VPT_CACHE_DIR", "off")
     splits = load_splits("imagefolder", root=str(tmp_path / "pics"))
+    assert splits.train.decoded is None
     seen = []
     for ds in (splits.train, splits.val, splits.test):
         for i in range(len(ds)):
@@ -364,7 +370,7 @@ def test_large_folders_still_fail_lazily_with_the_path(tmp_path, monkeypatch):
     assert len(seen) == 3
     assert all(any(str(p) in m for m in seen) for p in bad)
     with pytest.raises(DataError, match="cut.jpg.*truncated"):
-        ImageFileDataset([(str(bad[1]), 0)], eval_transform(8, (0.5,) * 3, (0.5,) * 3))[0]
+        ImageFileDataset([(str(bad[1]), 0)], 8, (0.5,) * 3, (0.5,) * 3)[0]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -54,9 +54,12 @@ class MemoryDataset(Dataset):
     """Images held in memory as uint8 `(N, C, H, W)` (C = 1 or 3), normalised on access.
 
     uint8 rather than float32 because a built-in task at 224x224 would take about 1 GB as float;
-    grayscale stays one channel and is replicated per item. Converting one item costs microseconds,
-    so training on CPU stays fast.
+    grayscale stays one channel and is replicated per item. `fetch` hands out whole uint8 batches
+    for `pipeline.DeviceBatches`, which normalises them on the training device.
     """
+
+    augment = False  # the built-in tasks' labels live in position and orientation: never augmented
+    in_memory = True
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float],
                  std: Sequence[float]):
@@ -66,38 +69,49 @@ class MemoryDataset(Dataset):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         self.images = images
         self.labels = labels.long()
-        self._mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().div_(255.0)  # (..., C, H, W) in [0, 1]
-        if x.shape[-3] == 1:
-            x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
-        return (x - self._mean) / self._std
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self._normalise(self.images[index]), int(self.labels[index])
+        from e2vpt.data.pipeline import normalise
+
+        return normalise(self.images[index], self.mean, self.std), int(self.labels[index])
+
+    def fetch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 images and labels of a batch, as they are stored."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[indices], self.labels[indices]
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole split at once: `(float32 (N, 3, H, W) normalised, int64 (N,))`."""
-        return self._normalise(self.images), self.labels.clone()
+        from e2vpt.data.pipeline import normalise
+
+        return normalise(self.images, self.mean, self.std), self.labels.clone()
+
+    def joined(self, other: "MemoryDataset") -> "MemoryDataset":
+        return MemoryDataset(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]),
+                             self.mean.tolist(), self.std.tolist())
 
 
 def with_val_in_train(splits: DatasetSplits) -> DatasetSplits:
     """The same splits with the val images added to train (VPT's final protocol: train800val200).
 
-    Val images join train through train's transform (its augmentation, if any). Val itself is kept,
+    Val images join train with train's treatment (its augmentation, if any). Val itself is kept,
     so curves still draw, but its accuracy is no longer held-out; `source` says so.
     """
-    val = splits.val
-    if hasattr(val, "transform") and hasattr(splits.train, "transform"):
-        val = copy.copy(val)
-        val.transform = splits.train.transform
+    train, val = splits.train, splits.val
+    if hasattr(train, "joined"):
+        joined = train.joined(val)
+    else:
+        if hasattr(val, "transform") and hasattr(train, "transform"):
+            val = copy.copy(val)
+            val.transform = train.transform
+        joined = ConcatDataset([train, val])
     return dataclasses.replace(
-        splits, train=ConcatDataset([splits.train, val]),
+        splits, train=joined,
         source=f"{splits.source} Trained on train + val ({len(splits.train)} + {len(splits.val)} images, VPT's final "
                "protocol): val accuracy is not held-out.")
 

@@ -29,10 +29,12 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from e2vpt.data.common import DatasetSplits, split_train_val, split_train_val_test
+from e2vpt.data.decoded import decode_square, open_decoded, refuse_unreadable
 from e2vpt.errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -73,14 +75,6 @@ def verify_images(paths: Iterable[str]) -> list[tuple[str, str]]:
     return problems
 
 
-def _raise_if_unreadable(problems: list[tuple[str, str]], where: str) -> None:
-    if problems:
-        shown = "; ".join(f"{p} ({r})" for p, r in problems[:5])
-        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise DataError(f"{len(problems)} unreadable image(s) in {where}: {shown}{more}; "
-                        "delete or replace them")
-
-
 def _check_inside(splits: Sequence[list[Sample]], folder: Path) -> None:
     """Every image must really be inside the dataset folder: a link or a '..' in a list that leads
     out of it is refused, so a dataset never reads files elsewhere on the machine."""
@@ -98,9 +92,9 @@ def _eager_verify(splits: Sequence[list[Sample]], where: str) -> None:
     train_val = [p for p, _ in splits[0]] + [p for p, _ in splits[1]]
     everything = train_val + [p for p, _ in splits[2]]
     if len(everything) <= EAGER_VERIFY_MAX:
-        _raise_if_unreadable(verify_images(everything), where)
+        refuse_unreadable(verify_images(everything), where)
     elif len(train_val) <= EAGER_VERIFY_MAX:
-        _raise_if_unreadable(verify_images(train_val), where)
+        refuse_unreadable(verify_images(train_val), where)
 
 
 def load_image(path: str) -> Image.Image:
@@ -115,18 +109,59 @@ def load_image(path: str) -> Image.Image:
 
 
 class ImageFileDataset(Dataset):
-    """`(path, label)` samples read lazily through a torchvision-style transform."""
+    """`(path, label)` samples as `size x size` images: normalised float tensors one by one, uint8
+    batches through `fetch` (for `pipeline.DeviceBatches`).
 
-    def __init__(self, samples: Sequence[Sample], transform):
+    Every image is resized whole to a square (bicubic, VTAB's evaluation transform). With `decoded`
+    (the folder's decoded cache, `decoded.py`) and `rows` into it, images come from the cache;
+    without, each is decoded when read. `augment`: the training augmentation (random resized crop of
+    the square and a horizontal flip), applied on the training device for batches.
+    """
+
+    def __init__(self, samples: Sequence[Sample], img_size: int, mean: Sequence[float], std: Sequence[float],
+                 augment: bool = False, decoded=None, rows: Sequence[int] | None = None):
         self.samples = list(samples)
-        self.transform = transform
+        self.img_size = int(img_size)
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self.augment = augment
+        self.decoded = decoded
+        self.rows = torch.as_tensor(list(rows) if rows is not None else range(len(self.samples)), dtype=torch.long)
+        self._pixels = decoded.tensor() if decoded is not None else None
+
+    @property
+    def in_memory(self) -> bool:
+        return self._pixels is not None
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def square(self, index: int) -> torch.Tensor:
+        """Image `index` as uint8 `(3, size, size)`."""
+        if self._pixels is not None:
+            return self._pixels[int(self.rows[index])]
+        return torch.from_numpy(decode_square(self.samples[index][0], self.img_size)).permute(2, 0, 1)
+
     def __getitem__(self, index: int):
-        path, label = self.samples[index]
-        return self.transform(load_image(path)), int(label)
+        from e2vpt.data.pipeline import augment_one, normalise
+
+        image = self.square(index)
+        if self.augment:
+            image = augment_one(image)
+        return normalise(image, self.mean, self.std), int(self.samples[index][1])
+
+    def fetch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 `(B, 3, size, size)` images and int64 labels of a batch."""
+        indices = [int(i) for i in indices]
+        labels = torch.tensor([self.samples[i][1] for i in indices], dtype=torch.long)
+        if self._pixels is not None:
+            return self._pixels[self.rows[indices]], labels
+        return torch.stack([self.square(i) for i in indices]), labels
+
+    def joined(self, other: "ImageFileDataset") -> "ImageFileDataset":
+        """This split followed by `other` (same cache), with this split's augmentation."""
+        return ImageFileDataset(self.samples + other.samples, self.img_size, self.mean.tolist(), self.std.tolist(),
+                                self.augment, self.decoded, torch.cat([self.rows, other.rows]).tolist())
 
 
 def _require_dir(root: str | None, name: str) -> Path:
@@ -218,7 +253,6 @@ def load_imagefolder(root: str | None) -> tuple[list[list[Sample]], list[str], s
                     f"{len(train)} train / {len(val)} val")
     splits = [train, val, test]
     _check_inside(splits, path)
-    _eager_verify(splits, str(path))
     return splits, classes, f"Image folder {path} ({len(classes)} classes), split by {protocol}."
 
 
@@ -261,7 +295,6 @@ def load_vtab(root: str | None, name: str = "vtab") -> tuple[list[list[Sample]],
     splits = [_read_vtab_list(path, n) for n in lists]
     _check_inside(splits, path)
     num_classes = 1 + max(label for split in splits for _, label in split)
-    _eager_verify(splits, str(path))
     note = (" (VTAB's final protocol; val200 is inside train, so val accuracy is not held-out)"
             if name == "vtab-train800val200" else "")
     source = (f"VTAB-1k task folder {path}: train = {lists[0]} ({len(splits[0])}), val = {lists[1]} "
@@ -327,7 +360,6 @@ def load_fgvc(root: str | None) -> tuple[list[list[Sample]], list[str], str]:
         protocol = f"train.json with {len(val)} val images held out by a fixed permutation (seed 0), test.json"
     splits = [train, val, samples["test"]]
     _check_inside(splits, path)
-    _eager_verify(splits, str(path))
     source = (f"VPT FGVC folder {path} (images under {image_dir}), {protocol}: "
               f"{len(train)} train / {len(val)} val / {len(splits[2])} test.")
     return splits, [str(v) for v in labels], source
@@ -335,19 +367,28 @@ def load_fgvc(root: str | None) -> tuple[list[list[Sample]], list[str], str]:
 
 def build_folder_splits(name: str, root: str | None, img_size: int, mean, std,
                         train_augment: bool) -> DatasetSplits:
-    """`DatasetSplits` for one of the on-disk layouts, with lazy, checked image loading."""
-    from e2vpt.data.common import eval_transform, train_transform
+    """`DatasetSplits` for one of the on-disk layouts, read through the decoded cache when there is one.
 
+    Building the cache decodes every image, so it also verifies them all (an unreadable one is
+    named and the dataset refused); without a cache, images are verified as `_eager_verify` says.
+    """
     if name == "imagefolder":
         splits, classes, source = load_imagefolder(root)
     elif name == "fgvc":
         splits, classes, source = load_fgvc(root)
     else:
         splits, classes, source = load_vtab(root, name)
-    test_tf = eval_transform(img_size, mean, std)
-    train_tf = train_transform(img_size, mean, std, train_augment)
+    where = str(Path(root).expanduser())
+    paths = list(dict.fromkeys(p for split in splits for p, _ in split))  # each image once, in split order
+    position = {p: i for i, p in enumerate(paths)}
+    decoded = open_decoded(paths, img_size, where=where)
+    if decoded is None:
+        _eager_verify(splits, where)
     if train_augment:
-        source = source[:-1] + "; training images augmented with timm's standard training transform."
-    return DatasetSplits(train=ImageFileDataset(splits[0], train_tf), val=ImageFileDataset(splits[1], test_tf),
-                         test=ImageFileDataset(splits[2], test_tf), num_classes=len(classes),
-                         class_names=classes, source=source)
+        source = source[:-1] + "; training images augmented (random resized crop and flip, on the training device)."
+
+    def split(samples: list[Sample], augment: bool) -> ImageFileDataset:
+        return ImageFileDataset(samples, img_size, mean, std, augment, decoded, [position[p] for p, _ in samples])
+
+    return DatasetSplits(train=split(splits[0], train_augment), val=split(splits[1], False),
+                         test=split(splits[2], False), num_classes=len(classes), class_names=classes, source=source)
