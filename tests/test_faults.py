@@ -1060,3 +1060,31 @@ def test_twenty_kills_of_a_demo_run_end_where_an_uninterrupted_run_ends(tmp_path
     weights = load_file(str(run_dir / "weights.safetensors"))
     assert all(torch.equal(weights[k], ref_weights[k]) for k in ref_weights)
     assert_run_intact(run_dir)
+
+
+@pytest.mark.parametrize("fits_in_memory", [True, False], ids=["kept in memory", "decoded as read"])
+def test_a_full_disk_under_the_image_cache_says_so_and_training_data_stay_usable(small_disk, tmp_path, monkeypatch,
+                                                                                  fits_in_memory):
+    from PIL import Image
+
+    from e2vpt.data import decoded, load_splits
+
+    root = tmp_path / "pics"
+    for c in range(2):
+        for i in range(6):
+            (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+            Image.effect_noise((40, 30), 60 + 20 * c).convert("RGB").save(root / f"c{c}" / f"{i}.jpg")
+    cache = small_disk / "cache"
+    cache.mkdir()
+    fill(small_disk)
+    monkeypatch.setenv("E2VPT_CACHE_DIR", str(cache))
+    monkeypatch.setattr(decoded, "_fits_in_memory", lambda nbytes: fits_in_memory)
+    with pytest.warns(UserWarning, match="disk holding .* is full"):
+        splits = load_splits("imagefolder", str(root), img_size=16, train_augment=True)
+    assert list(cache.iterdir()) == []  # no temporary file left on the full disk
+    if fits_in_memory:
+        assert splits.train.decoded.where.startswith("memory (not saved: the disk holding")
+    else:
+        assert splits.train.decoded is None
+    x, y = splits.train[0]
+    assert x.shape == (3, 16, 16) and torch.isfinite(x).all()

@@ -80,6 +80,11 @@ class MemoryDataset(Dataset):
 
         return normalise(self.images[index], self.mean, self.std), int(self.labels[index])
 
+    def rows(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch as (all the uint8 images, the batch's rows among them, labels)."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        return self.images, indices, self.labels[indices]
+
     def fetch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images and labels of a batch, as they are stored."""
         indices = torch.as_tensor(indices, dtype=torch.long)

@@ -58,7 +58,7 @@ def _decode(path: str, size: int) -> np.ndarray | str:
         return _image_problem(path) or "cannot be decoded"
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.BICUBIC)
-    return np.asarray(rgb, dtype=np.uint8)
+    return np.array(rgb, dtype=np.uint8)  # writable: tensors made from it may be written
 
 
 def decode_square(path: str, size: int) -> np.ndarray:
@@ -200,6 +200,8 @@ def open_decoded(paths: Sequence[str], size: int, where: str = "the dataset", fo
             build_s = time.perf_counter() - started
             if problem is None:
                 return DecodedImages(pixels, "memory", final, build_s)
+            warnings.warn(f"decoded-image cache kept in memory only, not saved for the next run: {problem}",
+                          stacklevel=2)
             return DecodedImages(pixels, f"memory (not saved: {problem})", None, build_s)
         if folder is None:
             return None

@@ -113,20 +113,21 @@ class ImageFileDataset(Dataset):
     batches through `fetch` (for `pipeline.DeviceBatches`).
 
     Every image is resized whole to a square (bicubic, VTAB's evaluation transform). With `decoded`
-    (the folder's decoded cache, `decoded.py`) and `rows` into it, images come from the cache;
+    (the folder's decoded cache, `decoded.py`) and `rows_in_cache`, images come from the cache;
     without, each is decoded when read. `augment`: the training augmentation (random resized crop of
     the square and a horizontal flip), applied on the training device for batches.
     """
 
     def __init__(self, samples: Sequence[Sample], img_size: int, mean: Sequence[float], std: Sequence[float],
-                 augment: bool = False, decoded=None, rows: Sequence[int] | None = None):
+                 augment: bool = False, decoded=None, rows_in_cache: Sequence[int] | None = None):
         self.samples = list(samples)
         self.img_size = int(img_size)
         self.mean = torch.tensor(mean, dtype=torch.float32)
         self.std = torch.tensor(std, dtype=torch.float32)
         self.augment = augment
         self.decoded = decoded
-        self.rows = torch.as_tensor(list(rows) if rows is not None else range(len(self.samples)), dtype=torch.long)
+        rows = range(len(self.samples)) if rows_in_cache is None else list(rows_in_cache)
+        self.rows_in_cache = torch.as_tensor(rows, dtype=torch.long)
         self._pixels = decoded.tensor() if decoded is not None else None
 
     @property
@@ -139,29 +140,36 @@ class ImageFileDataset(Dataset):
     def square(self, index: int) -> torch.Tensor:
         """Image `index` as uint8 `(3, size, size)`."""
         if self._pixels is not None:
-            return self._pixels[int(self.rows[index])]
+            return self._pixels[int(self.rows_in_cache[index])]
         return torch.from_numpy(decode_square(self.samples[index][0], self.img_size)).permute(2, 0, 1)
 
     def __getitem__(self, index: int):
         from e2vpt.data.pipeline import augment_one, normalise
 
         image = self.square(index)
+        label = int(self.samples[index][1])
         if self.augment:
-            image = augment_one(image)
-        return normalise(image, self.mean, self.std), int(self.samples[index][1])
+            return augment_one(image, self.mean, self.std), label
+        return normalise(image, self.mean, self.std), label
 
-    def fetch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 `(B, 3, size, size)` images and int64 labels of a batch."""
+    def rows(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A batch as (uint8 store `(N, 3, size, size)`, the batch's rows in it, int64 labels): the
+        decoded cache and rows into it, or the batch's images decoded now and `0..B-1`."""
         indices = [int(i) for i in indices]
         labels = torch.tensor([self.samples[i][1] for i in indices], dtype=torch.long)
         if self._pixels is not None:
-            return self._pixels[self.rows[indices]], labels
-        return torch.stack([self.square(i) for i in indices]), labels
+            return self._pixels, self.rows_in_cache[indices], labels
+        return torch.stack([self.square(i) for i in indices]), torch.arange(len(indices)), labels
+
+    def fetch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 `(B, 3, size, size)` images and int64 labels of a batch."""
+        store, rows, labels = self.rows(indices)
+        return (store[rows] if self._pixels is not None else store), labels
 
     def joined(self, other: "ImageFileDataset") -> "ImageFileDataset":
         """This split followed by `other` (same cache), with this split's augmentation."""
         return ImageFileDataset(self.samples + other.samples, self.img_size, self.mean.tolist(), self.std.tolist(),
-                                self.augment, self.decoded, torch.cat([self.rows, other.rows]).tolist())
+                                self.augment, self.decoded, torch.cat([self.rows_in_cache, other.rows_in_cache]).tolist())
 
 
 def _require_dir(root: str | None, name: str) -> Path:

@@ -18,6 +18,7 @@ import ctypes
 import functools
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator, Sequence
 
 import torch
@@ -30,14 +31,19 @@ TRIES = 10
 MAX_AUTO_WORKERS = 8
 
 
-def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 `(..., 1|3, H, W)` to float32 `(..., 3, H, W)`: `(x / 255 - mean) / std`, the same
-    operations as torchvision's `ToTensor` + `Normalize`, so results match them bit for bit."""
-    x = images.float().div_(255.0)
+def _scale_(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Float pixels in 0..255 to `(x / 255 - mean) / std`, in place: torchvision's `ToTensor` +
+    `Normalize` operations, so results match theirs bit for bit."""
     mean, std = mean.to(x.device).view(3, 1, 1), std.to(x.device).view(3, 1, 1)
-    if x.shape[-3] == 1:  # grayscale: the same plane in all three channels (not in place: a view)
-        return (x.expand(*x.shape[:-3], 3, *x.shape[-2:]) - mean) / std
-    return x.sub_(mean).div_(std)
+    return x.div_(255.0).sub_(mean).div_(std)
+
+
+def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 `(..., 1|3, H, W)` to normalised float32 `(..., 3, H, W)`; grayscale fills all three."""
+    x = images.float()
+    if x.shape[-3] == 1:
+        x = x.expand(*x.shape[:-3], 3, *x.shape[-2:]).contiguous()
+    return _scale_(x, mean, std)
 
 
 def random_resized_crops(n: int, height: int, width: int, generator: torch.Generator
@@ -45,56 +51,77 @@ def random_resized_crops(n: int, height: int, width: int, generator: torch.Gener
     """Boxes `(n, 4)` as (top, left, h, w) and flips `(n,)`, by torchvision's RandomResizedCrop rule:
     up to ten draws of an area share in SCALE and a log-uniform aspect ratio in RATIO, the first that
     fits wins, else the whole image's centre at the closest allowed ratio; a flip with p = 0.5."""
-    area = height * width
-    scale = torch.empty(n, TRIES).uniform_(*SCALE, generator=generator) * area
-    log_ratio = torch.empty(n, TRIES).uniform_(math.log(RATIO[0]), math.log(RATIO[1]), generator=generator)
-    ratio = torch.exp(log_ratio)
+    scale = torch.empty(n, TRIES).uniform_(*SCALE, generator=generator) * (height * width)
+    ratio = torch.exp(torch.empty(n, TRIES).uniform_(math.log(RATIO[0]), math.log(RATIO[1]), generator=generator))
     w = torch.sqrt(scale * ratio).round().long()
     h = torch.sqrt(scale / ratio).round().long()
-    ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
     u = torch.rand(n, TRIES, 2, generator=generator)
-    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
-    boxes = torch.empty(n, 4, dtype=torch.long)
-    for i in range(n):
-        j = int(first[i])
-        if j >= 0:
-            hh, ww = int(h[i, j]), int(w[i, j])
-            top = int(u[i, j, 0] * (height - hh + 1))
-            left = int(u[i, j, 1] * (width - ww + 1))
-        else:
-            in_ratio = width / height
-            ww, hh = (width, round(width / RATIO[0])) if in_ratio < RATIO[0] else \
-                (round(height * RATIO[1]), height) if in_ratio > RATIO[1] else (width, height)
-            hh, ww = min(hh, height), min(ww, width)
-            top, left = (height - hh) // 2, (width - ww) // 2
-        boxes[i] = torch.tensor([top, left, hh, ww])
     flips = torch.rand(n, generator=generator) < 0.5
+    ok = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+    pick = ok.float().argmax(1, keepdim=True)  # the first try that fits
+    h, w, u = h.gather(1, pick)[:, 0], w.gather(1, pick)[:, 0], u[torch.arange(n), pick[:, 0]]
+    top = (u[:, 0] * (height - h + 1)).long()
+    left = (u[:, 1] * (width - w + 1)).long()
+    # no try fits (rare): the centre of the whole image at the closest allowed aspect ratio
+    in_ratio = width / height
+    fw, fh = (width, round(width / RATIO[0])) if in_ratio < RATIO[0] else \
+        (round(height * RATIO[1]), height) if in_ratio > RATIO[1] else (width, height)
+    fh, fw = min(fh, height), min(fw, width)
+    fallback = torch.tensor([(height - fh) // 2, (width - fw) // 2, fh, fw])
+    boxes = torch.stack([top, left, h, w], dim=1)
+    boxes[~ok.any(1)] = fallback
     return boxes, flips
 
 
-def crop_resize(source: torch.Tensor, rows: Sequence[int], boxes: torch.Tensor, flips: torch.Tensor,
-                size: int) -> torch.Tensor:
-    """`source[rows[i]]` cropped to `boxes[i]`, resized to `size` (bilinear), flipped where `flips[i]`.
+def _crop_into(out: torch.Tensor, source: torch.Tensor, rows: list[int], boxes: list[list[int]], flips: list[bool],
+               items) -> None:
+    size = out.shape[-1]
+    for i in items:
+        top, left, h, w = boxes[i]
+        crop = source[rows[i]:rows[i] + 1, :, top:top + h, left:left + w]
+        if crop.device.type != "cpu":
+            crop = crop.float()  # CUDA resizes floats only
+        resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        out[i].copy_(resized.flip(-1) if flips[i] else resized)
 
-    Works on uint8 (CPU: PyTorch's vectorised uint8 resize, fastest on channels-last images) or
-    float (CUDA) images; the result keeps the source's dtype and device.
+
+def _cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_AUTO_WORKERS))
+
+
+@functools.cache
+def _crop_threads(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="e2vpt-crop")
+
+
+def augmented(source: torch.Tensor, rows, boxes: torch.Tensor, flips: torch.Tensor, mean: torch.Tensor,
+              std: torch.Tensor) -> torch.Tensor:
+    """Normalised float32 `(B, 3, S, S)`: `source[rows[i]]` (uint8, `(N, C, S, S)`) cropped to
+    `boxes[i]`, resized back to `S` (bilinear), flipped where `flips[i]`, normalised.
+
+    On the CPU the images are shared among threads (PyTorch's uint8 resize runs without the GIL, and
+    fastest on channels-last images, the decoded cache's layout); on CUDA one resize per image.
     """
-    if source.dtype == torch.uint8 and source.device.type != "cpu":
-        source = source.float()
-    out = torch.empty((len(rows), source.shape[1], size, size), dtype=source.dtype, device=source.device)
-    for i, row in enumerate(rows):
-        top, left, h, w = (int(v) for v in boxes[i])
-        crop = source[int(row):int(row) + 1, :, top:top + h, left:left + w]
-        resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[i] = resized[0].flip(-1) if flips[i] else resized[0]
-    return out
+    size = source.shape[-1]
+    out = torch.empty((len(boxes), 3, size, size), dtype=torch.float32, device=source.device)
+    if source.shape[1] == 1:
+        source = source.expand(-1, 3, -1, -1)
+    rows, boxes, flips = torch.as_tensor(rows).tolist(), boxes.tolist(), flips.tolist()
+    threads = _cores() if source.device.type == "cpu" else 1
+    if threads > 1 and len(boxes) > 1:
+        parts = [range(k, len(boxes), threads) for k in range(threads)]
+        list(_crop_threads(threads).map(lambda items: _crop_into(out, source, rows, boxes, flips, items), parts))
+    else:
+        _crop_into(out, source, rows, boxes, flips, range(len(boxes)))
+    return _scale_(out, mean, std)
 
 
-def augment_one(image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One uint8 `(C, H, W)` image through the training augmentation (for per-image reads)."""
-    generator = generator or torch.default_generator
-    boxes, flips = random_resized_crops(1, image.shape[-2], image.shape[-1], generator)
-    return crop_resize(image[None], [0], boxes, flips, image.shape[-1])[0]
+def augment_one(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+    """One uint8 `(C, H, W)` image through the training augmentation and normalisation."""
+    boxes, flips = random_resized_crops(1, image.shape[-2], image.shape[-1], generator or torch.default_generator)
+    return augmented(image[None], [0], boxes, flips, mean, std)[0]
 
 
 @functools.cache
@@ -121,8 +148,7 @@ def resolve_workers(workers: str | int, dataset: Dataset, device: torch.device) 
         return int(workers)
     if getattr(dataset, "in_memory", False):
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(MAX_AUTO_WORKERS, cores - 1))
+    return max(0, _cores() - 1)
 
 
 class _BatchFetch(Dataset):
@@ -141,9 +167,10 @@ class _BatchFetch(Dataset):
 class DeviceBatches:
     """Model-ready `(float32 images, int64 labels)` on `device`, one per list in `batches`.
 
-    `dataset` either has `fetch(indices) -> (uint8 (B, C, S, S), labels)` (batched path: augmented
-    when `dataset.augment`, with crops drawn from `seed`) or is any map-style dataset of normalised
-    tensors (a plain DataLoader). `len()` is the number of batches.
+    `dataset` either has `rows(indices) -> (uint8 store (N, C, S, S), rows into it, labels)` and
+    `fetch(indices) -> (uint8 images, labels)` (batched path: augmented when `dataset.augment`, with
+    crops drawn from `seed`), or is any map-style dataset of normalised tensors (a plain DataLoader).
+    On the CPU without workers, crops are cut straight from the store, with no copy of the batch.
     """
 
     def __init__(self, dataset, batches: list[list[int]], device: torch.device, seed: int = 0,
@@ -165,6 +192,16 @@ class DeviceBatches:
         return DataLoader(self.dataset, batch_sampler=self.batches, num_workers=self.workers, pin_memory=pin,
                           generator=generator, **extra)
 
+    def _uint8_batches(self):
+        """(uint8 store, rows, labels) per batch, the store on the device."""
+        if self.device.type == "cpu" and self.workers == 0:
+            for indices in self.batches:
+                yield self.dataset.rows(indices)
+            return
+        for images, labels in self._loader():
+            images = images.to(self.device, non_blocking=True)
+            yield images, range(len(images)), labels
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         if self.device.type == "cpu":
             large_buffers_from_heap()
@@ -173,12 +210,13 @@ class DeviceBatches:
                 yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             return
         ds = self.dataset
-        augment = getattr(ds, "augment", False)
         generator = torch.Generator().manual_seed(self.seed)
         mean, std = ds.mean.to(self.device), ds.std.to(self.device)
-        for images, labels in self._loader():
-            images = images.to(self.device, non_blocking=True)
-            if augment:
-                boxes, flips = random_resized_crops(len(images), images.shape[-2], images.shape[-1], generator)
-                images = crop_resize(images, range(len(images)), boxes, flips, images.shape[-1])
-            yield normalise(images, mean, std), labels.to(self.device, non_blocking=True)
+        for store, rows, labels in self._uint8_batches():
+            labels = labels.to(self.device, non_blocking=True)
+            if ds.augment:
+                boxes, flips = random_resized_crops(len(rows), store.shape[-2], store.shape[-1], generator)
+                yield augmented(store, rows, boxes, flips, mean, std), labels
+            else:
+                picked = store if isinstance(rows, range) and len(rows) == len(store) else store[torch.as_tensor(rows)]
+                yield normalise(picked, mean, std), labels
