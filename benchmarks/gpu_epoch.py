@@ -1,8 +1,9 @@
 """One E2VPT training epoch on a JPEG folder: samples/s, the loader's own images/s, GPU utilisation.
 
 Issue 17's question, on a machine with a GPU: does the input pipeline keep the GPU busy? The epoch is
-the trainer's own (`Trainer._train_epoch`: the real DataLoader over a real `imagefolder`, decoding,
-resizing and augmenting every JPEG, then the step), timed after one warm-up epoch, with
+the trainer's own (`Trainer._train_epoch` over a real `imagefolder`: its JPEGs decoded once into the
+decoded cache during setup, then each batch read from the cache as uint8, moved to the device, and
+augmented and normalised there, then the step), timed after one warm-up epoch, with
 `torch.compile` off or on (`--compile`). The loader alone is timed over the same epoch, so the two
 numbers show whether the step or the data sets the pace. GPU utilisation is `nvidia-smi`'s, sampled
 every 0.2 s during the timed epoch (n/a without it).
@@ -109,6 +110,7 @@ def main() -> None:
     peak_gb = torch.cuda.max_memory_allocated() / 2**30 if trainer.device.type == "cuda" else None
     row = {"backbone": args.backbone, "img_size": trainer.splits.train[0][0].shape[-1], "images": images,
            "batch": args.batch, "precision": "bf16" if trainer.autocast else "fp32", "compile": args.compile,
+           "cache_build_s": round(getattr(trainer.splits.train.decoded, "build_s", 0.0), 3),
            "warmup_epoch_s": round(warmup_s, 3), "epoch_s": round(epoch_s, 3),
            "samples_per_s": round(images / epoch_s, 1), "loader_img_per_s": round(images / loader_s, 1),
            "gpu_util_pct": None if gpu.mean is None else round(gpu.mean, 1),

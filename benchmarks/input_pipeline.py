@@ -123,7 +123,9 @@ def main() -> None:
            "first_epoch_img_per_s": round(first_epoch_with_build, 1), "cache_build_s": round(build_s, 2),
            "cache_mb": round(decoded.pixels.nbytes / 2**20, 1), "cache_where": decoded.where,
            "build_peak_rss_growth_mb": round(rss_growth, 1),
-           "todays_loader_img_per_s": round(baseline, 1), "todays_loader_passes": " ".join(f"{r:.0f}" for r in baselines), "todays_loader_images": min(len(samples), args.baseline_images),
+           "todays_loader_img_per_s": round(baseline, 1),
+           "todays_loader_passes": " ".join(f"{r:.0f}" for r in baselines),
+           "todays_loader_images": min(len(samples), args.baseline_images),
            "speedup": round(rate / baseline, 1), **machine_info("cpu")}
     write_csv(Path(args.out) if args.out else RESULTS / "input_pipeline.csv", [row])
     print(f"cache: {row['cache_mb']:.0f} MB in {decoded.where}, built in {build_s:.1f} s (peak memory growth "

@@ -168,8 +168,9 @@ class ImageFileDataset(Dataset):
 
     def joined(self, other: "ImageFileDataset") -> "ImageFileDataset":
         """This split followed by `other` (same cache), with this split's augmentation."""
+        rows = torch.cat([self.rows_in_cache, other.rows_in_cache]).tolist()
         return ImageFileDataset(self.samples + other.samples, self.img_size, self.mean.tolist(), self.std.tolist(),
-                                self.augment, self.decoded, torch.cat([self.rows_in_cache, other.rows_in_cache]).tolist())
+                                self.augment, self.decoded, rows)
 
 
 def _require_dir(root: str | None, name: str) -> Path:

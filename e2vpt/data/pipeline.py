@@ -74,7 +74,9 @@ def random_resized_crops(n: int, height: int, width: int, generator: torch.Gener
 
 
 def _crop_into(out: torch.Tensor, source: torch.Tensor, rows: list[int], boxes: list[list[int]], flips: list[bool],
-               items) -> None:
+               mean: torch.Tensor, std: torch.Tensor, items) -> None:
+    """Crop, resize, flip and normalise `items` of a batch into `out`, one image at a time (each is
+    normalised while it is still in the processor's cache)."""
     size = out.shape[-1]
     for i in items:
         top, left, h, w = boxes[i]
@@ -82,7 +84,7 @@ def _crop_into(out: torch.Tensor, source: torch.Tensor, rows: list[int], boxes: 
         if crop.device.type != "cpu":
             crop = crop.float()  # CUDA resizes floats only
         resized = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
-        out[i].copy_(resized.flip(-1) if flips[i] else resized)
+        _scale_(out[i].copy_(resized.flip(-1) if flips[i] else resized), mean, std)
 
 
 def _cores() -> int:
@@ -105,16 +107,18 @@ def augmented(source: torch.Tensor, rows, boxes: torch.Tensor, flips: torch.Tens
     """
     size = source.shape[-1]
     out = torch.empty((len(boxes), 3, size, size), dtype=torch.float32, device=source.device)
+    mean, std = mean.to(source.device).view(3, 1, 1), std.to(source.device).view(3, 1, 1)
     if source.shape[1] == 1:
         source = source.expand(-1, 3, -1, -1)
     rows, boxes, flips = torch.as_tensor(rows).tolist(), boxes.tolist(), flips.tolist()
     threads = _cores() if source.device.type == "cpu" else 1
     if threads > 1 and len(boxes) > 1:
         parts = [range(k, len(boxes), threads) for k in range(threads)]
-        list(_crop_threads(threads).map(lambda items: _crop_into(out, source, rows, boxes, flips, items), parts))
+        list(_crop_threads(threads).map(lambda items: _crop_into(out, source, rows, boxes, flips, mean, std, items),
+                                        parts))
     else:
-        _crop_into(out, source, rows, boxes, flips, range(len(boxes)))
-    return _scale_(out, mean, std)
+        _crop_into(out, source, rows, boxes, flips, mean, std, range(len(boxes)))
+    return out
 
 
 def augment_one(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
