@@ -501,7 +501,7 @@ def test_eurosat_has_no_official_split_so_one_is_built(tmp_path):
     splits = load_splits("eurosat", root=str(tmp_path), img_size=16)
     sizes = (len(splits.train), len(splits.val), len(splits.test))
     assert sizes == (19, 5, 6) and splits.num_classes == 10 and splits.class_names == classes
-    indices = [set(s.indices) for s in (splits.train, splits.val, splits.test)]
+    indices = [{i for _, i in s.items} for s in (splits.train, splits.val, splits.test)]
     assert not (indices[0] & indices[1]) and not (indices[0] & indices[2]) and not (indices[1] & indices[2])
     x, y = splits.test[0]
     assert x.shape == (3, 16, 16) and isinstance(y, int)

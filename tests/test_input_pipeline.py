@@ -154,7 +154,7 @@ if sys.argv[3] == "slow":  # a build that streams to disk and takes its time (so
     decoded._fits_in_memory = lambda nbytes: False
     decoded.CHUNK = 2
     real = decoded._decode
-    decoded._decode = lambda path, size: (time.sleep(0.05), real(path, size))[1]
+    decoded._decode = lambda item, size, read: (time.sleep(0.05), real(item, size, read))[1]
 print(load_splits("imagefolder", sys.argv[1], img_size=int(sys.argv[2])).test.decoded.where, flush=True)
 """
 
@@ -231,3 +231,24 @@ def test_a_run_learns_the_same_weights_whatever_the_number_of_loading_processes(
     assert accs[0] == accs[1]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_torchvision_set_is_cached_too_and_rebuilt_when_one_of_its_files_changes(tmp_path, cache):
+    classes = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture",
+               "PermanentCrop", "Residential", "River", "SeaLake"]
+    for c, name in enumerate(classes):  # EuroSAT's layout: torchvision's ImageFolder under eurosat/2750
+        photo_folder(tmp_path / "tv" / "eurosat" / "2750" / name, per_class=3, classes=1)
+    first = load_splits("eurosat", str(tmp_path / "tv"), img_size=16)
+    assert first.train.decoded.build_s > 0
+    reference = eval_transform(16, (0.5,) * 3, (0.5,) * 3)
+    for ds in (first.train, first.test):
+        base, index = ds.items[0]
+        image, label = base[index]
+        assert torch.equal(ds[0][0], reference(image.convert("RGB"))) and ds[0][1] == label
+    again = load_splits("eurosat", str(tmp_path / "tv"), img_size=16)
+    assert again.train.decoded.build_s == 0.0 and torch.equal(again.test[1][0], first.test[1][0])
+    base, index = first.test.items[0]
+    Image.new("RGB", (50, 38), (0, 0, 255)).save(base.samples[index][0])
+    edited = load_splits("eurosat", str(tmp_path / "tv"), img_size=16)
+    assert edited.train.decoded.build_s > 0 and edited.test.square(0)[2].float().mean() > 240
+    assert len(list(cache.glob("*.npy"))) == 1

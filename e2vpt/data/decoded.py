@@ -22,7 +22,7 @@ import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -45,33 +45,53 @@ def cache_dir() -> Path | None:
     return Path(base) / "e2vpt" / "decoded"
 
 
-def _decode(path: str, size: int) -> np.ndarray | str:
-    """`(size, size, 3)` uint8 pixels (RGB, resized whole with PIL's bicubic filter, which is what
-    torchvision's `Resize((size, size), BICUBIC)` does to a PIL image), or why the file cannot be read."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
-    except Exception:
-        from e2vpt.data.folders import _image_problem
+def open_file(path: str) -> Image.Image:
+    """An image file, fully read (a truncated file fails here, not later)."""
+    with Image.open(path) as im:
+        im.load()
+        return im.convert("RGB")
 
-        return _image_problem(path) or "cannot be decoded"
+
+def _decode(item, size: int, read: Callable[[Any], Image.Image]) -> np.ndarray | str:
+    """`(size, size, 3)` uint8 pixels of `read(item)` (RGB, resized whole with PIL's bicubic filter,
+    which is what torchvision's `Resize((size, size), BICUBIC)` does to a PIL image), or why it
+    cannot be read."""
+    try:
+        rgb = read(item)
+        rgb = rgb.convert("RGB") if rgb.mode != "RGB" else rgb
+    except Exception as exc:  # PIL and torchvision raise many kinds for a bad image
+        if read is open_file:
+            from e2vpt.data.folders import _image_problem
+
+            return _image_problem(item) or "cannot be decoded"
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.BICUBIC)
     return np.array(rgb, dtype=np.uint8)  # writable: tensors made from it may be written
 
 
-def decode_square(path: str, size: int) -> np.ndarray:
-    """One image as `(size, size, 3)` uint8, or a `DataError` naming the file and its problem."""
-    pixels = _decode(path, size)
+def decode_square(item, size: int, read: Callable[[Any], Image.Image] = open_file) -> np.ndarray:
+    """One image as `(size, size, 3)` uint8, or a `DataError` naming it and its problem."""
+    pixels = _decode(item, size, read)
     if isinstance(pixels, str):
-        raise DataError(f"cannot read image {path}: {pixels}; delete or replace it")
+        raise DataError(f"cannot read image {_name(item)}: {pixels}; delete or replace it")
     return pixels
 
 
-def _fingerprint(paths: Sequence[str], size: int) -> tuple[str, str]:
-    """(stem, key): stem names the image list's folder and size (to find stale caches of it); key
-    changes whenever any file is added, removed, resized or touched."""
+def _name(item) -> str:
+    """How a message names an image: its path, or `dataset[index]` for an image inside a dataset."""
+    if isinstance(item, tuple) and len(item) == 2:
+        return f"{type(item[0]).__name__}[{item[1]}]"
+    return str(item)
+
+
+def _hash(value: Any, length: int) -> str:
+    return hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()[:length]
+
+
+def file_identity(paths: Sequence[str]) -> tuple[Any, Any]:
+    """(what, version) of an image-file list: the folder holding them, and every file's size and
+    modification time, so any file added, removed, rewritten or touched changes the version."""
     stats = []
     for p in paths:
         try:
@@ -80,9 +100,7 @@ def _fingerprint(paths: Sequence[str], size: int) -> tuple[str, str]:
             raise DataError(f"image {p} is missing; the folder changed while it was being read") from None
         stats.append((p, st.st_size, st.st_mtime_ns))
     top = os.path.commonpath([os.path.realpath(p) for p in paths]) if paths else ""
-    stem = hashlib.sha256(json.dumps([top, size]).encode()).hexdigest()[:12]
-    key = hashlib.sha256(json.dumps([FORMAT_VERSION, size, stats]).encode()).hexdigest()[:20]
-    return stem, key
+    return top, stats
 
 
 def _fits_in_memory(nbytes: int) -> bool:
@@ -93,13 +111,13 @@ def _fits_in_memory(nbytes: int) -> bool:
     return nbytes <= available // 4
 
 
-def _decode_into(out, paths: Sequence[str], size: int, start: int, pool: ThreadPoolExecutor,
-                 problems: list[tuple[str, str]]) -> None:
-    """Decode `paths` into `out[start:]`, adding `(path, reason)` to `problems` for unreadable ones;
+def _decode_into(out, items: Sequence, size: int, start: int, pool: ThreadPoolExecutor,
+                 problems: list[tuple[str, str]], read: Callable[[Any], Image.Image]) -> None:
+    """Decode `items` into `out[start:]`, adding `(name, reason)` to `problems` for unreadable ones;
     PIL releases the GIL while decoding and resizing, so threads use every core."""
-    for i, (path, pixels) in enumerate(zip(paths, pool.map(lambda p: _decode(p, size), paths))):
+    for i, (item, pixels) in enumerate(zip(items, pool.map(lambda it: _decode(it, size, read), items))):
         if isinstance(pixels, str):
-            problems.append((path, pixels))
+            problems.append((_name(item), pixels))
         else:
             out[start + i] = pixels
 
@@ -165,9 +183,15 @@ class DecodedImages:
             return torch.from_numpy(self.pixels).permute(0, 3, 1, 2)
 
 
-def open_decoded(paths: Sequence[str], size: int, where: str = "the dataset", folder: Path | None = None,
-                 threads: int | None = None) -> DecodedImages | None:
-    """The decoded cache for `paths` at `size`, built if it is missing or stale.
+def open_decoded(items: Sequence, size: int, where: str = "the dataset", folder: Path | None = None,
+                 threads: int | None = None, read: Callable[[Any], Image.Image] = open_file,
+                 identity: tuple[Any, Any] | None = None) -> DecodedImages | None:
+    """The decoded cache of `items` at `size`, built if it is missing or stale.
+
+    `items` are image file paths (read with `open_file`, identified by `file_identity`), or anything
+    `read(item)` turns into a PIL image, identified by `identity` = (what, version): what the list is
+    (older caches of it are removed when a new version is written) and a version that changes
+    whenever its images may have.
 
     Returns None when the images neither fit in memory nor can be written to disk (the caller then
     decodes images as they are read). Raises `DataError` naming the unreadable images (`where`: the
@@ -176,25 +200,24 @@ def open_decoded(paths: Sequence[str], size: int, where: str = "the dataset", fo
     import time
 
     folder = cache_dir() if folder is None else folder
-    shape = (len(paths), size, size, 3)
+    shape = (len(items), size, size, 3)
     nbytes = int(np.prod(shape))
-    stem, key = _fingerprint(paths, size)
+    what, version = identity if identity is not None else file_identity(items)
+    stem, key = _hash([what, size], 12), _hash([FORMAT_VERSION, size, what, version], 20)
     final = folder / f"{stem}-{key}.npy" if folder is not None else None
     if final is not None and final.is_file():
         pixels = _load(final, shape)
         if pixels is not None:
-            where = "memory" if isinstance(pixels, np.ndarray) and not isinstance(pixels, np.memmap) else \
-                "memory-mapped file"
+            where = "memory-mapped file" if isinstance(pixels, np.memmap) else "memory"
             return DecodedImages(pixels, where, final, 0.0)
         final.unlink(missing_ok=True)  # not whole (edited by hand): rebuilt below
     started = time.perf_counter()
-    in_memory = _fits_in_memory(nbytes)
     threads = threads or max(1, os.cpu_count() or 1)
     with ThreadPoolExecutor(threads) as pool:
-        if in_memory:
+        if _fits_in_memory(nbytes):
             pixels, problems = np.empty(shape, dtype=np.uint8), []
-            for start in range(0, len(paths), CHUNK):
-                _decode_into(pixels, paths[start:start + CHUNK], size, start, pool, problems)
+            for start in range(0, len(items), CHUNK):
+                _decode_into(pixels, items[start:start + CHUNK], size, start, pool, problems, read)
             refuse_unreadable(problems, where)
             problem = _save(pixels, folder, stem, key) if folder is not None else "no cache folder"
             build_s = time.perf_counter() - started
@@ -205,9 +228,9 @@ def open_decoded(paths: Sequence[str], size: int, where: str = "the dataset", fo
             return DecodedImages(pixels, f"memory (not saved: {problem})", None, build_s)
         if folder is None:
             return None
-        problem = _stream(paths, size, shape, folder, stem, key, pool, where)
+        problem = _stream(items, size, shape, folder, stem, key, pool, where, read)
     if problem is not None:
-        warnings.warn(f"decoded-image cache not written ({problem}); {len(paths)} images do not fit in memory, so "
+        warnings.warn(f"decoded-image cache not written ({problem}); {len(items)} images do not fit in memory, so "
                       "they are decoded as they are read (slower)", stacklevel=2)
         return None
     return DecodedImages(np.load(final, mmap_mode="r", allow_pickle=False), "memory-mapped file", final,
@@ -244,7 +267,7 @@ def _save(pixels: np.ndarray, folder: Path, stem: str, key: str) -> str | None:
         return _reason(exc, folder)
 
 
-def _stream(paths, size, shape, folder: Path, stem: str, key: str, pool, where: str) -> str | None:
+def _stream(items, size, shape, folder: Path, stem: str, key: str, pool, where: str, read) -> str | None:
     """Decode and write chunk by chunk (for caches larger than memory); the reason when it failed."""
     tmp = None
     try:
@@ -253,9 +276,9 @@ def _stream(paths, size, shape, folder: Path, stem: str, key: str, pool, where: 
         with open(tmp, "wb") as f:
             _write_header(f, shape)
             chunk, problems = np.empty((CHUNK, size, size, 3), dtype=np.uint8), []
-            for start in range(0, len(paths), CHUNK):
-                part = paths[start:start + CHUNK]
-                _decode_into(chunk, part, size, 0, pool, problems)
+            for start in range(0, len(items), CHUNK):
+                part = items[start:start + CHUNK]
+                _decode_into(chunk, part, size, 0, pool, problems, read)
                 f.write(chunk[:len(part)].tobytes())
             refuse_unreadable(problems, where)
             f.flush()

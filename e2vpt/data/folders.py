@@ -29,12 +29,11 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import torch
 from PIL import Image
-from torch.utils.data import Dataset
 
 from e2vpt.data.common import DatasetSplits, split_train_val, split_train_val_test
-from e2vpt.data.decoded import decode_square, open_decoded, refuse_unreadable
+from e2vpt.data.decoded import open_file, refuse_unreadable
+from e2vpt.data.square_images import SquareImages, cached_splits
 from e2vpt.errors import DataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -100,77 +99,19 @@ def _eager_verify(splits: Sequence[list[Sample]], where: str) -> None:
 def load_image(path: str) -> Image.Image:
     """Open an image as RGB, or raise a `DataError` that names the file and what is wrong with it."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            return im.convert("RGB")
+        return open_file(path)
     except Exception:
         reason = _image_problem(path) or "cannot be decoded"
         raise DataError(f"cannot read image {path}: {reason}; delete or replace it") from None
 
 
-class ImageFileDataset(Dataset):
-    """`(path, label)` samples as `size x size` images: normalised float tensors one by one, uint8
-    batches through `fetch` (for `pipeline.DeviceBatches`).
-
-    Every image is resized whole to a square (bicubic, VTAB's evaluation transform). With `decoded`
-    (the folder's decoded cache, `decoded.py`) and `rows_in_cache`, images come from the cache;
-    without, each is decoded when read. `augment`: the training augmentation (random resized crop of
-    the square and a horizontal flip), applied on the training device for batches.
-    """
+class ImageFileDataset(SquareImages):
+    """Image files given as `(path, label)` samples (see `SquareImages`)."""
 
     def __init__(self, samples: Sequence[Sample], img_size: int, mean: Sequence[float], std: Sequence[float],
                  augment: bool = False, decoded=None, rows_in_cache: Sequence[int] | None = None):
-        self.samples = list(samples)
-        self.img_size = int(img_size)
-        self.mean = torch.tensor(mean, dtype=torch.float32)
-        self.std = torch.tensor(std, dtype=torch.float32)
-        self.augment = augment
-        self.decoded = decoded
-        rows = range(len(self.samples)) if rows_in_cache is None else list(rows_in_cache)
-        self.rows_in_cache = torch.as_tensor(rows, dtype=torch.long)
-        self._pixels = decoded.tensor() if decoded is not None else None
-
-    @property
-    def in_memory(self) -> bool:
-        return self._pixels is not None
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def square(self, index: int) -> torch.Tensor:
-        """Image `index` as uint8 `(3, size, size)`."""
-        if self._pixels is not None:
-            return self._pixels[int(self.rows_in_cache[index])]
-        return torch.from_numpy(decode_square(self.samples[index][0], self.img_size)).permute(2, 0, 1)
-
-    def __getitem__(self, index: int):
-        from e2vpt.data.pipeline import augment_one, normalise
-
-        image = self.square(index)
-        label = int(self.samples[index][1])
-        if self.augment:
-            return augment_one(image, self.mean, self.std), label
-        return normalise(image, self.mean, self.std), label
-
-    def rows(self, indices) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """A batch as (uint8 store `(N, 3, size, size)`, the batch's rows in it, int64 labels): the
-        decoded cache and rows into it, or the batch's images decoded now and `0..B-1`."""
-        indices = [int(i) for i in indices]
-        labels = torch.tensor([self.samples[i][1] for i in indices], dtype=torch.long)
-        if self._pixels is not None:
-            return self._pixels, self.rows_in_cache[indices], labels
-        return torch.stack([self.square(i) for i in indices]), torch.arange(len(indices)), labels
-
-    def fetch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """uint8 `(B, 3, size, size)` images and int64 labels of a batch."""
-        store, rows, labels = self.rows(indices)
-        return (store[rows] if self._pixels is not None else store), labels
-
-    def joined(self, other: "ImageFileDataset") -> "ImageFileDataset":
-        """This split followed by `other` (same cache), with this split's augmentation."""
-        rows = torch.cat([self.rows_in_cache, other.rows_in_cache]).tolist()
-        return ImageFileDataset(self.samples + other.samples, self.img_size, self.mean.tolist(), self.std.tolist(),
-                                self.augment, self.decoded, rows)
+        super().__init__([p for p, _ in samples], [label for _, label in samples], img_size, mean, std, augment,
+                         decoded, rows_in_cache)
 
 
 def _require_dir(root: str | None, name: str) -> Path:
@@ -388,16 +329,12 @@ def build_folder_splits(name: str, root: str | None, img_size: int, mean, std,
     else:
         splits, classes, source = load_vtab(root, name)
     where = str(Path(root).expanduser())
-    paths = list(dict.fromkeys(p for split in splits for p, _ in split))  # each image once, in split order
-    position = {p: i for i, p in enumerate(paths)}
-    decoded = open_decoded(paths, img_size, where=where)
+    named = {"train": splits[0], "val": splits[1], "test": splits[2]}
+    datasets, decoded = cached_splits({k: ([p for p, _ in v], [label for _, label in v]) for k, v in named.items()},
+                                      img_size, mean, std, train_augment, where)
     if decoded is None:
         _eager_verify(splits, where)
     if train_augment:
         source = source[:-1] + "; training images augmented (random resized crop and flip, on the training device)."
-
-    def split(samples: list[Sample], augment: bool) -> ImageFileDataset:
-        return ImageFileDataset(samples, img_size, mean, std, augment, decoded, [position[p] for p, _ in samples])
-
-    return DatasetSplits(train=split(splits[0], train_augment), val=split(splits[1], False),
-                         test=split(splits[2], False), num_classes=len(classes), class_names=classes, source=source)
+    return DatasetSplits(train=datasets["train"], val=datasets["val"], test=datasets["test"],
+                         num_classes=len(classes), class_names=classes, source=source)

@@ -4,7 +4,8 @@ Rule for every dataset: train = 800 images of the official train split (a fixed 
 0); val = 200 images of the official val split where one exists, else 200 more from train
 (disjoint); test = the official test split. Datasets with no split argument (EuroSAT, SUN397,
 Caltech101) get a fixed permutation instead: the last 20% is test and 800/200 come from the rest.
-Only the images a split uses are ever decoded, so large sets cost little until evaluation.
+Only the images a split uses are decoded, once per image size, into the decoded cache (`decoded.py`),
+keyed on the dataset's files, so a later run at the same size reads them back instead.
 
 The pitfalls users hit (see docs/DATASETS.md) are handled here: a missing dataset offline becomes
 a `DataError` naming the folder torchvision looks in; StanfordCars no longer downloads; Caltech101
@@ -20,10 +21,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch.utils.data import Dataset
+from PIL import Image
 
-from e2vpt.data.common import (DATA_SEED, N_TRAIN, N_VAL, DatasetSplits, eval_transform, sample_indices,
-                               split_train_val, split_train_val_test, train_transform)
+from e2vpt.data.common import (DATA_SEED, N_TRAIN, N_VAL, DatasetSplits, sample_indices, split_train_val,
+                               split_train_val_test)
+from e2vpt.data.square_images import cached_splits
 from e2vpt.errors import DataError
 
 ROOT_ENV = "E2VPT_DATA_ROOT"
@@ -98,23 +100,47 @@ TORCHVISION_DATASETS: dict[str, TorchvisionSpec] = {
 }
 
 
-class TorchvisionSubset(Dataset):
-    """Some indices of a torchvision dataset, as RGB through a transform, labels shifted."""
+def read_item(item) -> Image.Image:
+    """The image of `(dataset, index)`: torchvision datasets built without a transform give PIL images."""
+    base, index = item
+    return base[index][0]
 
-    def __init__(self, base, indices, transform, label_offset: int = 0):
-        self.base = base
-        self.indices = [int(i) for i in indices]
-        self.transform = transform
-        self.label_offset = label_offset
 
-    def __len__(self) -> int:
-        return len(self.indices)
+# where torchvision datasets keep their labels, so the labels of a split are known without decoding it
+_LABEL_ATTRIBUTES = ("targets", "labels", "_labels", "y")
 
-    def __getitem__(self, index: int):
-        image, label = self.base[self.indices[index]]
-        if hasattr(image, "convert"):
-            image = image.convert("RGB")  # SVHN, MNIST, Caltech101 have grayscale/palette images
-        return self.transform(image), int(label) - self.label_offset
+
+def _labels_of(base, indices, offset: int) -> list[int]:
+    labels = None
+    for attribute in _LABEL_ATTRIBUTES:
+        value = getattr(base, attribute, None)
+        if value is not None and len(value) == len(base):
+            labels = value
+            break
+    if labels is None and isinstance(getattr(base, "_samples", None), list) and len(base._samples) == len(base):
+        labels = [sample[1] for sample in base._samples]
+    if labels is None:  # no attribute: read each item (decodes its image)
+        return [int(base[i][1]) - offset for i in indices]
+    return [int(labels[i]) - offset for i in indices]
+
+
+def _dataset_files(root: Path, spec: TorchvisionSpec) -> list:
+    """Every file of the dataset (path, size, mtime), for the decoded cache's version: its own folder
+    under root when torchvision keeps one, else the files directly in root."""
+    top = root / spec.files.split("/")[0]
+    found = []
+    if top.is_dir():
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames.sort()
+            for name in sorted(filenames):
+                st = os.stat(os.path.join(dirpath, name))
+                found.append((os.path.join(dirpath, name), st.st_size, st.st_mtime_ns))
+    else:
+        for entry in sorted(os.scandir(root), key=lambda e: e.name):
+            if entry.is_file():
+                st = entry.stat()
+                found.append((entry.path, st.st_size, st.st_mtime_ns))
+    return found
 
 
 def _resolve_root(name: str, root: str | None, download: bool) -> Path:
@@ -173,8 +199,6 @@ def build_torchvision_splits(name: str, root: str | None, img_size: int, mean, s
         raise DataError(f"{name} needs {', '.join(missing)}: pip install {' '.join(missing)}")
     path = _resolve_root(name, root, download)
     bases = {split: _construct(name, spec, path, download, kw) for split, kw in spec.splits.items()}
-    test_tf = eval_transform(img_size, mean, std)
-    train_tf = train_transform(img_size, mean, std, train_augment)
     if "all" in bases:
         base = bases["all"]
         tr, va, te = split_train_val_test(len(base), f"{name} under {path}")
@@ -197,11 +221,16 @@ def build_torchvision_splits(name: str, root: str | None, img_size: int, mean, s
         protocol = (f"VTAB-1k style: {len(tr)} train from the official train split and {len(va)} val from "
                     f"{origin} (fixed permutation, seed {DATA_SEED}), test = the official "
                     f"{spec.splits['test'].get('split', 'test')} split ({len(test_base)})")
-    datasets = {split: TorchvisionSubset(base, idx, train_tf if split == "train" else test_tf,
-                                         spec.label_offset)
-                for split, (base, idx) in parts.items()}
+    keys = {id(base): key for key, base in bases.items()}
+    items = {split: [(base, int(i)) for i in idx] for split, (base, idx) in parts.items()}
+    identity = ([spec.cls, os.path.realpath(path), spec.splits],
+                [{split: [(keys[id(b)], i) for b, i in its] for split, its in items.items()},
+                 _dataset_files(path, spec)])
+    datasets, _ = cached_splits({split: (its, _labels_of(parts[split][0], [i for _, i in its], spec.label_offset))
+                                 for split, its in items.items()}, img_size, mean, std, train_augment,
+                                f"{name} under {path}", read=read_item, identity=identity)
     class_names = _class_names(spec, parts["train"][0])
-    aug = "timm's training augmentation" if train_augment else "no augmentation"
+    aug = "random resized crop and flip on the training device" if train_augment else "no augmentation"
     source = (f"torchvision {spec.cls} from {path}: {protocol}; resized to {img_size}x{img_size} (bicubic), "
               f"{aug}.")
     return DatasetSplits(train=datasets["train"], val=datasets["val"], test=datasets["test"],
