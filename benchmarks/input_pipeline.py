@@ -45,13 +45,13 @@ def max_rss_mb() -> float:
 
 def todays_loader_rate(samples, batch: int) -> float:
     """The old trainer's loader: per-image PIL decode + timm's training transform, no workers."""
+    from timm.data import create_transform
     from torch.utils.data import DataLoader, Dataset
 
-    from e2vpt.data.common import train_transform
     from e2vpt.data.folders import load_image
 
-    class PerImage(Dataset):
-        transform = train_transform(SIZE, MEAN, STD, augment=True)
+    class PerImage(Dataset):  # what ImageFileDataset was: its transform, as `train_transform` built it
+        transform = create_transform(input_size=SIZE, is_training=True, interpolation="bicubic", mean=MEAN, std=STD)
 
         def __len__(self):
             return len(samples)

@@ -594,6 +594,13 @@ class Trainer:
         records = [r for r in read_jsonl(self.run.metrics_file) if keep(r)]
         atomic_write_bytes(self.run.metrics_file, "".join(json.dumps(r) + "\n" for r in records).encode())
 
+    def _data_cache_note(self) -> dict:
+        """Where image files were decoded to and what that cost this run (0 s: an earlier run's cache)."""
+        decoded = getattr(self.splits.train, "decoded", None)
+        if decoded is None:
+            return {}
+        return {"decoded_cache": decoded.where, "decoded_cache_build_s": round(decoded.build_s, 3)}
+
     def _finish(self) -> dict:
         cfg = self.config
         selected = self._selected_round()
@@ -612,8 +619,9 @@ class Trainer:
             "selected_round": selected, "rounds": len(self.rounds) - 1, "wall_s": round(self._wall(), 3),
             "train_s": round(sum(r["train_s"] for r in self.rounds), 3),
             "score_s": round(sum(r["score_s"] for r in self.rounds) + self.search_score_s, 3),
-            "device": str(self.device), "precision": "bf16" if self.autocast else "fp32", "num_classes": self.splits.num_classes, "data_source": self.splits.source,
-            "torch_threads": torch.get_num_threads(),
+            "device": str(self.device), "precision": "bf16" if self.autocast else "fp32",
+            "num_classes": self.splits.num_classes, "data_source": self.splits.source,
+            "torch_threads": torch.get_num_threads(), **self._data_cache_note(),
         }
         if self.phase0_from:  # its phase 0 was another run's: that run paid for it
             summary.update(phase0_from=str(self.phase0_from), phase0_train_s=self.rounds[0]["train_s"])

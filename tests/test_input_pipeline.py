@@ -220,15 +220,17 @@ def test_a_run_learns_the_same_weights_whatever_the_number_of_loading_processes(
     from e2vpt.trainer import train
     from small_data import digits_folder
 
-    weights, accs = [], []
+    weights, accs, builds = [], [], []
     for workers in ("0", "2"):
         config = TrainConfig(method="e2vpt", backbone="demo", dataset="imagefolder", data_root=str(digits_folder()),
                              train_augment=True, epochs=1, prune_rounds=1, retrain_epochs=1, batch_size=32,
                              workers=workers)
         summary = train(config, tmp_path / f"w{workers}", quiet=True)
         accs.append((summary["val_acc"], summary["test_acc"]))
+        builds.append((summary["decoded_cache"], summary["decoded_cache_build_s"]))
         weights.append(RunDir(tmp_path / f"w{workers}").load_weights())
     assert accs[0] == accs[1]
+    assert builds[0][0] == builds[1][0] == "memory" and builds[0][1] > 0 and builds[1][1] == 0  # reused
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 

@@ -6,7 +6,6 @@ VTAB-1k-style 800/200 split the same way and a run's `source` sentence can name 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from dataclasses import dataclass
 from typing import Sequence
@@ -108,13 +107,7 @@ def with_val_in_train(splits: DatasetSplits) -> DatasetSplits:
     so curves still draw, but its accuracy is no longer held-out; `source` says so.
     """
     train, val = splits.train, splits.val
-    if hasattr(train, "joined"):
-        joined = train.joined(val)
-    else:
-        if hasattr(val, "transform") and hasattr(train, "transform"):
-            val = copy.copy(val)
-            val.transform = train.transform
-        joined = ConcatDataset([train, val])
+    joined = train.joined(val) if hasattr(train, "joined") else ConcatDataset([train, val])
     return dataclasses.replace(
         splits, train=joined,
         source=f"{splits.source} Trained on train + val ({len(splits.train)} + {len(splits.val)} images, VPT's final "
@@ -197,10 +190,11 @@ def check_normalisation(img_size: int, mean: Sequence[float], std: Sequence[floa
 
 
 def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]):
-    """VTAB-style evaluation (and default training) transform: resize to a square, no crop.
+    """VTAB-style evaluation transform, one PIL image at a time: resize to a square, no crop.
 
-    Bicubic, as the NOAH/VPT VTAB pipelines use; no centre crop because VTAB's images are
-    resized whole.
+    Bicubic, as the NOAH/VPT VTAB pipelines use; no centre crop because VTAB's images are resized
+    whole. The decoded cache (`decoded.py`) plus `pipeline.normalise` give exactly these tensors, bit
+    for bit, a batch at a time; this is the per-image reference they are tested against.
     """
     from torchvision import transforms as T
 
@@ -209,17 +203,3 @@ def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float]):
         T.ToTensor(),
         T.Normalize(mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std)),
     ])
-
-
-def train_transform(img_size: int, mean: Sequence[float], std: Sequence[float], augment: bool):
-    """Training transform: the evaluation transform, or timm's standard training augmentation.
-
-    `augment=True` uses `timm.data.create_transform(is_training=True)` (random resized crop,
-    horizontal flip, colour jitter); the VTAB-1k default is no augmentation.
-    """
-    if not augment:
-        return eval_transform(img_size, mean, std)
-    from timm.data import create_transform
-
-    return create_transform(input_size=img_size, is_training=True, interpolation="bicubic",
-                            mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
