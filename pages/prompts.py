@@ -3,6 +3,7 @@
 import streamlit as st
 
 from e2vpt import charts
+from e2vpt.analysis.ablation import cached_ablation, prompt_ablation
 from e2vpt.analysis.pruning_views import importance_maps
 from pages._common import current_run, run_banner, show_chart, through_app, user_errors
 
@@ -41,3 +42,26 @@ with user_errors():
         layer = st.slider("Layer", 1, layers, 1, disabled=layers < 2) if layers > 1 else 1
         show_chart(charts.segment_heatmap(m, layer - 1), charts.segment_frame(m, layer - 1),
                    f"{run.id}-segments-round-{chosen}-layer-{layer}", key="segments")
+
+    st.subheader("Does the score tell the truth?")
+    st.markdown("A token's score is an *estimate* of what removing it would cost: the mean size of the loss's "
+                "gradient with respect to its mask, on the training images. Here each token that was alive when "
+                "the scores were computed is removed for real, alone, and the change in validation loss is "
+                "measured; the rank correlation says whether the cheap estimate ranks tokens as reality does.")
+    if chosen == 0 or m.get("token_scores") is None:
+        st.caption("Pick a pruning round (1 or later) above to audit the decision it made.")
+    else:
+        audit = cached_ablation(run.path, chosen)
+        alive = int(next(x for x in maps if x["round"] == chosen - 1)["token_mask"].sum())
+        if audit is None and st.button(f"Measure round {chosen}'s decision ({alive} validation passes, one per "
+                                       "token)", key="ablate", icon=":material/science:"):
+            with st.spinner(f"Removing each of {alive} tokens in turn and evaluating..."):
+                audit = prompt_ablation(run.path, chosen)
+        if audit is not None:
+            show_chart(charts.ablation_scatter(audit), charts.ablation_frame(audit),
+                       f"{run.id}-ablation-round-{chosen}", key="ablation")
+            layer_rho = audit.get("layer_spearman")
+            st.caption(f"Measured on {audit['images']} validation images from round {audit['model_round']}'s model "
+                       f"(validation loss {audit['base_val_loss']:.4f}), in {audit['seconds']:.0f} s. Whole layers: "
+                       + ("too few layers to rank." if layer_rho is None or layer_rho != layer_rho else
+                          f"a layer's summed score against removing all its prompts, Spearman rho {layer_rho:+.2f}."))

@@ -523,6 +523,22 @@ def test_every_page_shows_the_real_run(real_run, monkeypatch, page):
     assert charts_on(at) == expected.get(page, 0)
 
 
+@pytest.mark.slow
+def test_the_prompts_page_measures_a_pruning_decision_against_reality_on_request(real_run, monkeypatch):
+    runs, run, events = real_run
+    monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
+    at = open_page("pages/prompts.py", run=run.id)
+    button = next(b for b in at.button if b.label.startswith("Measure round 1's decision"))
+    assert charts_on(at) == 2  # measured only when asked: one validation pass per token
+    button.click().run()
+    no_exception(at)
+    assert not at.error, texts(at, "error")
+    assert charts_on(at) == 3 and "Spearman" in texts(at, "caption")
+    at = open_page("pages/prompts.py", run=run.id)  # cached in the run's analysis/: shown at once
+    assert charts_on(at) == 3 and not any(b.label.startswith("Measure") for b in at.button)
+    (run.analysis_dir / "ablation-round-1.json").unlink()  # the shared run as the other tests expect it
+
+
 # --------------------------------------------------------------------------------------------------
 # malformed runs next to good ones: one bad run never breaks another run, a page or the CLI
 MALFORMED = {  # run id -> (file, content): each a real malformed file, as a crash, an editor or a bad copy leaves it
