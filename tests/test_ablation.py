@@ -12,6 +12,7 @@ from e2vpt.charts import ablation_frame, ablation_scatter
 from e2vpt.config import TrainConfig
 from e2vpt.errors import RunDirError
 from e2vpt.trainer import train
+from small_data import digits_folder
 
 pytestmark = pytest.mark.slow
 
@@ -19,8 +20,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pruned_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("ablation") / "run"
-    config = TrainConfig(backbone="demo", dataset="digits", method="e2vpt", epochs=1, retrain_epochs=1,
-                         prune_rounds=1, prompt_len=2, kv_len=1)
+    config = TrainConfig(backbone="demo", dataset="imagefolder", data_root=str(digits_folder()), method="e2vpt",
+                         epochs=1, retrain_epochs=1, prune_rounds=1, prompt_len=2, kv_len=1)
     train(config, path, quiet=True)
     return path
 
@@ -60,6 +61,9 @@ def test_each_removal_is_measured_for_real_and_set_beside_its_score(pruned_run):
 def test_the_audit_is_cached_and_refreshed_on_request(pruned_run):
     first = prompt_ablation(pruned_run, 1, device="cpu")
     assert cached_ablation(pruned_run, 1) == first
+    cache = pruned_run / "analysis" / "ablation-round-1.json"
+    cache.write_text(cache.read_text().replace('"version": 1', '"version": 0'))  # from another version: ignored
+    assert cached_ablation(pruned_run, 1) is None
     again = prompt_ablation(pruned_run, 1, device="cpu", refresh=True)
     assert [r["val_loss_change"] for r in again["tokens"]] == pytest.approx([r["val_loss_change"] for r in first["tokens"]])
 
