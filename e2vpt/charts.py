@@ -14,12 +14,14 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
            "#e6550d", "#31a354", "#756bb1", "#636363")
 PRUNED_GREY = "#c9c9c9"
+SURVIVED = "#2ca02c"  # green: alive, never read as dead
 OUTLINE = "#111111"
 METHOD_ORDER = ("linear", "full", "vpt-shallow", "vpt-deep", "e2vpt-noprune", "e2vpt")
 
@@ -167,31 +169,70 @@ def _outline_shapes(mask: np.ndarray, line_color: str = OUTLINE) -> list[dict]:
             for (i, j), kept in np.ndenumerate(mask) if kept]
 
 
-def _grey_shapes(cells: np.ndarray) -> list[dict]:
+PRUNED_NOW = "rgba(214,39,40,0.65)"  # red: nothing like a low score in the Viridis scale
+
+
+def _fill_shapes(cells: np.ndarray, fill: str) -> list[dict]:
     return [dict(type="rect", x0=j + 0.5, x1=j + 1.5, y0=i + 0.5, y1=i + 1.5, xref="x", yref="y",
-                 line=dict(width=0), fillcolor="rgba(150,150,150,0.6)", layer="above")
+                 line=dict(width=0), fillcolor=fill, layer="above")
             for (i, j), on in np.ndenumerate(cells) if on]
+
+
+def _legend_entries(fig: go.Figure, entries: Sequence[tuple[str, str, str]]) -> None:
+    """Legend-only markers (name, fill, outline) explaining the cell styles of a heatmap."""
+    for name, fill, outline in entries:
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip", showlegend=True,
+                                 marker=dict(symbol="square", size=13, color=fill, line=dict(color=outline, width=2))))
+
+
+def _ranks(z: np.ndarray) -> np.ndarray:
+    """Rank of each scored cell among all scored cells of the map, 1 = lowest score (pruned first)."""
+    ranks = np.full(z.shape, np.nan)
+    flat = np.flatnonzero(np.isfinite(z))
+    ranks.flat[flat[np.argsort(z.flat[flat], kind="stable")]] = np.arange(1, len(flat) + 1)
+    return ranks
 
 
 def _heatmap(z: np.ndarray, status: np.ndarray, kept: np.ndarray, x_name: str, y_name: str, value_name: str,
              title: str, colorscale: str = "Viridis", zmin: float | None = None, zmax: float | None = None,
-             height: int | None = None) -> go.Figure:
+             height: int | None = None, units: str = "") -> go.Figure:
     rows, cols = z.shape
-    custom = np.stack([status, np.where(np.isnan(z), "-", np.vectorize(lambda v: f"{v:.4g}")(np.nan_to_num(z)))],
-                      axis=-1)
+    ranks = _ranks(z)
+    scored = int(np.isfinite(z).sum())
+    rank_text = np.where(np.isnan(ranks), "", np.vectorize(lambda v: f", rank {v:.0f} of {scored} (1 = least "
+                                                                      "important)")(np.nan_to_num(ranks)))
+    custom = np.stack([status, np.where(np.isnan(z), "-", np.vectorize(lambda v: f"{v:.4g}")(np.nan_to_num(z))),
+                       rank_text], axis=-1)
     fig = go.Figure(go.Heatmap(
         z=z, x=np.arange(1, cols + 1), y=np.arange(1, rows + 1), colorscale=colorscale, zmin=zmin, zmax=zmax,
-        customdata=custom, hoverongaps=True, xgap=1, ygap=1, colorbar=dict(title=dict(text=value_name, side="right")),
-        hovertemplate=f"{y_name} %{{y}}, {x_name} %{{x}}<br>{value_name}: %{{customdata[1]}}"
+        customdata=custom, hoverongaps=True, xgap=1, ygap=1, showlegend=False,
+        colorbar=dict(title=dict(text=value_name, side="right")),
+        hovertemplate=f"{y_name} %{{y}}, {x_name} %{{x}}<br>{value_name}: %{{customdata[1]}}{units}%{{customdata[2]}}"
                       "<br>%{customdata[0]}<extra></extra>"))
     pruned_now = (status == "pruned in this round") & ~np.isnan(z)
-    fig.update_layout(shapes=_grey_shapes(pruned_now) + _outline_shapes(kept))
+    fig.update_layout(shapes=_fill_shapes(pruned_now, PRUNED_NOW) + _outline_shapes(kept))
+    _legend_entries(fig, [("kept (outlined)", "rgba(0,0,0,0)", OUTLINE)]
+                    + ([("pruned in this round", PRUNED_NOW, PRUNED_NOW)] if pruned_now.any() else [])
+                    + ([("pruned in an earlier round", PRUNED_GREY, PRUNED_GREY)]
+                       if (status == "pruned in an earlier round").any() else []))
     fig.update_xaxes(title_text=x_name, dtick=1 if cols <= 32 else None, range=[0.5, cols + 0.5],
                      showgrid=False, zeroline=False)
     fig.update_yaxes(title_text=y_name, dtick=1 if rows <= 32 else None, range=[rows + 0.5, 0.5],
                      showgrid=False, zeroline=False)
     fig.update_layout(plot_bgcolor=PRUNED_GREY)
-    return _layout(fig, title, height=height or max(320, 60 + 28 * rows))
+    return _layout(fig, title, height=height or max(320, 80 + 28 * rows))
+
+
+def cut_off(round_map: dict) -> str | None:
+    """Where a round's token cut fell, in words: the highest score pruned against the lowest kept."""
+    scores, mask = _array(round_map.get("token_scores"), 2), _array(round_map.get("token_mask"), 2)
+    if scores is None or mask is None or not np.isfinite(scores).any():
+        return None
+    scored = np.isfinite(scores)
+    pruned, kept = scores[scored & (mask == 0)], scores[scored & (mask > 0)]
+    if not len(pruned) or not len(kept):
+        return None
+    return f"cut between {pruned.max():.3g} (highest pruned) and {kept.min():.3g} (lowest kept)"
 
 
 def _no_scores(round_map: dict, scores: np.ndarray | None) -> bool:
@@ -216,9 +257,12 @@ def importance_heatmap(round_map: dict, normalised: bool = False, title: str | N
         title = title or f"Round {r}: prompts kept (no importance scores: round 0 is the unpruned model)"
         return _heatmap(np.where(mask > 0, 1.0, np.nan), status, mask > 0, "prompt token", "layer", "kept",
                         title, colorscale=[[0, "#4c78a8"], [1, "#4c78a8"]], zmin=0, zmax=1)
-    label = "importance" + (" (normalised)" if key.endswith("normalised") else "")
-    title = title or (f"Round {r}: importance of each prompt token (outlined: kept; grey: pruned)")
-    return _heatmap(scores, status, mask > 0, "prompt token", "layer", label, title)
+    normalised = key.endswith("normalised")
+    label = "importance" + (" (normalised)" if normalised else "")
+    cut = cut_off(round_map)
+    title = title or (f"Round {r}: importance of each prompt token" + (f"<br><sup>{cut}</sup>" if cut else ""))
+    units = " (share of the round's largest score)" if normalised else " (mean |dL/dmask|)"
+    return _heatmap(scores, status, mask > 0, "prompt token", "layer", label, title, units=units)
 
 
 def segment_frame(round_map: dict, layer: int) -> pd.DataFrame:
@@ -255,9 +299,9 @@ def segment_heatmap(round_map: dict, layer: int, title: str | None = None) -> go
         return _heatmap(np.where(kept, 1.0, np.nan), status, kept, "segment", "prompt token", "kept", title,
                         colorscale=[[0, "#4c78a8"], [1, "#4c78a8"]], zmin=0, zmax=1,
                         height=max(300, 60 + 24 * kept.shape[0]))
-    title = title or f"Round {r}, layer {layer + 1}: importance of each segment (outlined: kept; grey: pruned)"
+    title = title or f"Round {r}, layer {layer + 1}: importance of each segment"
     return _heatmap(z, status, kept, "segment", "prompt token", "importance", title,
-                    height=max(300, 60 + 24 * kept.shape[0]))
+                    height=max(300, 80 + 24 * kept.shape[0]), units=" (mean |dL/dmask|)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -305,7 +349,7 @@ def layer_fraction_figure(layers: pd.DataFrame, title: str = "Prompt tokens kept
         return empty_figure("no pruning record yet", title)
     fig = go.Figure()
     for i, (r, group) in enumerate(layers.groupby("round", sort=True)):
-        fig.add_trace(go.Scatter(x=group["layer"] + 1, y=group["kept_fraction"], mode="lines+markers",
+        fig.add_trace(go.Scatter(x=group["layer"], y=group["kept_fraction"], mode="lines+markers",
                                  name=f"round {r}", line=dict(color=color(i)),
                                  hovertemplate=f"round {r}, layer %{{x}}<br>kept %{{y:.0%}}<extra></extra>"))
     fig.update_xaxes(title_text="layer", dtick=1)
@@ -314,24 +358,26 @@ def layer_fraction_figure(layers: pd.DataFrame, title: str = "Prompt tokens kept
 
 
 def lifetime_figure(lifetimes: pd.DataFrame, rounds: int, title: str = "Prompt lifetimes") -> go.Figure:
-    """For each (layer, token): the round it was pruned in (darkest: survived every round)."""
+    """For each (layer, token), numbered from 1: the round it was pruned in (light to dark red, a colour
+    scale of its own, not the rounds' line colours) or green when it survived every round."""
     if lifetimes is None or lifetimes.empty:
         return empty_figure("no pruning record yet", title)
-    n_layers = int(lifetimes["layer"].max()) + 1
-    n_tokens = int(lifetimes["token"].max()) + 1
+    n_layers = int(lifetimes["layer"].max())
+    n_tokens = int(lifetimes["token"].max())
     survived = rounds + 1
     z = np.full((n_layers, n_tokens), np.nan)
     text = np.full((n_layers, n_tokens), "", dtype=object)
     for _, row in lifetimes.iterrows():
         r = row["pruned_in_round"]
         alive = r is None or (isinstance(r, float) and math.isnan(r))
-        z[int(row["layer"]), int(row["token"])] = survived if alive else float(r)
+        z[int(row["layer"]) - 1, int(row["token"]) - 1] = survived if alive else float(r)
         score = row.get("last_score")
         score_text = "-" if score is None or (isinstance(score, float) and math.isnan(score)) else f"{score:.4g}"
-        text[int(row["layer"]), int(row["token"])] = (
+        text[int(row["layer"]) - 1, int(row["token"]) - 1] = (
             ("survived every round" if alive else f"pruned in round {int(r)}") + f"<br>last score {score_text}")
     steps = list(range(1, survived + 1))
-    colors = [color(i) for i in range(len(steps) - 1)] + ["#222222"]
+    reds = sample_colorscale("Reds", [0.35 + 0.55 * i / max(1, len(steps) - 2) for i in range(len(steps) - 1)])
+    colors = reds + [SURVIVED]
     scale = []
     for i, c in enumerate(colors):
         scale += [[i / len(colors), c], [(i + 1) / len(colors), c]]

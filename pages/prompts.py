@@ -5,17 +5,30 @@ import streamlit as st
 from e2vpt import charts
 from e2vpt.analysis.ablation import cached_ablation, prompt_ablation
 from e2vpt.analysis.pruning_views import importance_maps
+from e2vpt.errors import RunDirError
 from pages._common import current_run, run_banner, show_chart, through_app, user_errors
 
 through_app()
 
 st.title("Prompts")
-st.markdown("Each cell is one visual prompt token in one layer, coloured by how much the loss reacts when it is "
-            "masked (its importance). A pruning round removes the least important ones: **outlined** cells "
-            "survive, **grey** ones are pruned. Look for layers that keep their prompts and layers that lose them.")
-
 run = current_run()
 run_banner(run, needs_done="Importance maps appear after the first training phase")
+try:
+    settings = run.config()
+except RunDirError:  # an unreadable config.json: the maps still show, without the rule's numbers
+    settings = {}
+ratio = settings.get("prune_ratio")
+share = f"{ratio:.0%}" if isinstance(ratio, (int, float)) else "a share"
+if settings.get("mask_scope") == "shared":
+    rule = (f"Position k is scored by its scores summed over the layers, and the lowest {share} of the surviving "
+            "positions are pruned in every layer at once.")
+else:
+    rule = (f"Scores are ranked **globally, across all layers together**, and the lowest {share} of the surviving "
+            "tokens are removed (`--prune-ratio`): a layer whose tokens all score low can lose every one.")
+st.markdown("Each cell is one visual prompt token in one layer, coloured by its importance: the mean size of the "
+            "loss's gradient with respect to the token's mask over the training images (how much the loss reacts "
+            "when it is masked). **Outlined** cells survive, **red** ones are pruned in this round, **light grey** "
+            "ones were pruned in an earlier round. " + rule)
 
 with user_errors():
     maps = importance_maps(run.path)

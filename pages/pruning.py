@@ -3,7 +3,7 @@
 import streamlit as st
 
 from e2vpt import charts
-from e2vpt.analysis.pruning_views import load_pruning, pruning_trajectory
+from e2vpt.analysis.pruning_views import load_pruning, pruning_trajectory, selection_note
 from pages._common import current_run, run_banner, show_chart, through_app, user_errors
 
 through_app()
@@ -24,6 +24,9 @@ with user_errors():
         st.info(f"This run ({record.get('method')}) has no pruning rounds (yet): only round 0, the trained model.")
     show_chart(charts.trajectory_figure(trajectory["rounds"], selected_round=record.get("selected_round")),
                trajectory["rounds"], f"{run.id}-trajectory", key="trajectory")
+    note = selection_note(run.path)
+    if note:
+        st.caption(note)
     left, right = st.columns(2)
     with left:
         show_chart(charts.layer_fraction_figure(trajectory["layers"]), trajectory["layers"],

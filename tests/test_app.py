@@ -439,9 +439,13 @@ def test_heatmaps_outline_survivors_and_grey_what_was_pruned(fake_run, tmp_path)
     m = maps[1]
     fig = charts.importance_heatmap(m)
     outlines = [s for s in fig.layout.shapes if s.line.width and s.line.width > 1]
-    greys = [s for s in fig.layout.shapes if s.fillcolor and s.fillcolor.startswith("rgba(150")]
+    reds = [s for s in fig.layout.shapes if s.fillcolor == charts.PRUNED_NOW]
     assert len(outlines) == int(m["token_mask"].sum())
-    assert len(greys) == int((m["token_mask"] == 0).sum())  # pruned in this very round
+    assert len(reds) == int((m["token_mask"] == 0).sum())  # pruned in this very round: red, not a dark score
+    assert [t.name for t in fig.data[1:]] == ["kept (outlined)", "pruned in this round"]  # a legend for each
+    assert "cut between" in fig.layout.title.text and any("rank" in c[2] for row in fig.data[0].customdata for c in row)
+    later = charts.importance_heatmap(maps[2])
+    assert "pruned in an earlier round" in [t.name for t in later.data[1:]]
     frame = charts.importance_frame(maps[2])
     assert set(frame["status"]) == {"kept", "pruned in this round", "pruned in an earlier round"}
     assert frame.loc[frame["status"] == "pruned in an earlier round", "score"].isna().all()
@@ -612,3 +616,34 @@ def test_embeddings_refuse_a_run_whose_data_folder_was_edited_to_leave_the_data_
     at = open_page("pages/embeddings.py", run="20260101-000000-e2vpt-mine")
     no_exception(at)
     assert "outside" in texts(at, "error") and not (run_dir / "analysis").exists()
+
+
+def test_the_pruning_page_states_the_rule_that_kept_a_round_and_what_round_0_scored(roots, fake_run):
+    import json
+
+    from e2vpt.analysis.pruning_views import selection_note
+
+    runs, _ = roots
+    path = fake_run(runs, "20260101-000000-e2vpt-digits")
+    assert selection_note(path).startswith("Kept: round 2, by the best validation accuracy among the pruning rounds")
+    assert "Round 0 scored 0.700 on validation" in selection_note(path)
+    record = json.loads((path / "pruning.json").read_text())
+    record["rounds"][0]["val_acc"] = 0.97  # the unpruned model was better: the page says what pruning cost
+    (path / "pruning.json").write_text(json.dumps(record))
+    assert "pruning cost 17.0 points here" in selection_note(path)
+    at = open_page("pages/pruning.py", run=path.name)
+    no_exception(at)
+    assert "Round 0 scored higher on validation (0.970 against 0.800)" in texts(at, "caption")
+
+
+def test_pruning_tables_count_from_1_and_lifetimes_have_colours_of_their_own(fake_run, tmp_path):
+    from e2vpt.analysis.pruning_views import pruning_trajectory
+
+    trajectory = pruning_trajectory(fake_run(tmp_path, "r", layers=3, prompt_len=4))
+    assert trajectory["layers"]["layer"].min() == 1 and trajectory["layers"]["layer"].max() == 3
+    assert (trajectory["lifetimes"][["layer", "token"]].min() == 1).all()
+    assert trajectory["lifetimes"]["token"].max() == 4
+    fig = charts.lifetime_figure(trajectory["lifetimes"], 2)
+    assert fig.data[0].z.shape == (3, 4) and not np.isnan(fig.data[0].z).any()
+    scale = [c for _, c in fig.data[0].colorscale]
+    assert scale[-1] == charts.SURVIVED and charts.color(0) not in scale and "#222222" not in scale

@@ -59,7 +59,8 @@ def importance_maps(run_dir: str | Path) -> list[dict]:
 
 def pruning_trajectory(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """Round by round: accuracies and cost ("rounds"), kept fraction per layer ("layers"), and for
-    every (layer, token) the round in which it was pruned ("lifetimes"; None = it survived)."""
+    every (layer, token) the round in which it was pruned ("lifetimes"; None = it survived). Layers
+    and tokens are numbered from 1, as on every chart."""
     record = load_pruning(run_dir)
     rounds = pd.DataFrame([{k: r.get(k) for k in ("round", "val_acc", "test_acc", "tuned_params", "tuned_pct",
                                                     "kept_tokens", "kept_segments", "train_s", "score_s", "wall_s")}
@@ -71,7 +72,7 @@ def pruning_trajectory(run_dir: str | Path) -> dict[str, pd.DataFrame]:
         for r, mask, seg in zip(record["rounds"], masks, seg_masks):
             kept_segments = (seg * mask[..., None]).sum(-1)
             for layer in range(mask.shape[0]):
-                layer_rows.append({"round": r["round"], "layer": layer, "kept_fraction": mask[layer].mean(),
+                layer_rows.append({"round": r["round"], "layer": layer + 1, "kept_fraction": mask[layer].mean(),
                                    "kept_segment_fraction": kept_segments[layer].sum() / seg[layer].size})
         final_scores = {}
         for r in record["rounds"]:
@@ -85,5 +86,34 @@ def pruning_trajectory(run_dir: str | Path) -> dict[str, pd.DataFrame]:
                 for rnd, scores in sorted(final_scores.items()):
                     if np.isfinite(scores[layer, token]):
                         score = float(scores[layer, token])
-                lifetimes.append({"layer": layer, "token": token, "pruned_in_round": died, "last_score": score})
+                lifetimes.append({"layer": layer + 1, "token": token + 1, "pruned_in_round": died, "last_score": score})
     return {"rounds": rounds, "layers": pd.DataFrame(layer_rows), "lifetimes": pd.DataFrame(lifetimes)}
+
+
+def selection_note(run_dir: str | Path) -> str | None:
+    """The rule that picked the run's kept round, in words, and what round 0 scored beside it."""
+    record = load_pruning(run_dir)
+    rounds = {r["round"]: r for r in record["rounds"]}
+    selected = record.get("selected_round")
+    if selected is None or len(rounds) < 2 or selected not in rounds:
+        return None
+    try:
+        settings = RunDir(run_dir).config()
+    except RunDirError:
+        settings = {}
+    if settings.get("select_round") == "last" or settings.get("train_on") == "train+val":
+        why = ("the last round" + (" (the run trained on train + val, so nothing was held out to choose with)"
+                                   if settings.get("train_on") == "train+val" else " (--select-round last)"))
+    else:
+        why = ("the best validation accuracy among the pruning rounds 1 to "
+               f"{max(rounds)}, ties going to more pruning; round 0, the unpruned model, does not compete, since "
+               "the run exists to prune")
+    note = f"Kept: round {selected}, by {why}."
+    base, kept = rounds.get(0, {}).get("val_acc"), rounds[selected].get("val_acc")
+    if selected != 0 and base is not None and kept is not None:
+        if base > kept:
+            note += (f" Round 0 scored higher on validation ({base:.3f} against {kept:.3f}): pruning cost "
+                     f"{100 * (base - kept):.1f} points here.")
+        else:
+            note += f" Round 0 scored {base:.3f} on validation, the kept round {kept:.3f}."
+    return note
