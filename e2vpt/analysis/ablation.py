@@ -25,14 +25,14 @@ from ..runs import RunDir
 CACHE_VERSION = 1
 
 
-def _cache_file(run: RunDir, decision_round: int) -> Path:
-    return run.analysis_dir / f"ablation-round-{decision_round}.json"
+def _cache_name(decision_round: int) -> str:
+    return f"ablation-round-{int(decision_round)}.json"
 
 
 def cached_ablation(run_dir: str | Path, decision_round: int) -> dict | None:
     """The audit of `decision_round` if it was measured before (None otherwise): it costs one validation
     pass per token, so a page shows the cached one and measures only when asked."""
-    cached = read_json(RunDir(run_dir).path / "analysis" / f"ablation-round-{int(decision_round)}.json")
+    cached = read_json(RunDir(run_dir).path / "analysis" / _cache_name(decision_round))  # never creates the folder
     return cached if isinstance(cached, dict) and cached.get("version") == CACHE_VERSION else None
 
 
@@ -121,5 +121,5 @@ def prompt_ablation(run_dir: str | Path, decision_round: int = 1, device: str = 
               "base_val_loss": base_loss, "base_val_acc": base_acc, "images": len(val),
               "importance": config.importance, "mask_scope": config.mask_scope,
               "seconds": round(time.perf_counter() - started, 3)}
-    atomic_write_json(_cache_file(run, decision_round), result)
+    atomic_write_json(run.analysis_dir / _cache_name(decision_round), result)
     return result

@@ -1,4 +1,5 @@
-"""Decode every image file of a dataset once, at the run's image size, into a uint8 cache.
+"""Decode every image of a dataset (files, or a torchvision set's items) once, at the run's image size,
+into a uint8 cache.
 
 Why: a VTAB-1k run reads the same 1,000 JPEGs for 100 epochs, and decoding plus resizing a 500x375
 JPEG costs about 2 ms of one core; a GPU consumes images far faster than that. The cache holds each

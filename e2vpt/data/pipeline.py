@@ -1,15 +1,15 @@
 """Batches ready for the model: uint8 images fetched in batches, augmented and normalised on the device.
 
 Why: decoding, resizing and augmenting image by image in the training process starved the model (430
-JPEGs/s on one core). Datasets that hold uint8 squares (the built-in tasks, and image files through
-their decoded cache, `decoded.py`) hand out whole batches with `fetch(indices)`; the batch travels
-as uint8 (a quarter of float32's bytes, pinned on CUDA), and the training augmentation (random
-resized crop and horizontal flip) and normalisation run on the training device, batch by batch.
+JPEGs/s on one core). Datasets that hold uint8 squares (the built-in tasks, and image files and
+torchvision sets through their decoded cache, `decoded.py`) hand out whole batches with
+`fetch(indices)`; the batch travels as uint8 (a quarter of float32's bytes, pinned on CUDA), and the
+training augmentation (random resized crop and horizontal flip) and normalisation run on the
+training device, batch by batch.
 
 Reproducible: every crop and flip is drawn in the main process from a generator seeded by the
 loader's seed, in batch order, so the same seed gives the same batches whatever the number of worker
-processes. Other datasets (torchvision sets) go through a plain `DataLoader` with their per-image
-transforms, as before.
+processes. Any other map-style dataset of normalised tensors goes through a plain `DataLoader`.
 """
 
 from __future__ import annotations
