@@ -90,6 +90,11 @@ def load_run_model(run_dir: str | Path, device: str = "cpu", round_index: int | 
     return model.to(torch.device(device)).eval(), config, splits
 
 
+def load_run_splits(run_dir: str | Path):
+    """A saved run's dataset splits as its training built them (to show its images); no weights are read."""
+    return build_model_and_splits(TrainConfig.from_dict(RunDir(run_dir).config()), download=False)[1]
+
+
 @torch.no_grad()
 def evaluate(model, loader, device, autocast=None, ctx: DistContext | None = None) -> tuple[float, float]:
     """(mean loss, accuracy) over a loader; with `ctx`, summed over every rank's shard."""

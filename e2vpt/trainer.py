@@ -628,12 +628,29 @@ class Trainer:
         if self.writer is not None:
             atomic_save_safetensors(self.run.weights_file, self.model.tuned_state(),
                                     {"method": cfg.method, "backbone": cfg.backbone, "selected_round": selected})
+            self._status("running", "embedding the test images for the Embeddings page", force=True)
+            summary["embeddings_s"] = self._write_embeddings()
             atomic_write_json(self.run.summary_file, summary)
             self.units_done = self.total_units
             self._status("done", f"test acc {summary['test_acc']:.3f} with {summary['tuned_pct']:.3f}% tuned",
                          force=True)
             remove_checkpoints(self.run)
         return summary
+
+
+    def _write_embeddings(self) -> float | None:
+        """The test features and default embedding report, written while the model is in memory (so
+        the Embeddings page opens at once); seconds taken, or None if that failed. Why a failure is
+        only reported: the weights are saved by then, and losing a finished run to an analysis
+        problem would be worse than the page computing (and showing the problem) on demand."""
+        from .analysis.embeddings import write_at_end_of_training
+
+        try:
+            return round(write_at_end_of_training(self.run.path, self.model, self.splits, self.device), 3)
+        except Exception as exc:  # any analysis failure: the run itself is done by now
+            tqdm.write(f"e2vpt: the embeddings were not precomputed ({type(exc).__name__}: {exc}); the "
+                       "Embeddings page will compute them when opened", file=sys.stderr)
+            return None
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,

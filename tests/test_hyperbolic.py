@@ -236,6 +236,7 @@ def test_analyze_embeddings_is_json_serialisable_and_complete():
     assert {"silhouette_hyperbolic", "silhouette_euclidean", "knn_accuracy_hyperbolic", "davies_bouldin_tangent",
             "delta_rel_hyperbolic", "curvature_estimate"} <= set(names)
     assert all(m["meaning"] and set(m) == {"name", "value", "higher_is_better", "meaning"} for m in back["metrics"])
+    assert {len(values) for values in back["per_point"].values()} == {90}
     assert back["params"]["c"] == 1.0 and back["params"]["clip_r"] == 2.3
 
 
@@ -247,6 +248,9 @@ def test_analyze_embeddings_with_umap_puts_every_view_in_the_disk():
     for view in ("points_umap", "points_hpca"):
         assert np.all(np.linalg.norm(report[view], axis=1) < 1.0)
         assert np.all(np.linalg.norm(report["centroids"][view.split("_")[1]], axis=1) < 1.0)
+    points, labels = np.array(report["points_umap"]), np.array(report["labels"])
+    for k, medoid in zip(report["centroids"]["classes"], report["centroids"]["umap"]):  # on its own cluster
+        assert np.min(np.linalg.norm(points[labels == k] - medoid, axis=1)) < 1e-12
 
 
 def test_large_inputs_are_subsampled_per_class():
@@ -261,10 +265,64 @@ def test_compare_embeddings_says_which_feature_set_separates_better():
     noisy = clean + np.random.default_rng(12).normal(size=clean.shape) * 3.0
     table = compare_embeddings(noisy, clean, y, names=("vpt", "e2vpt"))
     rows = {r["name"]: r for r in table["rows"]}
-    assert rows["silhouette_hyperbolic"]["better"] == "e2vpt"
-    assert rows["davies_bouldin_tangent"]["better"] == "e2vpt"
-    assert rows["delta_rel_hyperbolic"]["better"] is None  # descriptive, not a separability score
-    assert table["summary"].startswith("e2vpt separates better")
+    for name in ("silhouette_hyperbolic", "silhouette_euclidean", "davies_bouldin_tangent"):
+        low, high = rows[name]["interval"]
+        assert low <= rows[name]["difference"] <= high and not low <= 0.0 <= high, rows[name]
+        assert rows[name]["verdict"] == "e2vpt"
+    assert rows["delta_rel_hyperbolic"]["interval"] is None  # descriptive, not a separability score
+    assert rows["delta_rel_hyperbolic"]["verdict"] == "describes shape, not better or worse"
+    assert "vpt is clearly better on 0, e2vpt on 3" in table["summary"] and table["wins"]["e2vpt"] == 3
     json.dumps(table, allow_nan=False)
     with pytest.raises(ValueError, match="different labels"):
         compare_embeddings(analyze_embeddings(clean, y, umap=False), analyze_embeddings(clean, y[::-1], umap=False))
+
+
+def test_equally_separable_embeddings_get_no_clear_difference_on_every_metric():
+    """The same points, paired with different images of their class: every separability value is the
+    same, so every interval must contain 0, whatever the resampling draws."""
+    a, y = clusters(n_per=40, k=3, dim=16, spread=1.5)
+    rng = np.random.default_rng(3)
+    order = np.arange(len(y))
+    for k in range(3):
+        members = np.flatnonzero(y == k)
+        order[members] = rng.permutation(members)
+    table = compare_embeddings(a, a[order], y, names=("a", "b"))
+    rows = [r for r in table["rows"] if r["higher_is_better"] is not None]
+    assert len(rows) == 5
+    for row in rows:
+        low, high = row["interval"]
+        assert low <= 0.0 <= high and row["verdict"] == "no clear difference", row
+    assert table["wins"] == {"a": 0, "b": 0, "no clear difference": 5}
+
+
+def test_the_weighted_davies_bouldin_is_scikit_learns_and_its_interval_is_paired():
+    from sklearn.metrics import davies_bouldin_score
+
+    from e2vpt.analysis.separability import _davies_bouldin_weighted, davies_bouldin_interval
+
+    v, y = clusters(n_per=25, k=4, dim=8, spread=2.0)
+    ones = torch.ones(1, len(y), dtype=torch.float64)
+    mine = _davies_bouldin_weighted(torch.from_numpy(v), y, ones)
+    assert mine.item() == pytest.approx(davies_bouldin_score(v, y), rel=1e-10)
+    draw = torch.from_numpy(np.random.default_rng(0).multinomial(len(y), np.full(len(y), 1 / len(y)), size=1) * 1.0)
+    keep = np.repeat(np.arange(len(y)), draw[0].numpy().astype(int))  # the same resample, as rows
+    assert _davies_bouldin_weighted(torch.from_numpy(v), y, draw).item() == pytest.approx(
+        davies_bouldin_score(v[keep], y[keep]), rel=1e-10)
+    assert davies_bouldin_interval(v, v, y) == (0.0, 0.0)  # paired: the same embedding never differs
+    low, high = davies_bouldin_interval(v, v * 2.0, y)  # a scaled copy: the same index, exactly
+    assert abs(low) < 1e-9 and abs(high) < 1e-9
+
+
+def test_per_point_scores_average_to_the_reported_metrics():
+    from sklearn.metrics import silhouette_score
+
+    feats, y = clusters(n_per=30, k=3, dim=12, spread=2.0)
+    report = json.loads(json.dumps(analyze_embeddings(feats, y, umap=False), allow_nan=False))
+    values = {m["name"]: m["value"] for m in report["metrics"]}
+    per = report["per_point"]
+    assert np.mean(per["silhouette_euclidean"]) == pytest.approx(values["silhouette_euclidean"])
+    centred = feats - feats.mean(axis=0)
+    assert values["silhouette_euclidean"] == pytest.approx(silhouette_score(centred, y), rel=1e-9)
+    held_out = [v for v in per["knn_accuracy_hyperbolic"] if v is not None]
+    assert len(held_out) == len(y) // 2 and set(held_out) <= {0.0, 1.0}
+    assert np.mean(held_out) == pytest.approx(values["knn_accuracy_hyperbolic"])

@@ -20,7 +20,7 @@ from . import hyperbolic, projection, separability
 from .hyperbolic import ArrayLike, _as_float64
 
 # Bumped whenever the protocol changes the numbers, so caches keyed on it are invalidated.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: per-point scores kept, UMAP centroids are medoids
 
 
 @contextlib.contextmanager
@@ -74,6 +74,37 @@ def _rows(xy: np.ndarray | None) -> list[list[float]] | None:
 def _disk_centroids(xy: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Fréchet means of each class's 2-D points in the unit disk (curvature -1, as drawn)."""
     return hyperbolic.class_centroids(xy, codes, c=1.0)[1]
+
+
+def _disk_medoids(xy: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Each class's medoid in the unit disk: its point with the least total hyperbolic distance to
+    the others. Why for UMAP: UMAP may split a class into islands or bend it into an arc, and a mean
+    then falls in the empty space between; a medoid is always one of the class's own points."""
+    medoids = []
+    for k in range(int(codes.max()) + 1):
+        members = xy[codes == k]
+        medoids.append(members[hyperbolic.poincare_distances(members, c=1.0).sum(axis=1).argmin()])
+    return np.stack(medoids)
+
+
+def ball_and_tangent(features: torch.Tensor, c: float, clip_r: float | None, center: bool,
+                     rescale: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The protocol's map of (already subsampled) features into the ball, and the tangent vectors at
+    its origin (logmap0) where Davies-Bouldin is measured."""
+    points = hyperbolic.to_poincare(features, c=c, clip_r=clip_r, center=center, rescale=rescale)
+    return points, hyperbolic.logmap0(points, c=c)
+
+
+def report_tangent(features: ArrayLike, report: dict[str, Any]) -> np.ndarray:
+    """The tangent vectors a report's Davies-Bouldin was computed on, rebuilt from the features it
+    was made from (the report stores 2-D views, not D-dimensional vectors)."""
+    x = _as_float64(features)
+    if report.get("indices") is not None:
+        x = x[torch.as_tensor(report["indices"])]
+    if x.shape[0] != len(report["labels"]):
+        raise ValueError(f"the features have {x.shape[0]} rows where the report analysed {len(report['labels'])}")
+    p = report["params"]
+    return ball_and_tangent(x, p["c"], p["clip_r"], p["center"], p["rescale"])[1]
 
 
 def analyze_embeddings(features: ArrayLike, labels: ArrayLike, c: float = 1.0, clip_r: float | None = 2.3,
@@ -140,8 +171,7 @@ def _analyze(features: ArrayLike, labels: ArrayLike, *, c: float, clip_r: float 
     classes, codes = np.unique(y, return_inverse=True)
     codes = codes.reshape(-1)
 
-    points = hyperbolic.to_poincare(x, c=c, clip_r=clip_r, center=center, rescale=rescale)
-    tangent = hyperbolic.logmap0(points, c=c)
+    points, tangent = ball_and_tangent(x, c, clip_r, center, rescale)
     lap("map")
     dist = hyperbolic.poincare_distances(points, c=c)
     feats = (x - x.mean(dim=0, keepdim=True)) if center else x
@@ -163,7 +193,7 @@ def _analyze(features: ArrayLike, labels: ArrayLike, *, c: float, clip_r: float 
     _, cents = hyperbolic.class_centroids(points, codes, c=c, method="frechet")
     centroids = {
         "classes": classes.tolist(),
-        "umap": None if xy_umap is None else _rows(_disk_centroids(xy_umap, codes)),
+        "umap": None if xy_umap is None else _rows(_disk_medoids(xy_umap, codes)),
         "hpca": _rows(_disk_centroids(xy_hpca, codes)),
         "euclid": _rows(np.stack([xy_euclid[codes == i].mean(axis=0) for i in range(kk)])),
         "radius": (2.0 / np.sqrt(c) * np.arctanh(np.sqrt(c) * np.linalg.norm(cents, axis=1))).tolist(),
@@ -171,8 +201,10 @@ def _analyze(features: ArrayLike, labels: ArrayLike, *, c: float, clip_r: float 
     }
     lap("centroids")
 
+    per_point = separability.per_point_scores(dist, edist, codes, k=k, seed=seed)
     metrics = separability.embedding_metrics(feats.numpy(), dist, edist, tangent, codes, k=k, seed=seed,
-                                             delta_subset_size=delta_subset_size, delta_subsets=delta_subsets)
+                                             delta_subset_size=delta_subset_size, delta_subsets=delta_subsets,
+                                             per_point=per_point)
     lap("metrics")
 
     return {
@@ -186,6 +218,8 @@ def _analyze(features: ArrayLike, labels: ArrayLike, *, c: float, clip_r: float 
         "points_euclid": _rows(xy_euclid),
         "centroids": centroids,
         "metrics": [m.to_dict() for m in metrics],
+        "per_point": {name: None if values is None else [v if np.isfinite(v) else None for v in values.tolist()]
+                      for name, values in per_point.items()},
         "params": {
             "protocol_version": PROTOCOL_VERSION, "c": float(c), "clip_r": clip_r, "center": center,
             "rescale": rescale, "umap": umap, "seed": seed, "k": k, "max_points": max_points,
@@ -199,57 +233,78 @@ def _analyze(features: ArrayLike, labels: ArrayLike, *, c: float, clip_r: float 
 
 
 def compare_embeddings(a: ArrayLike | dict, b: ArrayLike | dict, labels: ArrayLike | None = None,
-                       names: tuple[str, str] = ("a", "b"), tol: float = 1e-9, **kwargs: Any) -> dict[str, Any]:
-    """The metric tables of two embeddings of the same points side by side, and which separates better.
+                       names: tuple[str, str] = ("a", "b"), features: tuple[ArrayLike, ArrayLike] | None = None,
+                       resamples: int = separability.RESAMPLES, seed: int = 0, **kwargs: Any) -> dict[str, Any]:
+    """The metric tables of two embeddings of the same images side by side, each difference with a
+    paired bootstrap 95 % interval and a plain verdict (a name, or "no clear difference" when the
+    interval spans 0).
 
     `a` and `b` are either (N, D) feature arrays (then `labels` is required and both are analysed
     with `analyze_embeddings(..., umap=False, **kwargs)`: the metrics do not need UMAP) or dicts
-    already returned by `analyze_embeddings` (e.g. from the run-directory cache). Typical use: the
-    test features of a VPT run against those of an E2VPT run.
+    already returned by `analyze_embeddings` (e.g. from the run-directory cache); for dicts, pass
+    the features they were made from as `features` to get Davies-Bouldin's interval too (it is
+    recomputed per resample, from the D-dimensional vectors a report does not store). Typical use:
+    the test features of a VPT run against those of an E2VPT run.
 
     Returns:
         {"names", "rows": [{"name", "meaning", "higher_is_better", names[0]: value, names[1]: value,
-         "difference": b - a, "better": a name, "tie", or None (descriptive metric or missing value)}],
-         "wins": {name: count}, "summary": one sentence, "params": {names[0]: ..., names[1]: ...}}.
+         "difference": b - a, "interval": [low, high] of the difference or None, "verdict"}],
+         "wins": {names[0]: count, names[1]: count, "no clear difference": count}, "summary": one
+         sentence, "resamples", "params": {names[0]: ..., names[1]: ...}}.
     """
     if names[0] == names[1]:
         raise ValueError(f"names must differ, got {names}")
-    reports = []
-    for side in (a, b):
+    reports, vectors = [], [None, None]
+    for i, side in enumerate((a, b)):
         if isinstance(side, dict):
             reports.append(side)
+            vectors[i] = None if features is None else features[i]
         else:
             if labels is None:
                 raise ValueError("labels are required when comparing feature arrays")
             reports.append(analyze_embeddings(side, labels, **{"umap": False, **kwargs}))
+            vectors[i] = side
     ra, rb = reports
     if ra["labels"] != rb["labels"]:
         raise ValueError("the two embeddings were analysed on different labels (or point subsets); "
                          "compare features of the same images")
     by_name_b = {m["name"]: m for m in rb["metrics"]}
-    rows, wins = [], {names[0]: 0, names[1]: 0, "tie": 0}
+    rows, wins = [], {names[0]: 0, names[1]: 0, "no clear difference": 0}
     for ma in ra["metrics"]:
         mb = by_name_b.get(ma["name"])
         if mb is None:
             continue
         va, vb, hib = ma["value"], mb["value"], ma["higher_is_better"]
-        better = None
+        interval = None
         if hib is not None and va is not None and vb is not None:
-            if abs(va - vb) <= tol:
-                better = "tie"
-            else:
-                better = names[1] if (vb > va) == hib else names[0]
-            wins[better] += 1
+            interval = _interval(ma["name"], ra, rb, vectors, resamples, seed)
+        outcome = separability.verdict(interval, hib, names) if va is not None and vb is not None else "undefined"
+        if outcome in wins:
+            wins[outcome] += 1
         rows.append({"name": ma["name"], "meaning": ma["meaning"], "higher_is_better": hib,
-                     names[0]: va, names[1]: vb,
-                     "difference": None if va is None or vb is None else vb - va, "better": better})
-    decided = wins[names[0]] + wins[names[1]] + wins["tie"]
-    if wins[names[0]] == wins[names[1]]:
-        lead = f"neither separates better ({wins[names[0]]} metrics each"
-    else:
-        top = max(names, key=lambda n: wins[n])
-        lead = f"{top} separates better on {wins[top]} of {decided} separability metrics ("
-        lead += f"{wins[names[0]] if top == names[1] else wins[names[1]]} for the other"
-    summary = lead + (f", {wins['tie']} tied)" if wins["tie"] else ")")
-    return {"names": list(names), "rows": rows, "wins": wins, "summary": summary,
+                     names[0]: va, names[1]: vb, "difference": None if va is None or vb is None else vb - va,
+                     "interval": None if interval is None else list(interval), "verdict": outcome})
+    decided = sum(wins.values())
+    summary = (f"Of {decided} separability metrics, {names[0]} is clearly better on {wins[names[0]]}, {names[1]} on "
+               f"{wins[names[1]]}, and {wins['no clear difference']} show no clear difference (95 % intervals from "
+               f"{resamples} paired resamples of the {len(ra['labels'])} images).")
+    return {"names": list(names), "rows": rows, "wins": wins, "summary": summary, "resamples": resamples,
             "params": {names[0]: ra["params"], names[1]: rb["params"]}}
+
+
+def _with_nan(values: list) -> np.ndarray:
+    """A JSON list of per-point values (None where undefined) as floats with NaN."""
+    return np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+
+
+def _interval(name: str, ra: dict, rb: dict, vectors: list, resamples: int, seed: int) -> tuple[float, float] | None:
+    """The bootstrap interval of one metric's difference (b - a), where the inputs allow one."""
+    if name in separability.PER_POINT:
+        pa, pb = ((r.get("per_point") or {}).get(name) for r in (ra, rb))
+        if pa is None or pb is None:
+            return None
+        return separability.paired_interval(_with_nan(pa), _with_nan(pb), resamples, seed)
+    if name == "davies_bouldin_tangent" and vectors[0] is not None and vectors[1] is not None:
+        return separability.davies_bouldin_interval(report_tangent(vectors[0], ra), report_tangent(vectors[1], rb),
+                                                    np.asarray(ra["labels"]), resamples, seed)
+    return None

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from sklearn.metrics import davies_bouldin_score, silhouette_score
+from sklearn.metrics import davies_bouldin_score, silhouette_samples, silhouette_score
 from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -80,9 +80,19 @@ def half_split(labels: np.ndarray, seed: int = 0) -> np.ndarray:
     return mask
 
 
-def knn_accuracy(distances: np.ndarray, labels: np.ndarray, k: int = 5, train_mask: np.ndarray | None = None,
-                 seed: int = 0) -> float | None:
-    """Accuracy of a k-nearest-neighbour classifier under a precomputed distance matrix.
+def silhouette_per_point(distances: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+    """Each point's silhouette under a precomputed distance matrix (their mean is the silhouette
+    score); None if fewer than 2 classes."""
+    codes = _encode(labels)
+    if not _has_clusters(codes):
+        return None
+    return silhouette_samples(np.asarray(distances, dtype=np.float64), codes, metric="precomputed")
+
+
+def knn_correct(distances: np.ndarray, labels: np.ndarray, k: int = 5, train_mask: np.ndarray | None = None,
+                seed: int = 0) -> np.ndarray | None:
+    """Per point: 1.0 where a k-nearest-neighbour classifier under a precomputed distance matrix gets
+    a held-out point right, 0.0 where it does not, NaN for the points it was fitted on.
 
     Fitted on the train x train block and scored on test x train; `train_mask` defaults to
     `half_split(labels, seed)`. k is capped at the number of training points. None if there are
@@ -99,7 +109,17 @@ def knn_accuracy(distances: np.ndarray, labels: np.ndarray, k: int = 5, train_ma
     d = np.asarray(distances, dtype=np.float64)
     clf = KNeighborsClassifier(n_neighbors=min(k, int(mask.sum())), metric="precomputed")
     clf.fit(d[np.ix_(mask, mask)], y[mask])
-    return float(clf.score(d[np.ix_(~mask, mask)], y[~mask]))
+    correct = np.full(len(y), np.nan)
+    correct[~mask] = clf.predict(d[np.ix_(~mask, mask)]) == y[~mask]
+    return correct
+
+
+def knn_accuracy(distances: np.ndarray, labels: np.ndarray, k: int = 5, train_mask: np.ndarray | None = None,
+                 seed: int = 0) -> float | None:
+    """Accuracy of a k-nearest-neighbour classifier under a precomputed distance matrix, on the
+    held-out half (see `knn_correct`); None where that is undefined."""
+    correct = knn_correct(distances, labels, k, train_mask, seed)
+    return None if correct is None else float(np.nanmean(correct))
 
 
 def davies_bouldin(vectors: np.ndarray, labels: np.ndarray) -> float | None:
@@ -180,10 +200,33 @@ def curvature_from_delta(delta_rel: float) -> float | None:
     return (POINCARE_DISK_DELTA_REL / delta_rel) ** 2
 
 
+PER_POINT = ("silhouette_hyperbolic", "silhouette_euclidean", "knn_accuracy_hyperbolic", "knn_accuracy_euclidean")
+
+
+def per_point_scores(distances: np.ndarray, euclidean_distances: np.ndarray, labels: np.ndarray, k: int = 5,
+                     train_mask: np.ndarray | None = None, seed: int = 0) -> dict[str, np.ndarray | None]:
+    """The metrics that are means over points, point by point: each point's silhouette (hyperbolic
+    and Euclidean) and whether k-NN gets it right (NaN on the half the classifier was fitted on).
+
+    Why keep them: a difference between two embeddings of the same images gets its confidence
+    interval by resampling images (`paired_interval`), which needs each image's own value.
+    """
+    mask = half_split(labels, seed) if train_mask is None else train_mask
+    return {"silhouette_hyperbolic": silhouette_per_point(distances, labels),
+            "silhouette_euclidean": silhouette_per_point(euclidean_distances, labels),
+            "knn_accuracy_hyperbolic": knn_correct(distances, labels, k, mask, seed),
+            "knn_accuracy_euclidean": knn_correct(euclidean_distances, labels, k, mask, seed)}
+
+
+def _mean_or_none(values: np.ndarray | None) -> float | None:
+    return None if values is None else _float_or_none(np.nanmean(values))
+
+
 def embedding_metrics(features: np.ndarray, distances: np.ndarray,
                       euclidean_distances: np.ndarray, tangent: np.ndarray, labels: np.ndarray, k: int = 5,
                       train_mask: np.ndarray | None = None, delta_subset_size: int = 300,
-                      delta_subsets: int = 5, seed: int = 0) -> list[Metric]:
+                      delta_subsets: int = 5, seed: int = 0,
+                      per_point: dict[str, np.ndarray | None] | None = None) -> list[Metric]:
     """All metrics of one embedding, hyperbolic next to their Euclidean contrast, in display order.
 
     Args:
@@ -194,6 +237,7 @@ def embedding_metrics(features: np.ndarray, distances: np.ndarray,
         labels: (N,) class labels.
         k, train_mask, seed: the k-NN protocol (see `knn_accuracy`); seed also drives the delta subsets.
         delta_subset_size, delta_subsets: the delta estimator's settings (see `gromov_delta`).
+        per_point: `per_point_scores` of the same inputs, if the caller already has them.
     """
     n = len(labels)
     for name, arr in (("features", features), ("tangent", tangent)):
@@ -202,19 +246,20 @@ def embedding_metrics(features: np.ndarray, distances: np.ndarray,
     for name, arr in (("distances", distances), ("euclidean_distances", euclidean_distances)):
         if np.shape(arr) != (n, n):
             raise ValueError(f"{name} must be ({n}, {n}), got {np.shape(arr)}")
-    mask = half_split(labels, seed) if train_mask is None else train_mask
+    if per_point is None:
+        per_point = per_point_scores(distances, euclidean_distances, labels, k, train_mask, seed)
     _, rel_h, _ = gromov_delta(distances, delta_subset_size, delta_subsets, seed)
     _, rel_e, _ = gromov_delta(euclidean_distances, delta_subset_size, delta_subsets, seed)
     return [
-        Metric("silhouette_hyperbolic", silhouette_precomputed(distances, labels), True,
+        Metric("silhouette_hyperbolic", _mean_or_none(per_point["silhouette_hyperbolic"]), True,
                "How much closer each point is to its own class than to the nearest other class, in "
                "hyperbolic distance (-1 to 1; near 1: tight, well-separated classes; near 0: overlap)."),
-        Metric("silhouette_euclidean", silhouette_precomputed(euclidean_distances, labels), True,
+        Metric("silhouette_euclidean", _mean_or_none(per_point["silhouette_euclidean"]), True,
                "The same silhouette in Euclidean distance on the features, for contrast with the ball."),
-        Metric("knn_accuracy_hyperbolic", knn_accuracy(distances, labels, k, mask, seed), True,
+        Metric("knn_accuracy_hyperbolic", _mean_or_none(per_point["knn_accuracy_hyperbolic"]), True,
                f"Share of held-out points (stratified half split) whose {k} nearest neighbours in "
                "hyperbolic distance vote for their true class."),
-        Metric("knn_accuracy_euclidean", knn_accuracy(euclidean_distances, labels, k, mask, seed), True,
+        Metric("knn_accuracy_euclidean", _mean_or_none(per_point["knn_accuracy_euclidean"]), True,
                f"The same {k}-NN accuracy with Euclidean distances on the features, for contrast."),
         Metric("davies_bouldin_tangent", davies_bouldin(tangent, labels), False,
                "Average ratio of within-class spread to the distance between class centres, on tangent "
@@ -229,3 +274,83 @@ def embedding_metrics(features: np.ndarray, distances: np.ndarray,
                "Ball curvature c = (0.144 / delta_rel_euclidean)^2 suggested by Khrulkov et al.'s rule "
                "of thumb; compare it with the c used (params.c)."),
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# is a difference between two embeddings of the same images real? Paired bootstrap over the images.
+RESAMPLES = 1000
+LEVEL = 0.95
+
+
+def _percentiles(values: np.ndarray, level: float) -> tuple[float, float] | None:
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return None
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def paired_interval(a: np.ndarray, b: np.ndarray, resamples: int = RESAMPLES, seed: int = 0,
+                    level: float = LEVEL) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of mean(b) - mean(a) for per-image values of two embeddings of
+    the same images: images are resampled with replacement, the same draw for both sides (paired),
+    so what the two have in common (an easy or a hard image) cancels. NaN entries (e.g. the k-NN
+    fitting half) are left out. Each image's own value is held fixed: the interval says how much the
+    difference depends on which images were drawn. None with fewer than 2 usable images.
+    """
+    diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    diff = diff[np.isfinite(diff)]
+    if len(diff) < 2:
+        return None
+    draws = np.random.default_rng(seed).integers(0, len(diff), size=(resamples, len(diff)))
+    return _percentiles(diff[draws].mean(axis=1), level)
+
+
+def _davies_bouldin_weighted(vectors: torch.Tensor, codes: np.ndarray, weights: torch.Tensor) -> torch.Tensor:
+    """Davies-Bouldin index for each row of resampling weights (counts per point), at once: the
+    weighted form of scikit-learn's definition (mean over classes of the worst (s_i + s_j) / d_ij,
+    s_i the mean distance of class i's points to their centroid). NaN where a class was not drawn."""
+    spreads, centres = [], []
+    for k in range(int(codes.max()) + 1):
+        members = torch.from_numpy(np.flatnonzero(codes == k))
+        v, w = vectors[members], weights[:, members]  # (n_k, D), (R, n_k)
+        total = w.sum(dim=1, keepdim=True)  # (R, 1)
+        centre = (w @ v) / total  # (R, D)
+        spreads.append((w * torch.cdist(centre, v)).sum(dim=1) / total[:, 0])
+        centres.append(centre)
+    spread = torch.stack(spreads, dim=1)  # (R, K)
+    apart = torch.cdist(torch.stack(centres, dim=1), torch.stack(centres, dim=1))  # (R, K, K)
+    ratio = (spread[:, :, None] + spread[:, None, :]) / apart
+    ratio.diagonal(dim1=1, dim2=2).fill_(-np.inf)
+    return ratio.amax(dim=2).mean(dim=1)
+
+
+def davies_bouldin_interval(a: np.ndarray, b: np.ndarray, labels: np.ndarray, resamples: int = RESAMPLES,
+                            seed: int = 0, level: float = LEVEL) -> tuple[float, float] | None:
+    """Paired percentile bootstrap interval of DB(b) - DB(a) for two embeddings (tangent vectors)
+    of the same images: Davies-Bouldin is not a mean over images, so it is recomputed on every
+    resample (vectorised over resamples as weights, in float64). None with fewer than 2 classes."""
+    codes = _encode(labels)
+    if not _has_clusters(codes):
+        return None
+    n = len(codes)
+    counts = np.random.default_rng(seed).multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    weights = torch.from_numpy(counts.astype(np.float64))
+    va, vb = (torch.from_numpy(np.asarray(v, dtype=np.float64)) for v in (a, b))
+    diff = _davies_bouldin_weighted(vb, codes, weights) - _davies_bouldin_weighted(va, codes, weights)
+    return _percentiles(diff.numpy(), level)
+
+
+def verdict(interval: tuple[float, float] | None, higher_is_better: bool | None, names: tuple[str, str]) -> str:
+    """In plain words, which side the interval of (second - first) favours: a name, "no clear
+    difference" when it spans 0, or "no interval" when there is none."""
+    if higher_is_better is None:
+        return "describes shape, not better or worse"
+    if interval is None:
+        return "no interval"
+    low, high = interval
+    if low <= 0.0 <= high:
+        return "no clear difference"
+    second_higher = low > 0.0
+    return names[1] if second_higher == higher_is_better else names[0]
