@@ -85,14 +85,19 @@ def prune_frame(records: Sequence[dict]) -> pd.DataFrame:
                                        "score_s", "scored_images", "wall_s"] if not rows else None)
 
 
+REWIND_WORDS = {"init": "survivors reset to their initial values", "reinit": "survivors drawn afresh"}
+
+
 def training_curves(epochs: pd.DataFrame, prunes: pd.DataFrame | None = None, title: str = "Training curves",
-                    total_steps: int | None = None) -> go.Figure:
+                    total_steps: int | None = None, rewind: str | None = None) -> go.Figure:
     """Loss (left) and accuracy (right) per epoch, train and validation, pruning rounds marked.
 
     Args:
         epochs: `metrics_frame(...)`.
         prunes: `prune_frame(...)`: a dashed line where each pruning round scored and pruned.
         total_steps: fix the x axis to the planned number of epochs (live view of a running run).
+        rewind: the run's `rewind` setting: each pruning line then also says that the surviving
+            prompts were rewound there (why the loss jumps right after it).
     """
     if epochs is None or epochs.empty:
         return empty_figure("no epoch has finished yet", title)
@@ -112,7 +117,7 @@ def training_curves(epochs: pd.DataFrame, prunes: pd.DataFrame | None = None, ti
     if prunes is not None and not prunes.empty:
         for _, p in prunes.iterrows():
             x = float(p["after_step"]) + 0.5
-            text = f"prune {int(p['round'])}"
+            text = f"prune {int(p['round'])}" + (" + rewind" if rewind else "")
             for col in (1, 2):
                 fig.add_vline(x=x, line=dict(color="#888", dash="dot", width=1), row=1, col=col)
             for axis in ("", "2"):
@@ -583,9 +588,58 @@ def accuracy_vs_params(frame: pd.DataFrame, title: str = "Accuracy vs tuned para
             hovertemplate=f"<b>{method}</b> · %{{customdata[0]}}<br>dataset %{{customdata[1]}}, backbone "
                           "%{customdata[2]}<br>test accuracy %{y:.4f} (val %{customdata[4]})"
                           "<br>tuned %{x:,} params (%{customdata[3]})<extra></extra>"))
-    fig.update_xaxes(type="log", title_text="tuned parameters (log scale)", dtick="D2", minor=dict(showgrid=False))
-    fig.update_yaxes(title_text="test accuracy", range=[0, 1.05], tickformat=".0%")
+    low, high = float(frame["tuned_params"].min()), float(frame["tuned_params"].max())
+    ticks = log_ticks(low, high)
+    fig.update_xaxes(type="log", title_text="tuned parameters (log scale)", tickvals=ticks,
+                     ticktext=[f"{v:,.0f}" for v in ticks], range=[np.log10(low) - 0.15, np.log10(high) + 0.15],
+                     minor=dict(showgrid=False))
+    fig.update_yaxes(title_text="test accuracy", range=zoomed_range(frame["test_acc"]), tickformat=".1%")
     return _layout(fig, title, height=460)
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Tick values m x 10^k from just below `low` to just above `high`, as whole numbers a reader can
+    read (20,000, not a bare "2" between decades): decades when they give 3 ticks, else 1-2-5, else finer."""
+    low, high = max(low, 1.0), max(high, 1.0)
+    first, last = int(np.floor(np.log10(low / 1.4))), int(np.ceil(np.log10(high * 1.4)))
+    inside = []
+    for steps in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 4, 5, 6, 8)):  # the coarsest that gives 3 ticks
+        ticks = [m * 10.0 ** k for k in range(first, last + 1) for m in steps]
+        inside = [t for t in ticks if low / 1.4 <= t <= high * 1.4]
+        if len(inside) >= 3:
+            break
+    return inside or [10.0 ** round(np.log10(low))]
+
+
+def zoomed_range(values: pd.Series, floor: float = 0.0, ceiling: float = 1.0) -> list[float]:
+    """An accuracy axis zoomed to the data: differences of a point or two stay visible (0.925 vs
+    0.945 on a 0-100 % axis look equal), with a margin of 15 % of the spread, at least 1 point."""
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    if values.empty:
+        return [floor, ceiling]
+    low, high = float(values.min()), float(values.max())
+    pad = max(0.01, 0.15 * (high - low))
+    return [max(floor, low - pad), min(ceiling, high + pad)]
+
+
+RUN_COLUMNS = {"id": "run", "method": "method", "dataset": "dataset", "backbone": "backbone",
+               "test_acc": "test accuracy (%)", "val_acc": "validation accuracy (%)",
+               "tuned_params": "tuned parameters", "tuned_pct": "tuned (% of backbone)", "wall_s": "wall time (min)",
+               "sweep": "sweep"}
+
+
+def runs_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """`runs_frame` for reading: named columns with their units, accuracies in percent, minutes."""
+    table = frame.rename(columns=RUN_COLUMNS)[[c for c in RUN_COLUMNS.values() if c in set(frame.rename(
+        columns=RUN_COLUMNS).columns)]].copy()
+    for column in ("test accuracy (%)", "validation accuracy (%)"):
+        if column in table:
+            table[column] = (100 * pd.to_numeric(table[column], errors="coerce")).round(2)
+    if "tuned (% of backbone)" in table:
+        table["tuned (% of backbone)"] = pd.to_numeric(table["tuned (% of backbone)"], errors="coerce").round(3)
+    if "wall time (min)" in table:
+        table["wall time (min)"] = (pd.to_numeric(table["wall time (min)"], errors="coerce") / 60).round(1)
+    return table
 
 
 # --------------------------------------------------------------------------------------------------

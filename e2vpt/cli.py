@@ -257,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("stopped by the user; partial results are kept in the run directory", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # the trainer says what was kept; elsewhere nothing was under way
+        print(f"stopped: {exc}" if exc.args else "stopped by the user", file=sys.stderr)
         return 130
-    except Cancelled:
-        print("cancelled; partial results are kept in the run directory", file=sys.stderr)
+    except Cancelled as exc:
+        print(exc if exc.args else "cancelled", file=sys.stderr)
         return 3

@@ -82,6 +82,13 @@ def check_inputs(config: TrainConfig, data: str | Path | None = None) -> TrainCo
         values["data_root"] = str(folder)
     elif entry["kind"] == "folder":
         raise DataError(f"dataset {name} reads your own images: choose its folder under {droot}")
+    elif entry["needs_root"] and entry["kind"] == "builtin":  # Fashion-MNIST without Debian's copy
+        if not config.download:
+            raise DataError(f"{name}'s files are not on this machine: install Debian's dataset-fashion-mnist "
+                            f"(apt-get install dataset-fashion-mnist), or put its four files in a folder under "
+                            f"{droot} and choose it as the data folder, or tick \"Download the dataset\"")
+        droot.mkdir(parents=True, exist_ok=True)
+        values["data_root"] = str(droot)
     elif entry["kind"] == "torchvision":  # torchvision keeps its files in the data root itself
         if config.download:
             droot.mkdir(parents=True, exist_ok=True)

@@ -564,8 +564,9 @@ class Trainer:
             if self.score_after:
                 self._save_search_importance()
             return self._finish()
-        except (Cancelled, KeyboardInterrupt):
-            self._status("cancelled", "cancelled by the user; partial results are kept", force=True)
+        except (Cancelled, KeyboardInterrupt) as exc:
+            exc.args = (self._cancel_note(),)  # what the CLI prints, as the status says it
+            self._status("cancelled", exc.args[0], force=True)
             raise
         except UserError as exc:  # NumericsError too
             self._status("failed", str(exc), force=True)
@@ -637,6 +638,14 @@ class Trainer:
             remove_checkpoints(self.run)
         return summary
 
+
+    def _cancel_note(self) -> str:
+        """What a cancel kept: completed epochs (a checkpoint), or nothing when none had finished."""
+        kept = self.run is not None and (self.run.checkpoint_file.is_file() or self.run.checkpoint_prev_file.is_file())
+        if kept:
+            return "cancelled by the user; every completed epoch is kept, and Resume continues after the last one"
+        return ("cancelled before its first epoch finished, so nothing trained is kept; Resume starts it from the "
+                "beginning")
 
     def _write_embeddings(self) -> float | None:
         """The test features and default embedding report, written while the model is in memory (so

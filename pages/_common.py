@@ -79,11 +79,21 @@ def sidebar_run_picker() -> None:
     """The current-run picker: the run id lives in `?run=...`, so refresh and restart find it."""
     rows = runs()
     by_id = {r["id"]: r for r in rows}
-    wanted = st.query_params.get("run") or st.session_state.get("current_run")
+    was_open = st.session_state.get("current_run")
+    wanted = st.query_params.get("run") or was_open
     if not wanted and rows and "current_run" not in st.session_state:
         wanted = rows[0]["id"]  # a fresh visit opens the newest run
     missing = wanted if wanted and wanted not in by_id else None
-    st.session_state["missing_run"] = missing
+    # a run that was open in this session and is gone was deleted or moved; any other id is unknown
+    # (a typo, an old link): said differently, and dropped from the address so the picker starts
+    # clean; the message stays until a run is picked
+    if missing:
+        st.session_state["missing_run"] = (missing, missing == was_open)
+        if "run" in st.query_params:
+            del st.query_params["run"]
+    elif wanted:
+        st.session_state["missing_run"] = None
+    missing = (st.session_state.get("missing_run") or (None,))[0]
     current = wanted if wanted in by_id else None
     st.session_state["current_run"] = current
     if current and st.query_params.get("run") != current:
@@ -110,13 +120,21 @@ def sidebar_run_picker() -> None:
                      on_change=picked, help="Every page shows this run. Its id is in the address bar, so a "
                                             "refresh or a restarted server finds it again.")
         if missing:
-            st.warning(f"Run `{missing}` no longer exists (deleted or moved). Pick another run.")
+            st.warning(missing_run_message(*st.session_state["missing_run"]))
         elif current and by_id[current]["state"] == "unreadable":
             st.warning(f"This run cannot be read: {by_id[current]['message']}", icon=STATE_ICONS["unreadable"])
         elif current:
             row = by_id[current]
             st.caption(f"{row.get('method') or '?'} on {row.get('dataset') or '?'} · {row.get('state')}")
         st.caption(f"Runs folder: `{run_store.runs_root()}`")
+
+
+def missing_run_message(run_id: str, was_open: bool) -> str:
+    if was_open:
+        return (f"Run `{run_id}` no longer exists: its folder was deleted or moved while it was open. Pick another "
+                "run in the sidebar or start one on **Train**.")
+    return (f"There is no run `{run_id}` in the runs folder (`{run_store.runs_root()}`): check the address, or "
+            "pick a run in the sidebar.")
 
 
 def set_current_run(run_id: str | None) -> None:
@@ -136,15 +154,13 @@ def current_run(required: bool = True) -> RunDir | None:
         try:
             return run_store.open_run(run_id)
         except UserError as exc:
-            missing = run_id
             if required:
                 st.warning(str(exc))
                 st.stop()
     if not required:
         return None
     if missing:
-        st.warning(f"Run `{missing}` no longer exists: its folder was deleted or moved while it was open. "
-                   "Pick another run in the sidebar or start one on **Train**.", icon=":material/warning:")
+        st.warning(missing_run_message(*missing), icon=":material/warning:")
     else:
         st.info("No run picked. Pick one in the sidebar, open one on **Runs**, or start one on **Train**.",
                 icon=":material/arrow_back:")
@@ -213,9 +229,17 @@ def elapsed(seconds) -> str:
 def _curves(run: RunDir, key: str, live: bool) -> None:
     records = run.metrics()
     epochs, prunes = charts.metrics_frame(records), charts.prune_frame(records)
+    try:
+        rewind = run.config().get("rewind") if not prunes.empty else None
+    except UserError:  # an unreadable config: the curves still show, without the rewind's name
+        rewind = None
     fig = charts.training_curves(epochs, prunes, title="Loss and accuracy per epoch",
-                                 total_steps=launch.planned_epochs(run) if live else None)
+                                 total_steps=launch.planned_epochs(run) if live else None, rewind=rewind)
     show_chart(fig, epochs, f"{run.id}-training-curves", key)
+    if rewind:
+        st.caption(f"At each dotted line a pruning round removed the least important prompts and the "
+                   f"{charts.REWIND_WORDS.get(rewind, rewind)} (rewind), then retraining began: the loss jumps "
+                   "because the prompts start over, not because something broke.")
 
 
 def _progress(run: RunDir, status: dict) -> None:

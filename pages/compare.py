@@ -38,6 +38,9 @@ with user_errors():
     chosen = st.multiselect("Runs", list(part["id"]), default=[i for i in preselected if i in set(part["id"])]
                             or list(part["id"]))
     part = part[part["id"].isin(chosen)]
+    table = charts.runs_table(part)
     show_chart(charts.accuracy_vs_params(part, title=f"Accuracy vs tuned parameters on {dataset} ({backbone})"),
-               part, f"compare-{dataset}-{backbone}", key="compare")
-    st.dataframe(part, hide_index=True)
+               table, f"compare-{dataset}-{backbone}", key="compare")
+    st.caption("The accuracy axis is zoomed to these runs: read differences from the numbers, not only the heights.")
+    st.dataframe(table, hide_index=True, column_config={
+        "tuned parameters": st.column_config.NumberColumn(format="localized")})

@@ -25,8 +25,11 @@ table = pd.DataFrame([{
     "test acc": None if r.get("test_acc") is None else 100 * r["test_acc"],
     "tuned %": r.get("tuned_pct"), "tuned params": r.get("tuned_params"), "wall time (s)": r.get("wall_s"),
     "created": r.get("created"), "message": r.get("message")} for r in rows])
+# a new key after each deletion: the table forgets its selection, which would otherwise slide onto the
+# run below the deleted one (and put that run's Delete button where the user just clicked)
+table_key = f"runs_table-{st.session_state.setdefault('runs_table_generation', 0)}"
 event = st.dataframe(
-    table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table",
+    table, hide_index=True, on_select="rerun", selection_mode="multi-row", key=table_key,
     column_config={
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
         "test acc": st.column_config.NumberColumn("test acc", format="%.1f%%"),
@@ -64,6 +67,7 @@ elif st.session_state.get("confirm_delete") == run_id:
         with user_errors("Not deleted: "):
             kept = launch.delete_run(run_id)
             st.session_state.pop("confirm_delete", None)
+            st.session_state["runs_table_generation"] += 1
             if st.session_state.get("current_run") == run_id:
                 set_current_run(None)
             st.toast(f"Deleted {run_id}" + (f"; kept the files that are not the run's: {', '.join(kept[:5])}"

@@ -67,7 +67,7 @@ def setting_widget(f) -> None:
     if f.name == "backbone":
         st.selectbox(label, SUGGESTED_BACKBONES, accept_new_options=True, **common)
     elif f.name == "dataset":
-        st.selectbox(label, list(DATASETS), format_func=lambda n: f"{n} ({DATASETS[n]['kind']})", **common)
+        st.selectbox(label, list(DATASETS), format_func=lambda n: f"{n} ({DATASETS[n]['label']})", **common)
     elif f.name == "device":
         st.selectbox(label, ["auto", "cpu", "cuda"], accept_new_options=True, **common)
     elif f.name == "data_root":

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -165,10 +166,18 @@ def test_a_run_deleted_while_open_gives_a_clear_message(roots, fake_run):
 
 
 @pytest.mark.parametrize("bad", ["../../etc", "..", "/etc/passwd", "a/b", "nope"])
-def test_a_bad_run_id_in_the_url_reads_nothing_and_explains(roots, bad):
+def test_a_bad_run_id_in_the_url_reads_nothing_and_explains(roots, fake_run, bad):
+    runs, _ = roots
+    good = fake_run(runs, "20260101-000000-e2vpt-digits")
     at = open_page("pages/pruning.py", run=bad)
     no_exception(at)
-    assert "no longer exists" in texts(at, "warning")
+    warning = texts(at, "warning")
+    assert "There is no run" in warning and "check the address" in warning  # a typo, not a deletion
+    assert "no longer exists" not in warning and "run" not in at.query_params  # the address is cleaned
+    at.selectbox(key="run_picker").set_value(good.name).run()  # and the picker is free to pick a run
+    no_exception(at)
+    assert at.query_params["run"] == good.name and "There is no run" not in texts(at, "warning")
+    assert charts_on(at) == 3
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,6 +205,23 @@ def test_a_data_folder_that_does_not_exist_is_refused_and_no_run_is_lost(roots, 
     assert "does not exist" in texts(at, "error")
     assert [p.name for p in runs.iterdir()] == ["20260101-000000-e2vpt-digits"]
     assert fake_spawn == []
+
+
+def test_fashion_mnist_says_what_it_needs_on_a_machine_without_its_files(roots, fake_spawn, monkeypatch, tmp_path):
+    from e2vpt.data import builtin
+
+    runs, _ = roots
+    monkeypatch.setattr(builtin, "FASHION_MNIST_SYSTEM_DIRS", [str(tmp_path / "not-installed")])  # a pip-only machine
+    at = open_page("pages/train.py")
+    box = at.selectbox(key="cfg_dataset")
+    assert any(o.startswith("fashion-mnist (needs its files") for o in box.options), box.options
+    assert all("no files needed" in o for o in box.options if o.startswith(("digits (", "dsprites-", "clevr-count")))
+    box.set_value("fashion-mnist")
+    submit(at)
+    no_exception(at)
+    error = texts(at, "error")
+    assert "fashion-mnist's files are not on this machine" in error and "Download the dataset" in error
+    assert "--" not in error and list(runs.iterdir()) == [] and fake_spawn == []
 
 
 def test_start_pressed_twice_starts_one_run(roots, fake_spawn):
@@ -281,20 +307,25 @@ def test_picking_a_recipe_sets_its_choices_and_keeps_the_rest_of_the_form(roots)
     assert (at.radio(key="cfg_importance").value, at.checkbox(key="cfg_train_masks").value) == ("abs", False)
 
 
-def test_runs_page_deletes_only_after_confirmation(roots, fake_run):
+def test_runs_page_deletes_only_after_confirmation_and_then_selects_nothing(roots, fake_run):
     runs, _ = roots
+    fake_run(runs, "20260102-000000-e2vpt-digits")
     fake_run(runs, "20260101-000000-e2vpt-digits")
     at = open_page("pages/runs.py")
     no_exception(at)
-    # select the row the way a click does, then ask to delete
-    at.session_state["runs_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    # select the first row (the newest run) the way a click does, then ask to delete
+    at.session_state["runs_table-0"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
     at.run()
     next(b for b in at.button if b.label == "Delete…").click().run()
-    assert (runs / "20260101-000000-e2vpt-digits").is_dir()
+    assert (runs / "20260102-000000-e2vpt-digits").is_dir()
     assert "cannot be undone" in texts(at, "warning")
     next(b for b in at.button if b.label == "Yes, delete").click().run()
     no_exception(at)
-    assert not (runs / "20260101-000000-e2vpt-digits").exists()
+    assert not (runs / "20260102-000000-e2vpt-digits").exists()
+    # the selection did not slide onto the run below: nothing is selected, no Delete button is offered
+    assert (runs / "20260101-000000-e2vpt-digits").is_dir()
+    assert "Select a row to act on it." in texts(at, "caption")
+    assert not any(b.label in ("Delete…", "Yes, delete") for b in at.button)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,6 +501,32 @@ def test_accuracy_vs_parameters_uses_a_log_axis():
         {"id": "b", "state": "running", "method": "e2vpt", "dataset": "d", "backbone": "b"}])
     assert list(frame["id"]) == ["a"]  # only finished runs are compared
     assert charts.accuracy_vs_params(frame).layout.xaxis.type == "log"
+
+
+def test_compare_zooms_to_the_runs_and_reads_in_whole_numbers_and_units():
+    frame = charts.runs_frame([
+        {"id": m, "state": "done", "method": m, "dataset": "d", "backbone": "b", "test_acc": acc, "val_acc": acc,
+         "tuned_params": n, "tuned_pct": n / 5e6 * 100, "wall_s": 663.047}
+        for m, acc, n in (("vpt-deep", 0.925, 21000), ("e2vpt", 0.945, 14602), ("linear", 0.926, 1930))])
+    fig = charts.accuracy_vs_params(frame)
+    low, high = fig.layout.yaxis.range
+    assert 0.90 <= low < 0.925 and 0.945 < high <= 0.96  # 92.5 / 94.5 / 92.6 no longer look equal
+    assert len(fig.layout.xaxis.tickvals) >= 3
+    for value, text in zip(fig.layout.xaxis.tickvals, fig.layout.xaxis.ticktext):
+        assert text == f"{value:,.0f}" and len(text) > 1  # "10,000", never a bare "2" or "5"
+    table = charts.runs_table(frame)
+    assert {"test accuracy (%)", "tuned parameters", "wall time (min)"} <= set(table.columns)
+    assert table["test accuracy (%)"].tolist() == [92.5, 94.5, 92.6] and table["wall time (min)"].tolist()[0] == 11.1
+
+
+def test_the_training_curves_mark_each_rewind_and_the_page_says_why_the_loss_jumps():
+    epochs = pd.DataFrame({"step": [1, 2, 3], "phase": ["train"] * 3, "round": [0, 1, 1], "epoch": [1, 1, 2],
+                           "lr": [1e-3] * 3, "wall_s": [1.0, 2.0, 3.0], "train_loss": [1.0, 2.0, 0.5],
+                           "val_loss": [1.0, 2.1, 0.6], "train_acc": [0.5, 0.3, 0.8], "val_acc": [0.5, 0.3, 0.8]})
+    prunes = pd.DataFrame({"round": [1], "after_step": [1]})
+    fig = charts.training_curves(epochs, prunes, rewind="init")
+    assert {a.text for a in fig.layout.annotations} >= {"prune 1 + rewind"}
+    assert "prune 1" in {a.text for a in charts.training_curves(epochs, prunes).layout.annotations}
 
 
 # --------------------------------------------------------------------------------------------------

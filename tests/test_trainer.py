@@ -208,3 +208,23 @@ def test_cli_config_file_with_flag_override(tmp_path):
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["method"] == "linear" and config["lr"] == 0.01
+
+
+@pytest.mark.parametrize("when", ["before its first epoch", "after its first epoch"])
+def test_a_cancelled_run_says_what_it_kept(tmp_path, when):
+    from e2vpt.errors import Cancelled
+
+    config = TrainConfig(method="vpt-deep", **dict(FAST, **SMALL, epochs=2))
+    trainer = Trainer(config, tmp_path / "run", quiet=True,
+                      on_epoch=lambda record: setattr(trainer, "stop_requested", True))
+    trainer.stop_requested = when == "before its first epoch"
+    with pytest.raises(Cancelled) as info:
+        trainer.fit()
+    status = RunDir(tmp_path / "run").status()
+    assert status["state"] == "cancelled" and status["message"] == str(info.value)
+    if when == "before its first epoch":
+        assert "nothing trained is kept" in status["message"] and "partial" not in status["message"]
+        assert not RunDir(tmp_path / "run").checkpoint_file.exists()
+    else:
+        assert "every completed epoch is kept" in status["message"]
+        assert RunDir(tmp_path / "run").checkpoint_file.exists()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from e2vpt.data.builtin import BUILTIN_DESCRIPTIONS, clear_cache, load_builtin
+from e2vpt.data.builtin import BUILTIN_DESCRIPTIONS, clear_cache, fashion_mnist_available, load_builtin
 from e2vpt.data.common import DATA_SEED, DatasetSplits, MemoryDataset, check_normalisation, with_val_in_train
 from e2vpt.data.folders import ImageFileDataset, build_folder_splits, verify_images
 from e2vpt.data.torchvision_sets import TORCHVISION_DATASETS, build_torchvision_splits
@@ -46,15 +46,21 @@ __all__ = ["BUILTIN_DATASETS", "DATA_SEED", "DatasetSplits", "FOLDER_DATASETS", 
 def list_datasets() -> list[dict]:
     """Every dataset name the app can offer: `{name, kind, needs_root, description}`.
 
-    `kind` is "builtin", "torchvision" or "folder". Fashion-MNIST is built in but reads files:
-    `needs_root` is False because Debian's copy is found without one.
+    `kind` is "builtin", "torchvision" or "folder"; `label` says in a few true words what a dataset
+    needs on this machine. Fashion-MNIST is built in but reads files: `needs_root` is False where
+    Debian's copy is installed, True (a folder holding its files) where it is not.
     """
-    entries = [{"name": n, "kind": "builtin", "needs_root": False, "description": BUILTIN_DESCRIPTIONS[n]}
-               for n in BUILTIN_DATASETS]
-    entries += [{"name": n, "kind": "torchvision", "needs_root": True, "description": spec.description}
-                for n, spec in TORCHVISION_DATASETS.items()]
-    entries += [{"name": n, "kind": "folder", "needs_root": True, "description": d}
-                for n, d in FOLDER_DATASETS.items()]
+    fashion_found = fashion_mnist_available()
+    entries = [{"name": n, "kind": "builtin", "needs_root": False, "description": BUILTIN_DESCRIPTIONS[n],
+                "label": "built in, no files needed"} for n in BUILTIN_DATASETS if n != "fashion-mnist"]
+    entries.insert(1, {"name": "fashion-mnist", "kind": "builtin", "needs_root": not fashion_found,
+                       "description": BUILTIN_DESCRIPTIONS["fashion-mnist"],
+                       "label": "built in, files found" if fashion_found else
+                                "needs its files: Debian's dataset-fashion-mnist or a data folder"})
+    entries += [{"name": n, "kind": "torchvision", "needs_root": True, "description": spec.description,
+                 "label": "torchvision: files in the data root, or download"} for n, spec in TORCHVISION_DATASETS.items()]
+    entries += [{"name": n, "kind": "folder", "needs_root": True, "description": d,
+                 "label": "your images: a data folder"} for n, d in FOLDER_DATASETS.items()]
     return entries
 
 
