@@ -65,7 +65,7 @@ def test_list_datasets_offers_every_kind_with_unique_resolvable_names():
     assert {e["kind"] for e in entries} == {"builtin", "torchvision", "folder"}
     assert set(BUILTIN_DATASETS) <= set(names)
     for e in entries:
-        assert set(e) == {"name", "kind", "needs_root", "description"}
+        assert set(e) == {"name", "kind", "needs_root", "description", "label"} and e["label"]
         assert isinstance(e["needs_root"], bool) and e["description"]
         assert e["needs_root"] == (e["kind"] != "builtin")
     assert {"cifar100", "eurosat", "caltech101", "imagefolder", "vtab", "fgvc"} <= set(names)
