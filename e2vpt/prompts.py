@@ -50,6 +50,30 @@ def segment_of_channel(dim: int, segments: int, layout: str) -> torch.Tensor:
     return channels * segments // dim
 
 
+def _prompted_qkv(attn: Attention, x: torch.Tensor, key_prompt: torch.Tensor | None,
+                  value_prompt: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries (B, heads, N, head_dim) and keys and values (B, heads, l + N, head_dim): timm's
+    projections and norms, with the key-value prompts prepended to the keys and values."""
+    B, N, _ = x.shape
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim) each
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if key_prompt is not None:
+        kp = key_prompt.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1)  # (B, heads, l, head_dim)
+        vp = value_prompt.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1)
+        k = torch.cat([kp, k], dim=2)  # prompts first, as in the official code; order is irrelevant
+        v = torch.cat([vp, v], dim=2)
+    return q, k, v
+
+
+def attention_weights(attn: Attention, x: torch.Tensor, key_prompt: torch.Tensor | None) -> torch.Tensor:
+    """The attention probabilities `prompted_attention` applies, (B, heads, N queries, l + N keys):
+    softmax(q k^T / sqrt(head_dim)), key-value prompts first among the keys. For analysis only:
+    training never materialises them (scaled_dot_product_attention fuses the product)."""
+    q, k, _ = _prompted_qkv(attn, x, key_prompt, key_prompt)
+    return (q @ k.transpose(-2, -1) * attn.scale).softmax(dim=-1)
+
+
 def prompted_attention(attn: Attention, x: torch.Tensor, key_prompt: torch.Tensor | None,
                        value_prompt: torch.Tensor | None) -> torch.Tensor:
     """timm `Attention.forward` with learnable keys/values prepended to the real ones.
@@ -61,14 +85,7 @@ def prompted_attention(attn: Attention, x: torch.Tensor, key_prompt: torch.Tenso
     """
     B, N, _ = x.shape
     gate = attn.gate(x).sigmoid() if getattr(attn, "gate", None) is not None else None
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)  # (B, heads, N, head_dim) each
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    if key_prompt is not None:
-        kp = key_prompt.to(k.dtype).unsqueeze(0).expand(B, -1, -1, -1)  # (B, heads, l, head_dim)
-        vp = value_prompt.to(v.dtype).unsqueeze(0).expand(B, -1, -1, -1)
-        k = torch.cat([kp, k], dim=2)  # prompts first, as in the official code; order is irrelevant
-        v = torch.cat([vp, v], dim=2)
+    q, k, v = _prompted_qkv(attn, x, key_prompt, value_prompt)
     dropout = attn.attn_drop.p if attn.training else 0.0
     x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, N, head_dim)
     x = x.transpose(1, 2).reshape(B, N, attn.attn_dim)
@@ -273,6 +290,16 @@ class PromptTuned(nn.Module, ABC):
             segment_gate: optional (B, prompt layers, p, R) multipliers of their segments (importance scoring).
         """
 
+    def tokens_in_sequence(self, layer: int) -> torch.Tensor:
+        """Indices of prompt layer `layer`'s tokens that enter the sequence: the surviving ones, or
+        all p with `pruned_tokens="zero"` (pruned ones as zeros); empty without visual prompts."""
+        t = self.tuned
+        if t.visual is None:
+            return torch.zeros(0, dtype=torch.long)
+        if self.pruned_tokens == "zero":
+            return torch.arange(t.token_mask.shape[1], device=t.token_mask.device)
+        return t.token_mask[layer].nonzero().squeeze(1)
+
     def _layer_prompts(self, layer: int, batch: int, token_gate, segment_gate) -> torch.Tensor | None:
         """The visual prompts layer `layer` reads, (B, tokens, width), or None when it reads none.
 
@@ -282,12 +309,9 @@ class PromptTuned(nn.Module, ABC):
         t = self.tuned
         if t.visual is None:
             return None
-        if self.pruned_tokens == "zero":
-            kept = torch.arange(t.token_mask.shape[1], device=t.token_mask.device)
-        else:
-            kept = t.token_mask[layer].nonzero().squeeze(1)
-            if kept.numel() == 0:
-                return None
+        kept = self.tokens_in_sequence(layer)
+        if kept.numel() == 0:
+            return None
         channel_segment = self.channel_segment_of(layer)
         token, segment = self.mask_values(layer)
         prompts = t.visual[layer][kept]  # (tokens, width)
@@ -403,13 +427,16 @@ class PromptedViT(PromptTuned):
     # ----------------------------------------------------------------------------------------------
     # Forward
     def forward_features(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
-                         segment_gate: torch.Tensor | None = None) -> torch.Tensor:
+                         segment_gate: torch.Tensor | None = None,
+                         record_attention: list | None = None) -> torch.Tensor:
         """The backbone's pooled representation (B, dim) with prompts in place.
 
         Args:
             images: (B, 3, H, W), normalised.
             token_gate: optional (B, prompt layers, p) multipliers (importance scoring).
             segment_gate: optional (B, prompt layers, p, R) multipliers (importance scoring).
+            record_attention: a list that receives, per layer, the first image's head-averaged
+                attention split by what is attended (`_attention_entry`); the output is unchanged.
         """
         bb = self.backbone
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_backbone):
@@ -424,6 +451,9 @@ class PromptedViT(PromptTuned):
                 x = torch.cat([x[:, :n_prefix], prompts, x[:, n_prefix + carried:]], dim=1)
                 carried = prompts.shape[1]
             key, value = self._kv(i)
+            if record_attention is not None:
+                prompt_layer = i if self.visual_mode == "deep" else 0
+                record_attention.append(self._attention_entry(block, x, key, carried, prompt_layer))
             x = prompted_block(block, x, key, value)
             last = i == len(bb.blocks) - 1
             if self.visual_mode == "deep" and carried and not (last and self.pool_tokens):
@@ -435,3 +465,22 @@ class PromptedViT(PromptTuned):
             x = torch.cat([x[:, :n_prefix], x[:, n_prefix + carried:]], dim=1)
         x = bb.norm(x)
         return bb.forward_head(x, pre_logits=True)
+
+    @torch.no_grad()
+    def _attention_entry(self, block: Block, x: torch.Tensor, key: torch.Tensor | None, carried: int,
+                         prompt_layer: int) -> dict:
+        """One layer's head-averaged attention for the first image of `x` (the block's input), split
+        by what is attended: [CLS] (query 0) to the prefix, to each prompt token in the sequence, to
+        each key-value prompt and to each patch; each prompt token to each patch; each patch to each
+        key-value prompt. Maps over patches are (grid rows, grid columns)."""
+        probs = attention_weights(block.attn, block.norm1(x[:1]), key)[0].mean(dim=0).float().cpu()  # (N, l + N)
+        kv, prefix, grid = 0 if key is None else key.shape[1], self.num_prefix, self.backbone.patch_embed.grid_size
+        first_patch = prefix + carried  # the same index among queries; keys are shifted by kv
+        tokens = self.tokens_in_sequence(prompt_layer).cpu() if carried else torch.zeros(0, dtype=torch.long)
+        cls = probs[0]
+        return {"prompt_layer": prompt_layer, "tokens": tokens.tolist(),
+                "cls_to_prefix": cls[kv:kv + prefix].sum(), "cls_to_kv": cls[:kv],
+                "cls_to_prompt": cls[kv + prefix:kv + first_patch],
+                "cls_to_patches": cls[kv + first_patch:].reshape(grid),
+                "prompt_to_patches": probs[prefix:first_patch, kv + first_patch:].reshape(-1, *grid),
+                "kv_from_patches": probs[first_patch:, :kv].T.reshape(-1, *grid)}

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
@@ -135,6 +136,21 @@ def missing_run_message(run_id: str, was_open: bool) -> str:
                 "run in the sidebar or start one on **Train**.")
     return (f"There is no run `{run_id}` in the runs folder (`{run_store.runs_root()}`): check the address, or "
             "pick a run in the sidebar.")
+
+
+@st.cache_resource(show_spinner="Loading the run's images…", max_entries=4)
+def _splits(path: str, config_stamp: float):
+    from e2vpt.build import load_run_splits
+
+    return load_run_splits(path)
+
+
+def run_splits(run):
+    """A run's dataset splits as its training built them (to show its images), kept per server
+    process; `run` is a RunDir or a run folder."""
+    path = run.path if isinstance(run, RunDir) else Path(run)
+    config = path / "config.json"
+    return _splits(str(path), config.stat().st_mtime if config.is_file() else 0.0)
 
 
 def set_current_run(run_id: str | None) -> None:

@@ -7,8 +7,7 @@ import streamlit as st
 from e2vpt import charts, launch
 from e2vpt import runs as run_store
 from e2vpt.analysis.embeddings import compare_run_embeddings, run_embedding_report, run_label, split_images
-from e2vpt.build import load_run_splits
-from pages._common import current_run, run_banner, runs, show_chart, through_app, user_errors
+from pages._common import current_run, run_banner, run_splits, runs, show_chart, through_app, user_errors
 
 through_app()
 
@@ -37,11 +36,6 @@ def comparison(path_a: str, path_b: str | None, stamps: tuple, **params) -> dict
     return compare_run_embeddings(path_a, path_b, **params)
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
-def splits_of(path: str, stamp: float):
-    return load_run_splits(path)
-
-
 def stamp(path) -> float:
     weights = path / "weights.safetensors"
     return weights.stat().st_mtime if weights.exists() else 0.0
@@ -54,7 +48,7 @@ def show_selected_images(event, run_path, split: str, frame) -> None:
         return
     rows = [int(p["customdata"][0]) for p in points][:SHOWN_IMAGES]
     with st.spinner("Loading the images…"):
-        images = split_images(splits_of(str(run_path), stamp(run_path)), split, rows)
+        images = split_images(run_splits(run_path), split, rows)
     classes = dict(zip(frame["point"], frame["class"]))
     more = f" (the first {SHOWN_IMAGES} of {len(points)})" if len(points) > SHOWN_IMAGES else ""
     st.markdown(f"**Selected images{more}**, as the model saw them:")

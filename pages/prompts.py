@@ -4,9 +4,11 @@ import streamlit as st
 
 from e2vpt import charts
 from e2vpt.analysis.ablation import cached_ablation, prompt_ablation
+from e2vpt.analysis.attention import prompt_attention
+from e2vpt.analysis.embeddings import split_images
 from e2vpt.analysis.pruning_views import importance_maps
 from e2vpt.errors import RunDirError
-from pages._common import current_run, run_banner, show_chart, through_app, user_errors
+from pages._common import current_run, run_banner, run_splits, show_chart, through_app, user_errors
 
 through_app()
 
@@ -78,3 +80,28 @@ with user_errors():
                        f"(validation loss {audit['base_val_loss']:.4f}), in {audit['seconds']:.0f} s. Whole layers: "
                        + ("too few layers to rank." if layer_rho is None or layer_rho != layer_rho else
                           f"a layer's summed score against removing all its prompts, Spearman rho {layer_rho:+.2f}."))
+
+    st.subheader("What a prompt looks at")
+    state = max(chosen - 1, 0)
+    st.markdown(f"Attention inside the model saved after round {state}, for one test image, averaged over heads: "
+                "how much of its attention [CLS] (the token the classifier reads) gives each prompt, and where on the "
+                "image each prompt token looks. Key-value prompts are only looked at: the maps show which patches "
+                f"read from them. Tokens marked **pruned next** were removed by round {state + 1}'s decision.")
+    if not (settings.get("prompt_len") or settings.get("kv_len")) or settings.get("method") in ("linear", "full"):
+        st.caption("This run has no prompts to look at.")
+    else:
+        splits = run_splits(run)
+        a, b = st.columns([1, 2])
+        index = a.number_input("Test image", min_value=0, max_value=len(splits.test) - 1, value=0, step=1,
+                               key="attention_image")
+        with st.spinner("Running the model on the image (cached in the run after the first time)…"):
+            looked = prompt_attention(run.path, state, index=int(index))
+        image = split_images(splits, "test", [int(index)])[0]
+        a.image(image, width=160, caption=f"{looked['class_name']} (predicted {looked['predicted_name']})")
+        show_chart(charts.attention_prompt_map(looked), None, f"{run.id}-attention-round-{state}-image-{index}",
+                   key="attention-map")
+        n_layers = len(looked["layers"])
+        layer = b.select_slider("Layer", list(range(1, n_layers + 1)), value=1, key="attention_layer") \
+            if n_layers > 1 else 1
+        show_chart(charts.attention_over_image(image, looked, layer), None,
+                   f"{run.id}-attention-round-{state}-image-{index}-layer-{layer}", key="attention-image")
