@@ -315,6 +315,29 @@ def flag(f: dataclasses.Field) -> str:
     return "--" + f.name.replace("_", "-")
 
 
+def used_by(f: dataclasses.Field, method: str) -> bool:
+    """Whether `method` reads this setting: pruning settings only matter to methods that prune,
+    visual-prompt ones to methods with visual prompts, key-value ones to methods with key-value
+    prompts (the form hides the others)."""
+    spec = METHOD_SPECS[method]
+    if meta(f)["group"] == "pruning":
+        return spec.prune
+    if f.name in ("kv_len", "kv_shared"):
+        return spec.kv
+    if f.name in ("prompt_len", "prompt_dropout"):
+        return spec.visual != "none"
+    return True
+
+
+def in_form_words(message: str) -> str:
+    """A message written for the command line with every flag (and its placeholder, e.g. `--data-root
+    DIR`) replaced by the setting's label in the app's form, so the app never names a flag it lacks."""
+    for f in sorted(settings(), key=lambda f: -len(f.name)):  # --retrain-epochs before --epochs
+        message = re.sub(rf"(?<![\w-]){re.escape(flag(f))}(?: [A-Z][A-Z_]*\b)?(?![\w-])",
+                         f"“{meta(f)['label']}”", message)
+    return message
+
+
 @functools.cache
 def _hints() -> dict:
     return typing.get_type_hints(TrainConfig)

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from e2vpt import charts, launch
+from e2vpt.config import in_form_words
 from e2vpt import runs as run_store
 from e2vpt.errors import UserError
 from e2vpt.runs import ACTIVE_STATES, RunDir
@@ -56,7 +57,7 @@ def user_errors(what: str = "") -> Iterator[None]:
     try:
         yield
     except UserError as exc:
-        st.error(f"{what}{exc}" if what else str(exc), icon=":material/block:")
+        st.error(f"{what}{in_form_words(str(exc))}", icon=":material/block:")
     except (FileNotFoundError, NotADirectoryError) as exc:
         st.error(f"{what}a file of this run is missing ({exc.filename or exc}); the run folder may have been "
                  "deleted or moved while it was open", icon=":material/block:")
@@ -191,7 +192,8 @@ def run_banner(run: RunDir, needs_done: str | None = None) -> dict:
     status = run.status()
     state = status.get("state", "missing")
     icon = STATE_ICONS.get(state, "")
-    text = f"{icon} **{run.id}** is **{state}**" + (f": {status.get('message')}" if status.get("message") else "")
+    text = f"{icon} **{run.id}** is **{state}**" + (f": {in_form_words(str(status['message']))}"
+                                                     if status.get("message") else "")
     if state == "missing":
         st.warning(f"Run `{run.id}` no longer exists: its folder was deleted or moved while it was open.")
         st.stop()
@@ -322,7 +324,7 @@ def run_panel(run_id: str, key: str = "panel") -> None:
         if state == "done":
             _summary(run)
         elif state == "failed":
-            st.error(f"The run failed: {status.get('message')}  \nThe training process's output is in "
+            st.error(f"The run failed: {in_form_words(str(status.get('message')))}  \nThe training process's output is in "
                      f"`{run.log_file}`.", icon=":material/error:")
         elif state in ("cancelled", "interrupted"):
             st.warning(status.get("message") or state, icon=":material/warning:")

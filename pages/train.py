@@ -7,10 +7,12 @@ import streamlit as st
 from e2vpt import launch
 from e2vpt import runs as run_store
 from e2vpt.backbones import DEMO_WEIGHTS
-from e2vpt.config import RECIPES, SUGGESTED_BACKBONES, TrainConfig, flag, meta, preset, settings
+from e2vpt.config import (RECIPES, SUGGESTED_BACKBONES, TrainConfig, flag, in_form_words, meta, preset, settings,
+                          used_by)
 from e2vpt.config import kind as setting_kind
 from e2vpt.data import list_datasets
 from e2vpt.errors import ConfigError, UserError
+from e2vpt.runs import ACTIVE_STATES
 from pages._common import current_run, run_panel, set_current_run, through_app, user_errors
 
 through_app()
@@ -99,10 +101,15 @@ def setting_widget(f) -> None:
                             **unset, **common)
 
 
+ABOVE_THE_FORM = ("recipe", "method")  # they change what the form holds: a change reruns the page at once
+
+
 def settings_columns(basic: bool, placement: dict) -> None:
+    """The settings the chosen method reads, in three columns (the others keep their values, hidden)."""
     columns = st.columns(3)
+    method = st.session_state["cfg_method"]
     for f in settings():
-        if meta(f)["basic"] == basic and f.name != "recipe":  # the recipe sits above the form: it fills it
+        if meta(f)["basic"] == basic and f.name not in ABOVE_THE_FORM and used_by(f, method):
             with columns[placement[meta(f)["group"]]]:
                 setting_widget(f)
 
@@ -115,6 +122,26 @@ st.title("Train")
 st.markdown("Tune prompts on a frozen ViT. **E2VPT** adds visual prompts and key-value prompts to every layer, "
             "then prunes the prompts that matter least, round by round. The defaults train the shipped demo ViT "
             "on handwritten digits in about a minute on a CPU; watch the loss fall and the pruning rounds below.")
+
+def show_current_run() -> None:
+    """The message of the last Start, then the current run: progress, curves, Cancel or Resume."""
+    if "flash" in st.session_state:
+        kind, message = st.session_state.pop("flash")
+        (st.success if kind == "success" else st.warning)(
+            message, icon=":material/rocket_launch:" if kind == "success" else ":material/back_hand:")
+    if current is not None:
+        st.subheader(f"Run `{current.id}`")
+        run_panel(current.id, key="train")
+
+
+# a run that is training comes first (right after Start, it is what the user wants to see); the form
+# for the next run follows. Otherwise the form comes first and the last run under it.
+current = current_run(required=False)
+training_now = current is not None and current.status().get("state") in ACTIVE_STATES
+if training_now:
+    show_current_run()
+    st.divider()
+    st.subheader("Start another run")
 
 st.radio("Preset", list(PRESET_LABELS), key="preset", persist_state="session", horizontal=True, on_change=apply_preset,
          help="Fills the form. The paper's setting needs a GPU and the ViT-B/16 weights from the Hugging Face hub.")
@@ -163,6 +190,12 @@ with st.expander("Your own images (a zip of class folders)"):
         kind, message = st.session_state.pop("upload_result")
         (st.success if kind == "success" else st.error)(message)
 
+setting_widget(next(f for f in settings() if f.name == "method"))
+unused = [meta(f)["label"] for f in settings() if not used_by(f, st.session_state["cfg_method"])]
+if unused:
+    st.caption(f"{st.session_state['cfg_method']} does not use {len(unused)} settings (e.g. "
+               f"{', '.join(unused[:3]).lower()}): they are hidden below.")
+
 with st.form("train"):
     settings_columns(basic=True, placement=MAIN_COLUMNS)
     with st.expander("More settings"):
@@ -170,13 +203,14 @@ with st.form("train"):
     submitted = st.form_submit_button("Start training", type="primary", icon=":material/rocket_launch:")
 
 
-def in_form_words(error: ConfigError) -> str:
+def setting_error(error: ConfigError) -> str:
     """A settings error with the field named by its label in this form, not by its CLI flag."""
     named = {f.name: f for f in settings()}.get(error.setting)
-    if named is None:
-        return str(error)
-    return str(error).replace(f"{named.name} ({flag(named)})", f"“{meta(named)['label']}”").replace(
-        f"use e.g. {flag(named)}", "e.g.")
+    message = str(error)
+    if named is not None:
+        message = message.replace(f"{named.name} ({flag(named)})", f"“{meta(named)['label']}”").replace(
+            f"use e.g. {flag(named)}", "e.g.")
+    return in_form_words(message)
 
 
 def form_values() -> dict:
@@ -188,7 +222,7 @@ if submitted:
         try:
             config = TrainConfig.from_dict(form_values())
         except ConfigError as exc:
-            st.error(f"Not started: {in_form_words(exc)}", icon=":material/block:")
+            st.error(f"Not started: {setting_error(exc)}", icon=":material/block:")
         else:
             fingerprint = json.dumps(config.to_dict(), sort_keys=True)
             last = st.session_state.get("last_start") or {}
@@ -212,11 +246,5 @@ if submitted:
                                              "can leave this page, refresh it or open another run meanwhile.")
             st.rerun()  # the sidebar picks up the new current run
 
-if "flash" in st.session_state:
-    kind, message = st.session_state.pop("flash")
-    (st.success if kind == "success" else st.warning)(message, icon=":material/rocket_launch:" if kind == "success" else ":material/back_hand:")
-
-run = current_run(required=False)
-if run is not None:
-    st.subheader(f"Run `{run.id}`")
-    run_panel(run.id, key="train")
+if not training_now:
+    show_current_run()

@@ -145,8 +145,8 @@ def test_a_failed_run_says_so_and_shows_what_it_wrote(roots, fake_run, page):
     if page in ("pages/prompts.py", "pages/pruning.py"):
         errors = texts(at, "error")
         assert "failed" in errors and "no pruning record yet" in errors
-    if page == "pages/train.py":
-        assert "lower --lr" in texts(at, "error")
+    if page == "pages/train.py":  # the trainer's advice, in the form's words
+        assert "lower “Learning rate”" in texts(at, "error") and "--lr" not in texts(at, "error")
         assert any(b.label == "Resume" for b in at.button)
         assert charts_on(at) == 1  # the curves it wrote before failing
 
@@ -182,6 +182,31 @@ def test_a_bad_run_id_in_the_url_reads_nothing_and_explains(roots, fake_run, bad
 
 # --------------------------------------------------------------------------------------------------
 # bad input on Train: no run created, a clear message
+def test_the_form_shows_only_the_settings_the_method_uses(roots):
+    at = open_page("pages/train.py")
+    keys = lambda: {w.key for kind in ("number_input", "slider", "checkbox", "selectbox", "radio")  # noqa: E731
+                    for w in getattr(at, kind)}
+    assert {"cfg_prompt_len", "cfg_kv_len", "cfg_prune_ratio"} <= keys()  # e2vpt, the default, uses them all
+    at.selectbox(key="cfg_method").set_value("vpt-deep").run()
+    assert "cfg_prompt_len" in keys() and not {"cfg_kv_len", "cfg_prune_ratio", "cfg_prune_rounds"} & keys()
+    assert "does not use" in texts(at, "caption")
+    at.selectbox(key="cfg_method").set_value("linear").run()
+    assert not {"cfg_prompt_len", "cfg_kv_len", "cfg_prune_ratio"} & keys()
+    at.selectbox(key="cfg_method").set_value("e2vpt").run()  # hidden values come back as they were
+    assert at.number_input(key="cfg_kv_len").value == 4
+
+
+def test_a_run_in_training_comes_before_the_form(roots, fake_run):
+    runs, _ = roots
+    fake_run(runs, "20260101-000000-e2vpt-digits", state="running", summary=False)
+    at = open_page("pages/train.py", run="20260101-000000-e2vpt-digits")
+    no_exception(at)
+    heads = [h.value for h in at.subheader]
+    assert heads[:2] == ["Run `20260101-000000-e2vpt-digits`", "Start another run"]
+    labels = [b.label for b in at.button]
+    assert labels.index("Cancel run") < labels.index("Start training")
+
+
 def test_an_impossible_setting_is_refused_before_a_run_exists(roots):
     runs, _ = roots
     at = open_page("pages/train.py")
