@@ -116,6 +116,7 @@ class Trainer:
         self.rounds: list[dict] = []
         self.round_states: dict[int, dict] = {}
         self.units_done, self.total_units = 0, 1
+        self._epoch_started, self._last_epoch_s = time.monotonic(), None  # for the remaining-time estimate
         self.pending = None
         self.resume_note = ""
         self.wall_offset = 0.0
@@ -195,14 +196,25 @@ class Trainer:
         """The run directory, on the one process that writes it (rank 0)."""
         return self.run if self.dist.is_main else None
 
-    def _status(self, state: str, message: str = "", force: bool = False, **extra) -> None:
+    STATUS_EVERY_S = 0.5  # a status file written at most this often (unless forced)
+
+    def _status(self, state: str, message: str = "", force: bool = False, within: float = 0.0, **extra) -> None:
+        """Write the status (at most twice a second unless forced); `within` is the share of the
+        current unit (epoch or scoring pass) already done, so the progress moves inside an epoch."""
         if self.writer is None:
             return
         now = time.monotonic()
-        if not force and now - self._last_status < 0.5:
+        if not force and now - self._last_status < self.STATUS_EVERY_S:
             return
         self._last_status = now
-        self.run.write_status(state, self.units_done / max(self.total_units, 1), message, **extra)
+        self.run.write_status(state, (self.units_done + within) / max(self.total_units, 1), message, **extra)
+
+    def _remaining_s(self, fraction: float) -> float:
+        """Seconds left, estimated from measured time: the last whole epoch's duration (validation
+        included) per remaining unit, or before one has finished, this epoch's pace so far."""
+        elapsed = time.monotonic() - self._epoch_started
+        per_unit = self._last_epoch_s or elapsed / max(fraction, 1e-9)  # a whole epoch, measured or projected
+        return per_unit * (1.0 - fraction) + per_unit * max(self.total_units - self.units_done - 1, 0)
 
     def _log(self, record: dict) -> None:
         if self.writer is not None:
@@ -323,6 +335,7 @@ class Trainer:
     def _train_epoch(self, phase: Phase, epoch: int, optimizer, scheduler) -> tuple[float, float]:
         cfg, model = self.config, self.model
         torch.manual_seed(_seed_for(cfg.seed, phase.index, epoch))  # dropout draws
+        self._epoch_started = time.monotonic()
         loader = self._loader("train", shuffle=True, seed=_seed_for(cfg.seed, phase.index, epoch, 7), training=True)
         model.train()
         loss_sum, correct, total = 0.0, 0, 0
@@ -350,7 +363,8 @@ class Trainer:
             total += labels.numel()
             fraction = (step + 1) / len(loader)
             self._status("running", f"{phase.name} round {phase.index}: epoch {epoch + 1}/{phase.epochs}",
-                         progress_in_epoch=round(fraction, 3))
+                         within=fraction, progress_in_epoch=round(fraction, 3),
+                         remaining_s=round(self._remaining_s(fraction), 1))
             bar.set_postfix(loss=f"{local_sum.item() / labels.numel():.3f}")
         if cfg.schedule_step == "epoch":
             scheduler.step()
@@ -486,6 +500,7 @@ class Trainer:
                       "lr": scheduler.get_last_lr()[0], "epoch_s": round(time.monotonic() - epoch_start, 3),
                       "wall_s": round(self._wall(), 3), "tuned_params": self.model.tuned_param_count()}
             self._log(record)
+            self._last_epoch_s = record["epoch_s"]
             self._save_checkpoint(phase.index, epoch + 1, optimizer, scheduler, best)
             self._status("running", f"{phase.name} round {phase.index}: epoch {epoch + 1}/{phase.epochs} "
                          f"val acc {val_acc:.3f}", force=True)

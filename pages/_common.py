@@ -260,12 +260,24 @@ def _curves(run: RunDir, key: str, live: bool) -> None:
                    "because the prompts start over, not because something broke.")
 
 
+def about(seconds: float) -> str:
+    """A remaining time as a person says it: about 40 s, about 3 min, about 1 h 10 min."""
+    seconds = max(float(seconds), 0.0)
+    if seconds < 90:
+        return f"about {max(5, round(seconds / 5) * 5):.0f} s"
+    minutes = round(seconds / 60)
+    return f"about {minutes} min" if minutes < 60 else f"about {minutes // 60} h {minutes % 60} min"
+
+
 def _progress(run: RunDir, status: dict) -> None:
     progress = float(status.get("progress") or 0.0)
     state = status.get("state")
-    text = f"{state}: {status.get('message') or ''}"
-    if status.get("progress_in_epoch") is not None and state in ACTIVE_STATES:
-        text += f" ({100 * float(status['progress_in_epoch']):.0f}% of the epoch)"
+    text = f"{state}: {in_form_words(str(status.get('message') or ''))}"
+    if state in ACTIVE_STATES:
+        if status.get("progress_in_epoch") is not None:
+            text += f" · {100 * float(status['progress_in_epoch']):.0f}% of this epoch"
+        if status.get("remaining_s") is not None:
+            text += f" · {about(status['remaining_s'])} left, from the time measured so far"
     st.progress(min(max(progress, 0.0), 1.0), text=text)
 
 
@@ -301,6 +313,10 @@ def _live_panel(run_id: str, key: str) -> None:
     status = run.status()
     if status.get("state") not in ACTIVE_STATES:
         st.rerun(scope="app")  # finished, failed or cancelled: redraw the page without polling
+    seen = st.session_state.setdefault("seen_states", {})
+    if seen.setdefault(run_id, status["state"]) != status["state"]:  # queued -> running: the sidebar says so too
+        seen[run_id] = status["state"]
+        st.rerun(scope="app")
     _progress(run, status)
     if st.button("Cancel run", key=f"cancel-{key}", icon=":material/stop:",
                  help="Stops at the next step; the run becomes `cancelled` and keeps what it trained."):

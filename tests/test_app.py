@@ -198,9 +198,12 @@ def test_the_form_shows_only_the_settings_the_method_uses(roots):
 
 def test_a_run_in_training_comes_before_the_form(roots, fake_run):
     runs, _ = roots
-    fake_run(runs, "20260101-000000-e2vpt-digits", state="running", summary=False)
+    path = fake_run(runs, "20260101-000000-e2vpt-digits", state="running", summary=False)
+    RunDir(path).write_status("running", 0.27, "train round 0: epoch 1/2", progress_in_epoch=0.54, remaining_s=130.0)
     at = open_page("pages/train.py", run="20260101-000000-e2vpt-digits")
     no_exception(at)
+    bar = at.get("progress")[0].proto
+    assert bar.value == 27 and "54% of this epoch" in bar.text and "about 2 min left" in bar.text
     heads = [h.value for h in at.subheader]
     assert heads[:2] == ["Run `20260101-000000-e2vpt-digits`", "Start another run"]
     labels = [b.label for b in at.button]

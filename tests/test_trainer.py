@@ -228,3 +228,26 @@ def test_a_cancelled_run_says_what_it_kept(tmp_path, when):
     else:
         assert "every completed epoch is kept" in status["message"]
         assert RunDir(tmp_path / "run").checkpoint_file.exists()
+
+
+def test_progress_moves_inside_an_epoch_with_a_remaining_time_from_measured_steps(tmp_path, monkeypatch):
+    written = []
+    original = RunDir.write_status
+
+    def spy(self, state, progress=None, message="", **extra):
+        written.append(dict(state=state, progress=progress, **extra))
+        return original(self, state, progress, message, **extra)
+
+    monkeypatch.setattr(RunDir, "write_status", spy)
+    monkeypatch.setattr(Trainer, "STATUS_EVERY_S", 0.0)  # every step's status, not two a second
+    train(TrainConfig(method="vpt-deep", **dict(FAST, epochs=2)), tmp_path / "run", quiet=True)
+    inside = [w for w in written if w.get("progress_in_epoch") is not None]
+    assert len(inside) >= 4, written
+    for w in inside:  # 2 units (epochs): the bar is (epochs done + share of this one) / 2
+        done = 2 * w["progress"] - w["progress_in_epoch"]
+        assert min(abs(done), abs(done - 1)) < 2e-3  # whole epochs done: 0 or 1
+        assert w["remaining_s"] > 0 or w["progress"] == 1.0  # nothing left only at the very end
+    first = [w for w in inside if w["progress"] < 0.5]
+    assert first and 0 < first[0]["progress"] < first[-1]["progress"] < 0.5  # it moves during the first epoch
+    second = [w for w in inside if w["progress"] >= 0.5]
+    assert second and second[-1]["remaining_s"] < first[0]["remaining_s"]  # and the estimate comes down
