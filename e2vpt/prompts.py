@@ -281,13 +281,16 @@ class PromptTuned(nn.Module, ABC):
 
     @abstractmethod
     def forward_features(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
-                         segment_gate: torch.Tensor | None = None) -> torch.Tensor:
+                         segment_gate: torch.Tensor | None = None,
+                         record_attention: list | None = None) -> torch.Tensor:
         """The backbone's pooled representation (B, features) with prompts in place.
 
         Args:
             images: (B, 3, H, W), normalised.
             token_gate: optional (B, prompt layers, p) multipliers of the visual prompts (importance scoring).
             segment_gate: optional (B, prompt layers, p, R) multipliers of their segments (importance scoring).
+            record_attention: a list that receives each layer's attention, where the family supports it
+                (see `PromptedViT`); a family that does not raises `BackboneError`.
         """
 
     def tokens_in_sequence(self, layer: int) -> torch.Tensor:

@@ -178,8 +178,12 @@ class PromptedSwin(PromptTuned):
     # ----------------------------------------------------------------------------------------------
     # Forward
     def forward_features(self, images: torch.Tensor, token_gate: torch.Tensor | None = None,
-                         segment_gate: torch.Tensor | None = None) -> torch.Tensor:
+                         segment_gate: torch.Tensor | None = None,
+                         record_attention: list | None = None) -> torch.Tensor:
         """The backbone's pooled representation (B, num_features) with prompts in place."""
+        if record_attention is not None:
+            raise BackboneError("attention views need a ViT: a Swin attends within shifted windows, where a "
+                                "prompt's view of the image is not one map")
         bb = self.backbone
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.train_backbone):
             x = bb.patch_embed(images)  # (B, H, W, C)

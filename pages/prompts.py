@@ -89,6 +89,9 @@ with user_errors():
                 f"read from them. Tokens marked **pruned next** were removed by round {state + 1}'s decision.")
     if not (settings.get("prompt_len") or settings.get("kv_len")) or settings.get("method") in ("linear", "full"):
         st.caption("This run has no prompts to look at.")
+    elif not run.round_file(state).is_file():
+        st.caption(f"The model saved after round {state} is not in this run folder (yet): it is written when the "
+                   "round's training ends.")
     else:
         splits = run_splits(run)
         a, b = st.columns([1, 2])

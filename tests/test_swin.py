@@ -286,3 +286,11 @@ def test_a_swin_run_trains_prunes_records_and_reloads(tmp_path, monkeypatch):
     assert len(layers) == 2 * 6 and layers[layers["round"] == 1]["kept_fraction"].sum() == pytest.approx(12 / 4)
     lifetimes = trajectory["lifetimes"]
     assert len(lifetimes) == 6 * 4 and int((lifetimes["pruned_in_round"] == 1).sum()) == 24 - 12
+
+
+def test_attention_views_are_refused_on_swin_with_the_reason():
+    from e2vpt.errors import BackboneError
+
+    model = PromptedSwin(tiny_swin(), CLASSES, prompt_len=2, kv_len=1)
+    with pytest.raises(BackboneError, match="need a ViT.*shifted windows"):
+        model.forward_features(images(1), record_attention=[])

@@ -62,17 +62,13 @@ def prompt_attention(run_dir: str | Path, round_index: int, index: int = 0, spli
     attention (each query's shares over all keys sum to 1).
     """
     from ..build import load_run_model
-    from ..prompts import PromptedViT
 
     run = RunDir(run_dir)
     cache = _cache_file(run, round_index, split, index)
     cached = None if refresh else read_json(cache)
     if isinstance(cached, dict) and cached.get("version") == ATTENTION_VERSION:
         return cached
-    model, config, splits = load_run_model(run_dir, device=device, round_index=round_index)
-    if not isinstance(model, PromptedViT):
-        raise RunDirError(f"attention views need a ViT backbone; {config.backbone} is not one (Swin attends "
-                          "within shifted windows, where a prompt's view of the image is not one map)")
+    model, _, splits = load_run_model(run_dir, device=device, round_index=round_index)
     dataset = getattr(splits, split)
     if not 0 <= index < len(dataset):
         raise RunDirError(f"the {split} split has {len(dataset)} images; image {index} does not exist")
