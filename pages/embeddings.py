@@ -125,7 +125,9 @@ with user_errors():
                                **{k: v for k, v in params.items() if k != "umap"})
         st.markdown(table.get("summary", ""))
         st.caption("Each difference comes with a 95 % interval from resampling the images (the same draw for both "
-                   "sides): \"no clear difference\" when the interval contains 0, however the values look.")
+                   "sides): \"no clear difference\" when the interval contains 0, however the values look. A clear "
+                   "difference can still be a small one, and the intervals resample images, not training runs: "
+                   "another seed moves the values more than they show.")
         frame = charts.comparison_frame(table)
         st.table(frame.round(4))
         st.download_button("Comparison (CSV)", frame.to_csv(index=False), file_name=f"{run.id}-vs-{side[0]}.csv",

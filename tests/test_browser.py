@@ -1,7 +1,9 @@
 """The app in a real browser: Debian's headless Chromium driven by Playwright against `streamlit run app.py`.
 
 A teacher's path through the app: start a small demo E2VPT run from the Train page, watch the
-progress move, wait for `done`, then open Prompts, Pruning and Embeddings and see their charts.
+progress move, wait for `done`, then open every page and see its charts, including the "why this
+prompt" views (the pruning decision measured against reality, what each prompt looks at); then a
+VPT-deep run through every page, and its embeddings beside E2VPT's with intervals.
 Screenshots land in tests/artifacts/ (git-ignored). Never downloads a browser: without
 /usr/bin/chromium (or Playwright) the test is skipped.
 """
@@ -9,6 +11,7 @@ Screenshots land in tests/artifacts/ (git-ignored). Never downloads a browser: w
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -110,7 +113,7 @@ def set_number(page, label: str, value: int) -> None:
     box.press("Tab")
 
 
-@pytest.mark.timeout(RUN_TIMEOUT_S + 1200)
+@pytest.mark.timeout(2 * RUN_TIMEOUT_S + 1800)
 def test_a_demo_run_from_train_to_embeddings(server, browser):
     url, runs = server
     ARTIFACTS.mkdir(exist_ok=True)
@@ -147,10 +150,58 @@ def drive(page, url: str, runs: Path) -> None:
     assert len(started) == 1
 
     # progress moves while it trains, then the run is done
+    seen = wait_until_done(page, live_shot="train-live.png")
+    values = [float(e.split("|")[0] or 0) for e in seen]
+    assert len(set(values)) >= 3 and values == sorted(values), seen  # it moved, and only forward
+    assert any("left" in e for e in seen), seen  # with a remaining-time estimate on the way
+    wait_idle(page)
+    page.locator(".js-plotly-plot").first.wait_for()
+    no_exception_on(page)
+    page.screenshot(path=str(ARTIFACTS / "train-done.png"))
+
+    # the run's pages, each with its charts (Prompts: importance, segments, and what the prompts look at)
+    walk_pages(page, started[0], prefix="", charts={"Prompts": 4, "Pruning": 3, "Embeddings": 1, "Compare": 1})
+
+    # why this prompt: the pruning decision measured against removing each token for real
+    open_page(page, "Prompts")
+    page.get_by_role("button", name=re.compile("Measure round 1")).click()
+    page.get_by_text("Spearman").first.wait_for(timeout=900_000)
+    wait_idle(page, 900)
+    no_exception_on(page)
+    page.screenshot(path=str(ARTIFACTS / "prompts-why.png"), full_page=True)
+
+    # a VPT-deep run on the same data, through every page, then its embeddings beside E2VPT's
+    open_page(page, "Train")
+    choose(page, "Method", "vpt-deep")
+    assert page.get_by_label("Key-value prompts per layer (l)", exact=True).count() == 0  # not used: hidden
+    page.get_by_role("button", name="Start training").click()
+    page.get_by_text("Started").first.wait_for(timeout=120_000)
+    vpt_run = next(p.name for p in runs.iterdir() if p.name not in started)
+    assert f"run={vpt_run}" in page.url
+    seen = wait_until_done(page)
+    assert seen[-1].split("|", 1)[1].startswith("done"), seen[-5:]
+    walk_pages(page, vpt_run, prefix="vpt-deep-", charts={"Prompts": 3, "Pruning": 1, "Embeddings": 1, "Compare": 1})
+    open_page(page, "Embeddings")
+    choose(page, "Side by side with", started[0])
+    page.get_by_text("Separability, side by side").wait_for(timeout=600_000)
+    wait_idle(page, 600)
+    assert page.get_by_text("95% interval").count() >= 1 and page.get_by_text("paired resamples").count() >= 1
+    no_exception_on(page)
+    page.screenshot(path=str(ARTIFACTS / "embeddings-side-by-side.png"), full_page=True)
+
+
+def choose(page, label: str, option: str) -> None:
+    """Pick the option containing `option` in the selectbox labelled `label`."""
+    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.locator('[role="combobox"]').click()
+    page.get_by_role("option").filter(has_text=option).first.click()
+    wait_idle(page)
+
+
+def wait_until_done(page, live_shot: str | None = None) -> list[str]:
+    """Watch the current run's progress bar until the run ends: every distinct "value|text" seen."""
     progress = page.locator('[data-testid="stProgress"]')
     seen: list[str] = []
     deadline = time.monotonic() + RUN_TIMEOUT_S
-    shot_live = False
     while time.monotonic() < deadline:
         try:
             text = progress.first.inner_text(timeout=10_000).strip()
@@ -161,32 +212,30 @@ def drive(page, url: str, runs: Path) -> None:
         entry = f"{value}|{text}"
         if not seen or seen[-1] != entry:
             seen.append(entry)
-        if not shot_live and "epoch" in text and page.locator(".js-plotly-plot").count() >= 1:
-            page.screenshot(path=str(ARTIFACTS / "train-live.png"))
-            shot_live = True
+        if live_shot and "epoch" in text and page.locator(".js-plotly-plot").count() >= 1:
+            page.screenshot(path=str(ARTIFACTS / live_shot))
+            live_shot = None
         if text.startswith(("done", "failed", "cancelled", "interrupted")):
             break
         time.sleep(2)
     assert seen and seen[-1].split("|", 1)[1].startswith("done"), seen[-5:]
-    values = [float(e.split("|")[0] or 0) for e in seen]
-    assert len(set(values)) >= 3 and values == sorted(values), seen  # it moved, and only forward
-    wait_idle(page)
-    page.locator(".js-plotly-plot").first.wait_for()
-    no_exception_on(page)
-    page.screenshot(path=str(ARTIFACTS / "train-done.png"))
+    return seen
 
-    # the run's pages, each with its charts
-    for title, charts, name in (("Prompts", 2, "prompts"), ("Pruning", 3, "pruning"), ("Embeddings", 1, "embeddings"),
-                                ("Runs", 0, "runs"), ("Compare", 1, "compare")):
+
+def walk_pages(page, run_id: str, prefix: str, charts: dict[str, int]) -> None:
+    """Open each page for the current run: no exception, at least the charts expected, a screenshot."""
+    for title, name in (("Prompts", "prompts"), ("Pruning", "pruning"), ("Embeddings", "embeddings"),
+                        ("Runs", "runs"), ("Compare", "compare")):
         open_page(page, title)
-        if charts:
+        expected = charts.get(title, 0)
+        if expected:
             plots = page.locator(".js-plotly-plot")
-            plots.nth(charts - 1).wait_for(timeout=600_000)  # Embeddings embeds the test images first
+            plots.nth(expected - 1).wait_for(timeout=600_000)
             wait_idle(page, 600)
-            assert plots.count() >= charts
+            assert plots.count() >= expected, (title, plots.count())
         no_exception_on(page)
-        assert f"run={started[0]}" in page.url
-        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+        assert f"run={run_id}" in page.url
+        page.screenshot(path=str(ARTIFACTS / f"{prefix}{name}.png"), full_page=prefix != "")
 
 
 def test_the_sweeps_page_draws_a_finished_sweeps_frontier(server, browser, fake_run):
