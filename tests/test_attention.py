@@ -1,10 +1,8 @@
 """What a prompt looks at: attention recorded from the real forward, split by what is attended."""
 
-from pathlib import Path
 
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 
 from e2vpt import charts
 from e2vpt import runs as run_store
@@ -16,6 +14,7 @@ from e2vpt.fileio import read_json
 from e2vpt.trainer import train
 
 from small_data import digits_folder
+from test_app import open_page
 
 SMALL = dict(backbone="demo", pretrained=True, dataset="imagefolder", data_root=str(digits_folder()), epochs=1,
              retrain_epochs=1, prune_rounds=1, prune_ratio=0.5, prompt_len=4, kv_len=2, batch_size=64, seed=0)
@@ -102,11 +101,7 @@ def test_the_prompts_page_shows_what_each_prompt_looks_at(pruned_run, monkeypatc
     runs, run_dir = pruned_run
     monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
     monkeypatch.setenv(run_store.DATA_ROOT_ENV, str(digits_folder().parent))
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
-    at.query_params["run"] = run_dir.name
-    at.run()
-    at.switch_page("pages/prompts.py")
-    at.run()
+    at = open_page("pages/prompts.py", run=run_dir.name)
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
     assert "What a prompt looks at" in [s.value for s in at.subheader]
     charts_before = len(at.get("plotly_chart"))

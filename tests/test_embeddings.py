@@ -2,13 +2,11 @@
 compared with honest intervals, and their images reachable point by point."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import streamlit as st
 import torch
-from streamlit.testing.v1 import AppTest
 
 from e2vpt import charts
 from e2vpt import runs as run_store
@@ -19,6 +17,7 @@ from e2vpt.runs import RunDir
 from e2vpt.trainer import train
 
 from small_data import digits_folder
+from test_app import open_page
 
 SMALL = dict(backbone="demo", pretrained=True, dataset="imagefolder", data_root=str(digits_folder()), epochs=1,
              retrain_epochs=1, prune_rounds=1, prompt_len=4, kv_len=2, batch_size=64, seed=0)
@@ -60,11 +59,7 @@ def test_the_embeddings_page_of_a_finished_run_evaluates_nothing(finished, monke
     monkeypatch.setattr(embeddings, "compute_features", refuse)
     monkeypatch.setattr(embeddings, "analyze_embeddings", refuse)
     st.cache_data.clear()
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120)
-    at.query_params["run"] = run_dir.name
-    at.run()
-    at.switch_page("pages/embeddings.py")
-    at.run()
+    at = open_page("pages/embeddings.py", run=run_dir.name)
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
     assert len(at.get("plotly_chart")) == 1
     caption = " ".join(c.value for c in at.caption)
