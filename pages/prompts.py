@@ -26,7 +26,8 @@ if settings.get("mask_scope") == "shared":
             "positions are pruned in every layer at once.")
 else:
     rule = (f"Scores are ranked **globally, across all layers together**, and the lowest {share} of the surviving "
-            "tokens are removed (`--prune-ratio`): a layer whose tokens all score low can lose every one.")
+            "tokens are removed (“Tokens pruned per round” on **Train**): a layer whose tokens all score low can "
+            "lose every one.")
 st.markdown("Each cell is one visual prompt token in one layer, coloured by its importance: the mean size of the "
             "loss's gradient with respect to the token's mask over the training images (how much the loss reacts "
             "when it is masked). **Outlined** cells survive, **red** ones are pruned in this round, **light grey** "

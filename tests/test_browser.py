@@ -168,7 +168,10 @@ def drive(page, url: str, runs: Path) -> None:
     page.get_by_text("Spearman").first.wait_for(timeout=900_000)
     wait_idle(page, 900)
     no_exception_on(page)
-    page.screenshot(path=str(ARTIFACTS / "prompts-why.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "prompts-why.png"))
+    page.get_by_role("heading", name="What a prompt looks at").scroll_into_view_if_needed()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "prompts-attention.png"))
 
     # a VPT-deep run on the same data, through every page, then its embeddings beside E2VPT's
     open_page(page, "Train")
@@ -187,7 +190,7 @@ def drive(page, url: str, runs: Path) -> None:
     wait_idle(page, 600)
     assert page.get_by_text("95% interval").count() >= 1 and page.get_by_text("paired resamples").count() >= 1
     no_exception_on(page)
-    page.screenshot(path=str(ARTIFACTS / "embeddings-side-by-side.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / "embeddings-side-by-side.png"))
 
 
 def choose(page, label: str, option: str) -> None:
@@ -235,7 +238,7 @@ def walk_pages(page, run_id: str, prefix: str, charts: dict[str, int]) -> None:
             assert plots.count() >= expected, (title, plots.count())
         no_exception_on(page)
         assert f"run={run_id}" in page.url
-        page.screenshot(path=str(ARTIFACTS / f"{prefix}{name}.png"), full_page=prefix != "")
+        page.screenshot(path=str(ARTIFACTS / f"{prefix}{name}.png"))
 
 
 def test_the_sweeps_page_draws_a_finished_sweeps_frontier(server, browser, fake_run):
