@@ -130,6 +130,38 @@ def _check_backbone(config: TrainConfig) -> None:
                             "vit_base_patch16_224.augreg_in21k")
 
 
+def start_warnings(config: TrainConfig) -> list[str]:
+    """Settings that are allowed but probably not meant, in plain words, for the form to show before it
+    starts a run: more prompts per layer than the image has patches. The backbone is built on the
+    meta device (no weights, no memory: a tenth of a second) to count its patches; a backbone that
+    cannot be built gets no warning here (starting it says why)."""
+    import torch
+
+    from .backbones import create_backbone
+
+    spec = config.spec
+    prompts = [(config.prompt_len, "visual prompt tokens")] if spec.visual != "none" else []
+    prompts += [(config.kv_len, "key-value prompts")] if spec.kv else []
+    if not any(n for n, _ in prompts):
+        return []
+    try:
+        with torch.device("meta"):
+            backbone = create_backbone(config.backbone, pretrained=False, img_size=config.img_size,
+                                       global_pool=config.global_pool)
+        patches = int(backbone.patch_embed.num_patches)
+    except Exception:  # an unknown name, a backbone timm cannot build: nothing to compare with
+        return []
+    warnings = []
+    for count, what in prompts:
+        if count > patches:
+            warnings.append(f"{count} {what} per layer outnumber the {patches} patches of a {config.backbone} image: "
+                            f"the image becomes the minority of what each layer attends to"
+                            + (f", and every layer's sequence grows from {1 + patches} to {1 + patches + count} "
+                               f"tokens (attention about {((1 + patches + count) / (1 + patches)) ** 2:.0f}x the "
+                               "cost)" if what.startswith("visual") else "") + ".")
+    return warnings
+
+
 # --------------------------------------------------------------------------------------------------
 # processes
 def _reap() -> None:

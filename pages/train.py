@@ -217,6 +217,31 @@ def form_values() -> dict:
     return {f.name: from_widget(f, st.session_state[f"cfg_{f.name}"]) for f in settings()}
 
 
+def start(config: TrainConfig) -> None:
+    """Start the run (once: pressing Start again while the same run trains does not start a twin)."""
+    fingerprint = json.dumps(config.to_dict(), sort_keys=True)
+    last = st.session_state.get("last_start") or {}
+    previous = None
+    if last.get("fingerprint") == fingerprint:
+        try:
+            previous = run_store.open_run(last["run_id"])
+        except Exception:
+            previous = None
+    if previous is not None and launch.is_active(previous):
+        st.session_state["flash"] = ("warning", f"This run is already training as `{previous.id}`; it was "
+                                     "not started twice. Change a setting to train another run alongside "
+                                     "it, or cancel it first.")
+        set_current_run(previous.id)
+    else:
+        run_id = run_store.new_run_id(config)
+        st.session_state["last_start"] = {"fingerprint": fingerprint, "run_id": run_id}
+        run = launch.start_run(config, run_id=run_id)
+        set_current_run(run.id)
+        st.session_state["flash"] = ("success", f"Started `{run.id}`. It trains in its own process: you "
+                                     "can leave this page, refresh it or open another run meanwhile.")
+    st.rerun()  # the sidebar picks up the new current run
+
+
 if submitted:
     with user_errors("Not started: "):
         try:
@@ -225,26 +250,13 @@ if submitted:
             st.error(f"Not started: {setting_error(exc)}", icon=":material/block:")
         else:
             fingerprint = json.dumps(config.to_dict(), sort_keys=True)
-            last = st.session_state.get("last_start") or {}
-            previous = None
-            if last.get("fingerprint") == fingerprint:
-                try:
-                    previous = run_store.open_run(last["run_id"])
-                except Exception:
-                    previous = None
-            if previous is not None and launch.is_active(previous):
-                st.session_state["flash"] = ("warning", f"This run is already training as `{previous.id}`; it was "
-                                             "not started twice. Change a setting to train another run alongside "
-                                             "it, or cancel it first.")
-                set_current_run(previous.id)
+            warnings = launch.start_warnings(config)
+            if warnings and st.session_state.get("warned_for") != fingerprint:
+                st.session_state["warned_for"] = fingerprint  # the same settings again: started as asked
+                st.warning("Not started yet: " + " ".join(warnings) + " Press **Start training** again to start it "
+                           "anyway, or change the settings.", icon=":material/warning:")
             else:
-                run_id = run_store.new_run_id(config)
-                st.session_state["last_start"] = {"fingerprint": fingerprint, "run_id": run_id}
-                run = launch.start_run(config, run_id=run_id)
-                set_current_run(run.id)
-                st.session_state["flash"] = ("success", f"Started `{run.id}`. It trains in its own process: you "
-                                             "can leave this page, refresh it or open another run meanwhile.")
-            st.rerun()  # the sidebar picks up the new current run
+                start(config)
 
 if not training_now:
     show_current_run()

@@ -252,6 +252,23 @@ def test_fashion_mnist_says_what_it_needs_on_a_machine_without_its_files(roots, 
     assert "--" not in error and list(runs.iterdir()) == [] and fake_spawn == []
 
 
+def test_more_prompts_than_patches_asks_before_starting_then_starts_on_a_second_press(roots, fake_spawn):
+    runs, _ = roots
+    at = open_page("pages/train.py")
+    at.checkbox(key="cfg_pretrained").set_value(False)
+    at.number_input(key="cfg_prompt_len").set_value(200)
+    at.number_input(key="cfg_kv_len").set_value(200)
+    submit(at)
+    no_exception(at)
+    warning = texts(at, "warning")
+    assert "200 visual prompt tokens per layer outnumber the 64 patches" in warning
+    assert "200 key-value prompts per layer outnumber" in warning and "again to start it anyway" in warning
+    assert list(runs.iterdir()) == [] and fake_spawn == []
+    submit(at)  # the same settings, pressed again: as asked
+    no_exception(at)
+    assert "Started" in texts(at, "success") and len(list(runs.iterdir())) == 1
+
+
 def test_start_pressed_twice_starts_one_run(roots, fake_spawn):
     runs, _ = roots
     at = open_page("pages/train.py")
