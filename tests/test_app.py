@@ -624,7 +624,8 @@ def test_every_page_shows_the_real_run(real_run, monkeypatch, page):
     at = open_page(page, run=run.id)
     no_exception(at)
     assert not at.error, texts(at, "error")
-    expected = {"pages/train.py": 1, "pages/prompts.py": 2, "pages/pruning.py": 3, "pages/embeddings.py": 1,
+    # Prompts: importance, segments, [CLS]'s attention to the prompts, the prompts' attention over an image
+    expected = {"pages/train.py": 1, "pages/prompts.py": 4, "pages/pruning.py": 3, "pages/embeddings.py": 1,
                 "pages/compare.py": 1}
     assert charts_on(at) == expected.get(page, 0)
 
@@ -635,13 +636,13 @@ def test_the_prompts_page_measures_a_pruning_decision_against_reality_on_request
     monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
     at = open_page("pages/prompts.py", run=run.id)
     button = next(b for b in at.button if b.label.startswith("Measure round 1's decision"))
-    assert charts_on(at) == 2  # measured only when asked: one validation pass per token
+    assert charts_on(at) == 4  # measured only when asked: one validation pass per token
     button.click().run()
     no_exception(at)
     assert not at.error, texts(at, "error")
-    assert charts_on(at) == 3 and "Spearman" in texts(at, "caption")
+    assert charts_on(at) == 5 and "Spearman" in texts(at, "caption")
     at = open_page("pages/prompts.py", run=run.id)  # cached in the run's analysis/: shown at once
-    assert charts_on(at) == 3 and not any(b.label.startswith("Measure") for b in at.button)
+    assert charts_on(at) == 5 and not any(b.label.startswith("Measure") for b in at.button)
     (run.analysis_dir / "ablation-round-1.json").unlink()  # the shared run as the other tests expect it
 
 
