@@ -21,6 +21,7 @@ import torch
 from ..errors import RunDirError
 from ..fileio import atomic_write_json, read_json
 from ..runs import RunDir
+from .embeddings import SPLITS
 
 # Bumped whenever what is measured changes, so older caches are recomputed.
 ATTENTION_VERSION = 1
@@ -32,8 +33,10 @@ def _cache_file(run: RunDir, round_index: int, split: str, index: int) -> Path:
 
 def _next_masks(run: RunDir, round_index: int) -> tuple[torch.Tensor | None, int]:
     """The token mask the next pruning decision left (None after the last round) and the rounds."""
-    rounds = (read_json(run.pruning_file, {}) or {}).get("rounds") or []
-    after = next((r for r in rounds if r.get("round") == round_index + 1), None)
+    record = read_json(run.pruning_file, {})
+    rounds = record.get("rounds") if isinstance(record, dict) else None
+    rounds = rounds if isinstance(rounds, list) else []  # a damaged record: no next decision to show
+    after = next((r for r in rounds if isinstance(r, dict) and r.get("round") == round_index + 1), None)
     mask = after.get("token_mask") if isinstance(after, dict) else None
     return (None if mask is None else torch.tensor(mask, dtype=torch.float32)), len(rounds)
 
@@ -63,6 +66,8 @@ def prompt_attention(run_dir: str | Path, round_index: int, index: int = 0, spli
     """
     from ..build import load_run_model
 
+    if split not in SPLITS:
+        raise RunDirError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")
     run = RunDir(run_dir)
     cache = _cache_file(run, round_index, split, index)
     cached = None if refresh else read_json(cache)
