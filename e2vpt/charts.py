@@ -728,8 +728,7 @@ RUN_COLUMNS = {"id": "run", "method": "method", "dataset": "dataset", "backbone"
 
 def runs_table(frame: pd.DataFrame) -> pd.DataFrame:
     """`runs_frame` for reading: named columns with their units, accuracies in percent, minutes."""
-    table = frame.rename(columns=RUN_COLUMNS)[[c for c in RUN_COLUMNS.values() if c in set(frame.rename(
-        columns=RUN_COLUMNS).columns)]].copy()
+    table = frame[[c for c in RUN_COLUMNS if c in frame.columns]].rename(columns=RUN_COLUMNS)
     for column in ("test accuracy (%)", "validation accuracy (%)"):
         if column in table:
             table[column] = (100 * pd.to_numeric(table[column], errors="coerce")).round(2)

@@ -214,7 +214,7 @@ class Trainer:
         included) per remaining unit, or before one has finished, this epoch's pace so far."""
         elapsed = time.monotonic() - self._epoch_started
         per_unit = self._last_epoch_s or elapsed / max(fraction, 1e-9)  # a whole epoch, measured or projected
-        return per_unit * (1.0 - fraction) + per_unit * max(self.total_units - self.units_done - 1, 0)
+        return per_unit * (1.0 - fraction + max(self.total_units - self.units_done - 1, 0))
 
     def _log(self, record: dict) -> None:
         if self.writer is not None:
@@ -652,7 +652,6 @@ class Trainer:
                          force=True)
             remove_checkpoints(self.run)
         return summary
-
 
     def _cancel_note(self) -> str:
         """What a cancel kept: completed epochs (a checkpoint), or nothing when none had finished."""

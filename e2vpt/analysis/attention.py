@@ -33,22 +33,10 @@ def _cache_file(run: RunDir, round_index: int, split: str, index: int) -> Path:
 
 def _next_masks(run: RunDir, round_index: int) -> tuple[torch.Tensor | None, int]:
     """The token mask the next pruning decision left (None after the last round) and the rounds."""
-    record = read_json(run.pruning_file, {})
-    rounds = record.get("rounds") if isinstance(record, dict) else None
-    rounds = rounds if isinstance(rounds, list) else []  # a damaged record: no next decision to show
-    after = next((r for r in rounds if isinstance(r, dict) and r.get("round") == round_index + 1), None)
-    mask = after.get("token_mask") if isinstance(after, dict) else None
+    rounds = (run.pruning() or {}).get("rounds", [])  # RunDirError, saying so, if the record is damaged
+    after = next((r for r in rounds if r["round"] == round_index + 1), None)
+    mask = None if after is None else after.get("token_mask")
     return (None if mask is None else torch.tensor(mask, dtype=torch.float32)), len(rounds)
-
-
-@torch.no_grad()
-def attention_record(model, image: torch.Tensor) -> list[dict]:
-    """Per layer, the head-averaged attention of one normalised image (1, 3, H, W), split by what
-    is attended: see `PromptedViT.forward_features(record_attention=...)` for what is recorded."""
-    record: list[dict] = []
-    model.eval()
-    model.forward_features(image, record_attention=record)
-    return record
 
 
 def prompt_attention(run_dir: str | Path, round_index: int, index: int = 0, split: str = "test",
@@ -78,10 +66,10 @@ def prompt_attention(run_dir: str | Path, round_index: int, index: int = 0, spli
     if not 0 <= index < len(dataset):
         raise RunDirError(f"the {split} split has {len(dataset)} images; image {index} does not exist")
     image, label = dataset[index]
-    image = image.unsqueeze(0).to(device)
-    record = attention_record(model, image)
-    logits = model(image)
-    predicted = int(logits.argmax(1).item())
+    record: list[dict] = []
+    with torch.no_grad():  # one forward: the recorded attention and the prediction come from the same pass
+        features = model.forward_features(image.unsqueeze(0).to(device), record_attention=record)
+        predicted = int(model.tuned.head(features).argmax(1).item())
     next_mask, n_rounds = _next_masks(run, round_index)
     token_mask = model.tuned.token_mask.detach().cpu()
     patch = model.backbone.patch_embed.grid_size
