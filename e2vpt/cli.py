@@ -79,6 +79,7 @@ def run_argument(value: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .launch import start_warnings
     from .runs import RunDir, new_run_id, runs_root, with_data_root
     from .trainer import train
 
@@ -90,6 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary = train(config, run.path, resume=True, quiet=args.quiet)
     else:
         config = with_data_root(config_from_args(args))
+        for warning in start_warnings(config):  # the form asks before starting; a command line just says so
+            print(f"warning: {warning}", file=sys.stderr)
         run_dir = args.run_dir or runs_root() / new_run_id(config)
         summary = train(config, run_dir, quiet=args.quiet)
         print(f"run directory: {run_dir}")

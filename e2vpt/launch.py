@@ -130,28 +130,50 @@ def _check_backbone(config: TrainConfig) -> None:
                             "vit_base_patch16_224.augreg_in21k")
 
 
+_EMULATED_BF16 = ("bf16 on this CPU is emulated (it has no native bfloat16 instructions): training takes about "
+                  "10 to 15 times as long as in fp32 (measured: benchmarks/README.md, Precision). fp32 is the "
+                  "CPU's default; bf16 pays on a GPU or a CPU with AVX512-BF16 or AMX.")
+
+
+def _bf16_is_emulated(config: TrainConfig) -> bool:
+    """bf16 asked for on a CPU whose oneDNN has no bfloat16 kernels (PyTorch then falls back to slow ones)."""
+    if config.precision != "bf16":
+        return False
+    import torch
+
+    from .build import resolve_device
+    from .errors import UserError
+
+    try:
+        device = resolve_device(config.device)
+    except UserError:  # no GPU for --device cuda: starting says so
+        return False
+    return device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def start_warnings(config: TrainConfig) -> list[str]:
     """Settings that are allowed but probably not meant, in plain words, for the form to show before it
-    starts a run: more prompts per layer than the image has patches. The backbone is built on the
+    starts a run: bf16 on a CPU that only emulates it; more prompts per layer than the image has
+    patches. The backbone is built on the
     meta device (no weights, no memory: a tenth of a second) to count its patches; a backbone that
     cannot be built gets no warning here (starting it says why)."""
     import torch
 
     from .backbones import create_backbone
 
+    warnings = [_EMULATED_BF16] if _bf16_is_emulated(config) else []
     spec = config.spec
     prompts = [(config.prompt_len, "visual prompt tokens")] if spec.visual != "none" else []
     prompts += [(config.kv_len, "key-value prompts")] if spec.kv else []
     if not any(n for n, _ in prompts):
-        return []
+        return warnings
     try:
         with torch.device("meta"):
             backbone = create_backbone(config.backbone, pretrained=False, img_size=config.img_size,
                                        global_pool=config.global_pool)
         patches = int(backbone.patch_embed.num_patches)
     except Exception:  # an unknown name, a backbone timm cannot build: nothing to compare with
-        return []
-    warnings = []
+        return warnings
     for count, what in prompts:
         if count > patches:
             warnings.append(f"{count} {what} per layer outnumber the {patches} patches of a {config.backbone} image: "

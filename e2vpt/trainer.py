@@ -95,12 +95,16 @@ class Trainer:
             Recorded in config.json, so `--resume` finds it again.
         score_after: score the prompts once more after the last phase and keep the scores in the run
             folder, for the runs that will take this run's phase 0.
+        embeddings: write the test features and default embedding report when training ends, so the
+            Embeddings page opens at once (seconds on the demo). A sweep's trials skip it: a trial is one
+            of many, most never opened, and the page computes them on first open instead.
     """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path | None = None, quiet: bool = False,
                  on_epoch: Callable[[dict], None] | None = None, phase0_from: str | Path | None = None,
-                 score_after: bool = False) -> None:
+                 score_after: bool = False, embeddings: bool = True) -> None:
         self.config = config
+        self.embeddings = embeddings
         self.on_epoch = on_epoch
         self.phase0_from = phase0_from or config.extra.get("phase0_from")
         self.score_after = score_after
@@ -644,8 +648,9 @@ class Trainer:
         if self.writer is not None:
             atomic_save_safetensors(self.run.weights_file, self.model.tuned_state(),
                                     {"method": cfg.method, "backbone": cfg.backbone, "selected_round": selected})
-            self._status("running", "embedding the test images for the Embeddings page", force=True)
-            summary["embeddings_s"] = self._write_embeddings()
+            if self.embeddings:
+                self._status("running", "embedding the test images for the Embeddings page", force=True)
+                summary["embeddings_s"] = self._write_embeddings()
             atomic_write_json(self.run.summary_file, summary)
             self.units_done = self.total_units
             self._status("done", f"test acc {summary['test_acc']:.3f} with {summary['tuned_pct']:.3f}% tuned",
@@ -678,11 +683,11 @@ class Trainer:
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,
           on_epoch: Callable[[dict], None] | None = None, phase0_from: str | Path | None = None,
-          score_after: bool = False) -> dict:
+          score_after: bool = False, embeddings: bool = True) -> dict:
     """Train `config` into `run_dir`; returns the summary. The library's one-call entry point.
-    `phase0_from` and `score_after`: the pruning search (see `Trainer`)."""
+    `phase0_from` and `score_after`: the pruning search; `embeddings`: see `Trainer`."""
     trainer = Trainer(config, run_dir, quiet=quiet, on_epoch=on_epoch, phase0_from=phase0_from,
-                      score_after=score_after)
+                      score_after=score_after, embeddings=embeddings)
 
     def request_stop(signum, frame):
         trainer.stop_requested = True

@@ -123,3 +123,16 @@ def test_the_attention_charts_draw_each_token_over_the_image(pruned_run):
     assert titles[0] == "[CLS] looks at" and any("(kept)" in t for t in titles) and any("(pruned next)" in t for t in titles)
     assert sum(t.startswith("patches reading key-value prompt") for t in titles) == 2
     assert sum(trace.type == "image" for trace in fig.data) == len(titles)
+
+
+
+def test_a_method_without_prompts_is_told_so_whatever_its_unused_settings_say(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    config = {**SMALL, "prune_rounds": 0, "prompt_len": 8, "kv_len": 4}  # settings a linear probe does not read
+    train(TrainConfig(method="linear", **config), runs / "20260101-000000-linear-imagefolder", quiet=True)
+    monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
+    monkeypatch.setenv(run_store.DATA_ROOT_ENV, str(digits_folder().parent))
+    at = open_page("pages/prompts.py", run="20260101-000000-linear-imagefolder")
+    assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
+    assert "This run has no prompts to look at." in [c.value for c in at.caption]
+    assert not [n for n in at.number_input if n.label == "Test image"]

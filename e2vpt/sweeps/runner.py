@@ -62,7 +62,8 @@ def run_trial(params: dict, configs: dict, sweep_path: str, threads: int, phase0
     else:
         # a trial that started before (killed, cancelled, failed) continues from its last epoch, or
         # from the first when it never finished one
-        summary = train(config, run.path, resume=run.exists(), quiet=True, on_epoch=report, **roles)
+        summary = train(config, run.path, resume=run.exists(), quiet=True, on_epoch=report, embeddings=False,
+                        **roles)  # the Embeddings page computes a trial's on first open
     tune.report({"val_acc": summary["val_acc"], "test_acc": summary["test_acc"], "finished": True})
 
 
