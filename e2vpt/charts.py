@@ -532,7 +532,8 @@ CENTROID_KIND = {"hpca": "Fréchet mean (hyperbolic centre)", "umap": "medoid (t
 
 def embedding_scatter(report: dict, view: str = "hpca", title: str | None = None, height: int = 560) -> go.Figure:
     """Points by class with class centres (large crosses); each point carries its image index, so a
-    click (the app) can show the image. The legend sits under the plot, where it cannot run into
+    click (the app) can show the image. Drawn in SVG: a report holds at most `max_points` points (1,000
+    by default), and SVG points take clicks in every browser, WebGL-less ones included. The legend sits under the plot, where it cannot run into
     the title however many classes there are.
 
     Disk views (`hpca`, `umap`) draw the boundary of the Poincaré disk (the unit circle) with a
@@ -553,7 +554,7 @@ def embedding_scatter(report: dict, view: str = "hpca", title: str | None = None
         fig.add_shape(type="circle", x0=-1, y0=-1, x1=1, y1=1, line=dict(color="#444", width=1.5), layer="below")
     for i, c in enumerate(classes):
         part = frame[frame["label"] == c]
-        fig.add_trace(go.Scattergl(
+        fig.add_trace(go.Scatter(  # SVG, not WebGL: at most `max_points` points, and a click works everywhere
             x=part["x"], y=part["y"], mode="markers", name=names.get(c, str(c)), legendgroup=str(c),
             marker=dict(size=5, color=color(i), opacity=0.75),
             customdata=np.stack([part["point"], part["norm"]], axis=-1),

@@ -162,6 +162,18 @@ def drive(page, url: str, runs: Path) -> None:
     # the run's pages, each with its charts (Prompts: importance, segments, and what the prompts look at)
     walk_pages(page, started[0], prefix="", charts={"Prompts": 4, "Pruning": 3, "Embeddings": 1, "Compare": 1})
 
+    # a click on a point of the Poincaré disk shows its image (plotly's hover labels hold text only)
+    open_page(page, "Embeddings")
+    point = page.locator(".js-plotly-plot .scatterlayer path.point").nth(5)
+    point.scroll_into_view_if_needed()
+    box = point.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.get_by_text("Selected images").first.wait_for(timeout=120_000)
+    wait_idle(page)
+    assert page.locator('[data-testid="stImage"] img').count() >= 1 and page.get_by_text(" · image ").count() >= 1
+    no_exception_on(page)
+    page.screenshot(path=str(ARTIFACTS / "embeddings-image-on-click.png"))
+
     # why this prompt: the pruning decision measured against removing each token for real
     open_page(page, "Prompts")
     page.get_by_role("button", name=re.compile("Measure round 1")).click()
