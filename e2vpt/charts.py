@@ -557,7 +557,9 @@ def embedding_scatter(report: dict, view: str = "hpca", title: str | None = None
         fig.add_trace(go.Scatter(  # SVG, not WebGL: at most `max_points` points, and a click works everywhere
             x=part["x"], y=part["y"], mode="markers", name=names.get(c, str(c)), legendgroup=str(c),
             marker=dict(size=5, color=color(i), opacity=0.75),
-            customdata=np.stack([part["point"], part["norm"]], axis=-1),
+            # plain lists: a numpy array travels as a typed array, and a clicked point's customdata then
+            # comes back to Streamlit as {"0": ..., "1": ...} instead of [image, radius]
+            customdata=np.stack([part["point"], part["norm"]], axis=-1).tolist(),
             hovertemplate=f"<b>{names.get(c, c)}</b> · image %{{customdata[0]}}"
                           f"<br>{'radius in the disk (1 = the circle)' if disk else 'distance from centre'} "
                           "%{customdata[1]:.3f}<br>click to see the image<extra></extra>"))

@@ -539,6 +539,16 @@ def test_the_poincare_disk_is_round_and_square(tmp_path):
     assert list(frame["class"]) == ["a", "b"] and np.allclose(frame["norm"], [np.hypot(0.1, 0.2), np.hypot(0.5, 0.5)])
 
 
+def test_a_clicked_points_image_row_reaches_the_page_as_a_plain_pair():
+    # the browser sends a point's customdata back as JSON: a typed array (plotly's encoding of numpy
+    # arrays) would arrive as {"0": row, "1": radius}, and the page reads customdata[0]
+    report = {"labels": [0, 1, 1], "classes": [0, 1], "indices": [7, 3, 9],
+              "points_hpca": [[0.1, 0.2], [-0.5, -0.5], [0.3, 0.0]]}
+    sent = json.loads(charts.embedding_scatter(report, "hpca").to_json())["data"]
+    points = [trace for trace in sent if trace.get("customdata") is not None and trace["name"] in ("0", "1")]
+    assert [[row for row, _ in trace["customdata"]] for trace in points] == [[7], [3, 9]]
+
+
 def test_accuracy_vs_parameters_uses_a_log_axis():
     frame = charts.runs_frame([
         {"id": "a", "state": "done", "method": "linear", "dataset": "d", "backbone": "b", "test_acc": 0.5,
