@@ -1,4 +1,14 @@
-"""Shared test settings: counts the fault-injection cases and prints their closing line."""
+"""Shared test settings: counts the fault-injection cases and prints their closing line.
+
+The suite runs on two pytest-xdist workers (`-n 2 --dist loadfile`, README). Each worker, and every
+process it starts (CLI runs, the app's server, Ray's workers), then uses one thread: two workers with
+torch's default of one thread per core would put four threads on two cores, and oversubscribed torch
+kernels spin and wait (measured: the fast loop 148 s with one thread each, 178 s without, 252 s serial).
+"""
+import os as _os_env
+
+if "PYTEST_XDIST_WORKER" in _os_env.environ:  # read by torch when it is first imported, after this
+    _os_env.environ.setdefault("OMP_NUM_THREADS", "1")
 
 FAULTS = {"tried": 0, "survived": 0, "corrupted": 0}
 
