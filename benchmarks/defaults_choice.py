@@ -7,7 +7,7 @@ accuracy over seeds; the highest wins; configurations within 0.1 point of it tie
 fewer tuned parameters, then to fewer epochs (a quicker demo). Only a configuration with every task
 and seed finished is a candidate. Test accuracy is not read.
 
-    python benchmarks/defaults_choice.py runs/defaults-search
+    python benchmarks/defaults_choice.py benchmarks/results/defaults-search
 
 Writes benchmarks/results/defaults_choice.csv. Last line: `defaults: <settings> (mean val X %; today's
 defaults Y %)`, or `defaults: not yet (N of M trials finished)`.
