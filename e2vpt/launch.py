@@ -154,9 +154,8 @@ def _bf16_is_emulated(config: TrainConfig) -> bool:
 def start_warnings(config: TrainConfig) -> list[str]:
     """Settings that are allowed but probably not meant, in plain words, for the form to show before it
     starts a run: bf16 on a CPU that only emulates it; more prompts per layer than the image has
-    patches. The backbone is built on the
-    meta device (no weights, no memory: a tenth of a second) to count its patches; a backbone that
-    cannot be built gets no warning here (starting it says why)."""
+    patches. The backbone is built on the meta device (no weights, no memory: a tenth of a second)
+    to count its patches; a backbone that cannot be built gets no warning here (starting it says why)."""
     import torch
 
     from .backbones import create_backbone
