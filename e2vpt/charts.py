@@ -533,8 +533,8 @@ CENTROID_KIND = {"hpca": "Fréchet mean (hyperbolic centre)", "umap": "medoid (t
 def embedding_scatter(report: dict, view: str = "hpca", title: str | None = None, height: int = 560) -> go.Figure:
     """Points by class with class centres (large crosses); each point carries its image index, so a
     click (the app) can show the image. Drawn in SVG: a report holds at most `max_points` points (1,000
-    by default), and SVG points take clicks in every browser, WebGL-less ones included. The legend sits under the plot, where it cannot run into
-    the title however many classes there are.
+    by default), and SVG points take clicks in every browser, WebGL-less ones included. The legend
+    sits under the plot, where it cannot run into the title however many classes there are.
 
     Disk views (`hpca`, `umap`) draw the boundary of the Poincaré disk (the unit circle) with a
     square aspect; the `euclid` view is the Euclidean contrast.

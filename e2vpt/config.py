@@ -253,6 +253,11 @@ class TrainConfig:
         return METHOD_SPECS[self.method]
 
     @property
+    def prompts_trained(self) -> tuple[int, int]:
+        """(visual prompt tokens, key-value prompts) per layer this method trains (`prompts_trained`)."""
+        return prompts_trained(self.method, self.prompt_len, self.kv_len)
+
+    @property
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
@@ -313,6 +318,13 @@ def meta(f: dataclasses.Field) -> dict:
 
 def flag(f: dataclasses.Field) -> str:
     return "--" + f.name.replace("_", "-")
+
+
+def prompts_trained(method: str, prompt_len: int, kv_len: int) -> tuple[int, int]:
+    """(visual prompt tokens, key-value prompts) per layer that `method` trains: a count the method
+    does not read is 0 (a linear probe's `prompt_len` is only a setting)."""
+    spec = METHOD_SPECS[method]
+    return (prompt_len if spec.visual != "none" else 0), (kv_len if spec.kv else 0)
 
 
 def used_by(f: dataclasses.Field, method: str) -> bool:

@@ -161,10 +161,8 @@ def start_warnings(config: TrainConfig) -> list[str]:
     from .backbones import create_backbone
 
     warnings = [_EMULATED_BF16] if _bf16_is_emulated(config) else []
-    spec = config.spec
-    prompts = [(config.prompt_len, "visual prompt tokens")] if spec.visual != "none" else []
-    prompts += [(config.kv_len, "key-value prompts")] if spec.kv else []
-    if not any(n for n, _ in prompts):
+    prompts = [(n, what) for n, what in zip(config.prompts_trained, ("visual prompt tokens", "key-value prompts")) if n]
+    if not prompts:
         return warnings
     try:
         with torch.device("meta"):

@@ -19,12 +19,13 @@ def build_model(config: TrainConfig, backbone, num_classes: int) -> PromptTuned:
     """The prompted model for this backbone (ViT or Swin) with the parameters `config.method` trains."""
     spec = config.spec
     swin = isinstance(backbone, SwinTransformer)
+    prompt_len, kv_len = config.prompts_trained
     return (PromptedSwin if swin else PromptedViT)(
         backbone,
         num_classes=num_classes,
-        prompt_len=config.prompt_len if spec.visual != "none" else 0,
+        prompt_len=prompt_len,
         visual=spec.visual,
-        kv_len=config.kv_len if spec.kv else 0,
+        kv_len=kv_len,
         kv_shared=config.kv_shared,
         segments=config.segments,
         segment_layout=config.segment_layout,

@@ -7,7 +7,7 @@ from e2vpt.analysis.ablation import cached_ablation, prompt_ablation
 from e2vpt.analysis.attention import prompt_attention
 from e2vpt.analysis.embeddings import split_images
 from e2vpt.analysis.pruning_views import importance_maps
-from e2vpt.config import METHOD_SPECS
+from e2vpt.config import METHOD_SPECS, prompts_trained
 from e2vpt.errors import RunDirError
 from pages._common import current_run, run_banner, run_splits, show_chart, through_app, user_errors
 
@@ -89,8 +89,9 @@ with user_errors():
                 "how much of its attention [CLS] (the token the classifier reads) gives each prompt, and where on the "
                 "image each prompt token looks. Key-value prompts are only looked at: the maps show which patches "
                 f"read from them. Tokens marked **pruned next** were removed by round {state + 1}'s decision.")
-    spec = METHOD_SPECS.get(settings.get("method"))  # the prompts the method trains, not the settings it ignores
-    if spec is None or not ((spec.visual != "none" and settings.get("prompt_len")) or (spec.kv and settings.get("kv_len"))):
+    method = settings.get("method")  # the prompts the method trains, not the settings it ignores
+    if method not in METHOD_SPECS or not any(prompts_trained(method, settings.get("prompt_len") or 0,
+                                                             settings.get("kv_len") or 0)):
         st.caption("This run has no prompts to look at.")
     elif not run.round_file(state).is_file():
         st.caption(f"The model saved after round {state} is not in this run folder (yet): it is written when the "

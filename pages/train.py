@@ -217,9 +217,9 @@ def form_values() -> dict:
     return {f.name: from_widget(f, st.session_state[f"cfg_{f.name}"]) for f in settings()}
 
 
-def start(config: TrainConfig) -> None:
-    """Start the run (once: pressing Start again while the same run trains does not start a twin)."""
-    fingerprint = json.dumps(config.to_dict(), sort_keys=True)
+def start(config: TrainConfig, fingerprint: str) -> None:
+    """Start the run (once: pressing Start again while the same run trains does not start a twin);
+    `fingerprint` is the settings as JSON, which tells a second press of the same run."""
     last = st.session_state.get("last_start") or {}
     previous = None
     if last.get("fingerprint") == fingerprint:
@@ -256,7 +256,7 @@ if submitted:
                 st.warning("Not started yet: " + " ".join(warnings) + " Press **Start training** again to start it "
                            "anyway, or change the settings.", icon=":material/warning:")
             else:
-                start(config)
+                start(config, fingerprint)
 
 if not training_now:
     show_current_run()

@@ -5,10 +5,10 @@ process it starts (CLI runs, the app's server, Ray's workers), then uses one thr
 torch's default of one thread per core would put four threads on two cores, and oversubscribed torch
 kernels spin and wait (measured: the fast loop 148 s with one thread each, 178 s without, 252 s serial).
 """
-import os as _os_env
+import os as _os
 
-if "PYTEST_XDIST_WORKER" in _os_env.environ:  # read by torch when it is first imported, after this
-    _os_env.environ.setdefault("OMP_NUM_THREADS", "1")
+if "PYTEST_XDIST_WORKER" in _os.environ:  # read by torch when it is first imported, after this
+    _os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 FAULTS = {"tried": 0, "survived": 0, "corrupted": 0}
 
@@ -32,7 +32,6 @@ def pytest_terminal_summary(terminalreporter):
 # Fake run directories that follow the run-directory contract (docs/ARCHITECTURE.md), for the app's
 # tests: every file a finished (or running, or failed) run writes, without training anything.
 import json as _json
-import os as _os
 from pathlib import Path as _Path
 
 import pytest as _pytest
