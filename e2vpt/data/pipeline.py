@@ -144,7 +144,7 @@ def large_buffers_from_heap() -> bool:
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
-def resolve_workers(workers: str | int, dataset: Dataset, device: torch.device) -> int:
+def resolve_workers(workers: str | int, dataset: Dataset) -> int:
     """`auto`: no worker process for images already in memory or a decoded cache (a lookup is cheaper
     than sending it between processes); for images decoded as they are read, one per core up to 8
     (leaving a core to the training process), since decoding is what would make the model wait."""
@@ -180,7 +180,7 @@ class DeviceBatches:
     def __init__(self, dataset, batches: list[list[int]], device: torch.device, seed: int = 0,
                  workers: str | int = "auto"):
         self.dataset, self.batches, self.device, self.seed = dataset, batches, device, seed
-        self.workers = resolve_workers(workers, dataset, device)
+        self.workers = resolve_workers(workers, dataset)
         self.batched = hasattr(dataset, "fetch")
 
     def __len__(self) -> int:
