@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .build import autocast_for, build_model_and_splits, evaluate, resolve_device
 from .checkpoints import Checkpoint, read_checkpoints, remove_checkpoints, save_checkpoint
 from .config import NO_EFFECT_ON_RESULTS, PRUNING_ONLY, TrainConfig
-from .data.pipeline import DeviceBatches
+from .data.pipeline import DeviceBatches, return_free_memory
 from .distributed import DistContext, global_batches, local_batches
 from .errors import Cancelled, ConfigError, NumericsError, RunDirError, UserError
 from .fileio import (append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, is_disk_full,
@@ -705,6 +705,8 @@ def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool =
         trainer.dist.shutdown()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        del trainer
+        return_free_memory()  # a sweep's worker trains many runs: each must not keep its peak
 
 
 def train_or_reuse(config: TrainConfig, run_dir: str | Path, quiet: bool = True) -> dict:
