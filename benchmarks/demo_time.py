@@ -1,7 +1,7 @@
 """Wall time of the default offline demo: `python -m e2vpt train --backbone demo --dataset digits --method e2vpt`.
 
 Target (issue 6): <= 90 s on 2 CPU cores. The command is run exactly as a user types it (all
-`TrainConfig` defaults: 4 epochs, 2 pruning rounds with 2 retraining epochs each, batch 64, AdamW),
+`TrainConfig` defaults: 4 epochs, 2 pruning rounds with 4 retraining epochs each, batch 64, AdamW),
 in a fresh process started from the repository root, with `OMP_NUM_THREADS=<threads>` so torch's
 intra-op thread count is explicit (the trainer records what torch used as `torch_threads` in
 summary.json; it is printed and checked). The time is the whole process, from `exec` to exit:

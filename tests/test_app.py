@@ -193,7 +193,7 @@ def test_the_form_shows_only_the_settings_the_method_uses(roots):
     at.selectbox(key="cfg_method").set_value("linear").run()
     assert not {"cfg_prompt_len", "cfg_kv_len", "cfg_prune_ratio"} & keys()
     at.selectbox(key="cfg_method").set_value("e2vpt").run()  # hidden values come back as they were
-    assert at.number_input(key="cfg_kv_len").value == 4
+    assert at.number_input(key="cfg_kv_len").value == TrainConfig().kv_len
 
 
 def test_a_run_in_training_comes_before_the_form(roots, fake_run):

@@ -1029,7 +1029,7 @@ def test_status_polls_never_make_the_lock_look_taken(tmp_path):
 def test_twenty_kills_of_a_demo_run_end_where_an_uninterrupted_run_ends(tmp_path):
     from e2vpt.config import preset
 
-    config = preset("demo", **DATA)  # the demo's schedule: 4 epochs, 2 rounds of pruning and 2 retraining epochs
+    config = preset("demo", **DATA)  # the demo's schedule: 4 epochs, 2 rounds of pruning and 4 retraining epochs
     reference = train(config, tmp_path / "reference", quiet=True)
     ref_weights = load_file(str(tmp_path / "reference" / "weights.safetensors"))
     config_file = tmp_path / "demo.json"
