@@ -129,6 +129,15 @@ def augment_one(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
 
 
 @functools.cache
+def _glibc() -> ctypes.CDLL | None:
+    """The C library's malloc controls, or None where there is no glibc (not Linux)."""
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+@functools.cache
 def large_buffers_from_heap() -> bool:
     """Serve large allocations from glibc's heap instead of fresh memory maps (Linux only).
 
@@ -136,9 +145,8 @@ def large_buffers_from_heap() -> bool:
     default every batch is a new memory map that the kernel fills page by page: measured here, that
     made converting a batch to float 10x slower. Process-wide, once; returns whether it applied.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
@@ -152,9 +160,8 @@ def return_free_memory() -> bool:
     trials) gets a new malloc arena per thread, each keeping its run's peak: measured on the demo, a
     worker grew by about 1 GB a trial until Ray killed it for want of memory. Returns whether it ran.
     """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
+    libc = _glibc()
+    if libc is None:
         return False
     libc.malloc_trim(0)
     return True
