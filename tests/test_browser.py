@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from e2vpt.runs import ACTIVE_STATES, RunDir
+
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -150,7 +152,7 @@ def drive(page, url: str, runs: Path) -> None:
     assert len(started) == 1
 
     # progress moves while it trains, then the run is done
-    seen = wait_until_done(page, live_shot="train-live.png")
+    seen = wait_until_done(page, runs / started[0], live_shot="train-live.png")
     values = [float(e.split("|")[0] or 0) for e in seen]
     assert len(set(values)) >= 3 and values == sorted(values), seen  # it moved, and only forward
     assert any("left" in e for e in seen), seen  # with a remaining-time estimate on the way
@@ -193,7 +195,7 @@ def drive(page, url: str, runs: Path) -> None:
     page.get_by_text("Started").first.wait_for(timeout=120_000)
     vpt_run = next(p.name for p in runs.iterdir() if p.name not in started)
     assert f"run={vpt_run}" in page.url
-    seen = wait_until_done(page)
+    seen = wait_until_done(page, runs / vpt_run)
     assert seen[-1].split("|", 1)[1].startswith("done"), seen[-5:]
     walk_pages(page, vpt_run, prefix="vpt-deep-", charts={"Prompts": 3, "Pruning": 1, "Embeddings": 1, "Compare": 1})
     open_page(page, "Embeddings")
@@ -213,8 +215,12 @@ def choose(page, label: str, option: str) -> None:
     wait_idle(page)
 
 
-def wait_until_done(page, live_shot: str | None = None) -> list[str]:
-    """Watch the current run's progress bar until the run ends: every distinct "value|text" seen."""
+def wait_until_done(page, run_dir: Path, live_shot: str | None = None) -> list[str]:
+    """Watch the current run's progress bar until the run ends: every distinct "value|text" seen.
+
+    The end counts only once `run_dir` has ended on disk too: right after Start, the bar on screen can
+    still be the previous run's "done" until the page re-renders (seen once: the test then opened the
+    new run's pages while it was still queued)."""
     progress = page.locator('[data-testid="stProgress"]')
     seen: list[str] = []
     deadline = time.monotonic() + RUN_TIMEOUT_S
@@ -231,7 +237,8 @@ def wait_until_done(page, live_shot: str | None = None) -> list[str]:
         if live_shot and "epoch" in text and page.locator(".js-plotly-plot").count() >= 1:
             page.screenshot(path=str(ARTIFACTS / live_shot))
             live_shot = None
-        if text.startswith(("done", "failed", "cancelled", "interrupted")):
+        if text.startswith(("done", "failed", "cancelled", "interrupted")) and \
+                RunDir(run_dir).status()["state"] not in ACTIVE_STATES:
             break
         time.sleep(2)
     assert seen and seen[-1].split("|", 1)[1].startswith("done"), seen[-5:]
