@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import mmap
 import os
 import signal
 import subprocess
@@ -254,3 +255,72 @@ def test_a_killed_driver_leaves_a_sweep_the_same_command_resumes_without_retrain
     assert [r["epoch"] for r in lines if r["kind"] == "epoch"] == [1, 2]
     assert metrics.read_text().splitlines()[0] == first_epoch  # continued from its checkpoint, not from scratch
     assert SweepDir(out).state() == "done"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a killed one its parent has not reaped yet is a zombie, not alive)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _memory_in_use() -> tuple[int, int]:
+    """(bytes in use, bytes in all) as Ray's memory monitor counts them without a cgroup limit."""
+    info = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in open("/proc/meminfo"))}
+    return info["MemTotal"] - info["MemAvailable"], info["MemTotal"]
+
+
+def test_a_trial_whose_worker_ray_kills_for_memory_fails_alone_and_the_sweep_goes_on(tmp_path, ray_tmp):
+    """Ray's memory monitor kills a trial's worker mid-training (the real kill: this test fills memory
+    past the threshold Ray was started with). Tune's controller raises on that error instead of failing
+    the trial; the sweep must record that trial as failed, with the reason, and train the others."""
+    out = tmp_path / "S"
+    args = ["--methods", "linear", "--epochs", "8", "--seeds", "0", "1", "2", "--dataset", "imagefolder",
+            "--data-root", str(digits_folder()), "--out", str(out), "--cpus", "1", "--ray-temp-dir", ray_tmp]
+    in_use, total = _memory_in_use()
+    threshold = (in_use + 5 * 2**30) / total  # what 8 GiB more crosses, and the trials alone do not
+    driver = subprocess.Popen([sys.executable, "-m", "e2vpt", "sweep", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "RAY_memory_usage_threshold": f"{threshold:.4f}"})
+    first = out / "t000-linear-s0"
+    ballast, trainer, killed_at = None, None, None  # an anonymous map: closed, it is given back at once
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and driver.poll() is None:
+            metrics = first / "metrics.jsonl"
+            if trainer is None and metrics.is_file() and '"kind": "epoch"' in metrics.read_text():
+                trainer = json.loads((first / "status.json").read_text())["pid"]
+                ballast = mmap.mmap(-1, 8 * 2**30)
+            if ballast is not None and _alive(trainer):
+                if ballast.tell() < len(ballast):
+                    ballast.write(b"\1" * 2**28)  # written, so really in use: 256 MiB more, until Ray kills
+                    continue
+            elif ballast is not None:
+                ballast.close()  # the worker is gone: memory back before the next trial starts
+                ballast, killed_at = None, time.monotonic()
+            time.sleep(0.1)
+        output = driver.communicate(timeout=600)[0]
+    finally:
+        if ballast is not None:
+            ballast.close()
+        if driver.poll() is None:
+            driver.kill()
+    assert killed_at is not None, "Ray never killed the trial's worker\n" + output[-3000:]
+    rows = {r["trial"]: r for r in leaderboard(out)}
+    assert rows["t000-linear-s0"]["status"] == "failed"
+    assert rows["t000-linear-s0"]["message"].startswith("Ray stopped this trial's worker because the machine ran "
+                                                        "low on memory"), rows["t000-linear-s0"]["message"]
+    assert [rows[t]["status"] for t in ("t001-linear-s1", "t002-linear-s2")] == ["done", "done"], output[-3000:]
+    assert SweepDir(out).state() == "done" and driver.returncode == 1  # finished, with a failed trial
+    assert "t000-linear-s0 failed: Ray stopped this trial's worker" in output
+
+    # nothing lost: the same command (memory back to normal) retries it from the epoch it had finished
+    done_epochs = [json.loads(line)["epoch"] for line in (first / "metrics.jsonl").read_text().splitlines()
+                   if json.loads(line)["kind"] == "epoch"]
+    again = sweep(*args)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "3 trial(s), 2 already finished, 1 to run" in again.stdout
+    epochs = [json.loads(line)["epoch"] for line in (first / "metrics.jsonl").read_text().splitlines()
+              if json.loads(line)["kind"] == "epoch"]
+    assert epochs[:len(done_epochs)] == done_epochs and epochs[-1] == 8 and len(epochs) == len(set(epochs))

@@ -4,8 +4,9 @@ The driver (this module, in the `python -m e2vpt sweep` process) expands the spe
 whose run directories already finished, and hands the rest to `ray.tune.Tuner` as a grid over trial
 ids. Each trial runs `e2vpt.trainer.train` into its own run directory inside the sweep folder and
 reports validation accuracy after every epoch, so an ASHA scheduler can stop the trials that are
-behind. A trial that fails records its error and the sweep goes on; a trial whose process dies
-(a killed driver, a lost node) resumes from its last epoch the next time the same sweep runs.
+behind. A trial that fails records its error and the sweep goes on, also when Ray itself stops its
+worker (its memory monitor kills it); a trial whose process dies (a killed driver, a lost node)
+resumes from its last epoch the next time the same sweep runs.
 
 Importing this module imports Ray (`e2vpt.sweeps` itself does not).
 
@@ -16,8 +17,10 @@ needs. Nothing here is a scheduler of its own.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
+import re
 import time
 from pathlib import Path
 
@@ -208,6 +211,31 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
         tune.with_parameters(run_trial, configs=configs, sweep_path=str(sweep.path.resolve()),
                              threads=max(1, int(cpus_per_trial)), phase0=phase0),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    progress = _Progress(sweep, record, say, len(todo))
+    name = time.strftime("run-%Y%m%d-%H%M%S") + ("-final" if todo[0].stage == "final" else "")
+    for attempt in itertools.count():
+        try:
+            _tuner(trainable, todo, spec, trial_configs, max_concurrent, sweep, progress,
+                   name + (f"-{attempt + 1}" if attempt else "")).fit()
+            break
+        except RuntimeError as exc:
+            lost = _lost_worker(exc)
+            if lost is None or not progress.worker_lost(lost):
+                raise
+        # Ray stopped a trial's worker (its memory monitor, a crash) in a way Tune's controller does not
+        # handle: it raised instead of failing that one trial. That trial failed; the others go on in a
+        # new Tune experiment (a trial that was running continues from its last epoch).
+        todo = [t for t in todo if record["trials"][t.id]["status"] not in FINISHED + ("failed",)]
+        if not todo or progress.cancelled or sweep.cancel_file.exists():
+            break
+    return progress.cancelled or sweep.cancel_file.exists()
+
+
+def _tuner(trainable, todo: list, spec: SweepSpec, trial_configs: list, max_concurrent, sweep: SweepDir,
+           progress, name: str):
+    """The Tune experiment that runs `todo` (in that order) as a grid over their ids."""
+    from ray import tune
+
     scheduler = None
     if spec.scheduler == "asha" and todo[0].stage == "search":  # final trials are reported, never stopped
         # (protocol e2vpt-search, whose scouts and levels must not be stopped either, refuses asha)
@@ -215,8 +243,7 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
 
         longest = max(c.epochs + c.rounds * c.resolved_retrain_epochs for c in trial_configs)
         scheduler = ASHAScheduler(max_t=longest + 1, grace_period=1, reduction_factor=2)
-    progress = _Progress(sweep, record, say, len(todo))
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search([t.id for t in todo])},
         tune_config=tune.TuneConfig(metric="val_acc", mode="max", scheduler=scheduler,
@@ -226,12 +253,24 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
                                     reuse_actors=True,
                                     trial_name_creator=lambda trial: trial.config["trial"],
                                     trial_dirname_creator=lambda trial: trial.config["trial"]),
-        run_config=tune.RunConfig(name=time.strftime("run-%Y%m%d-%H%M%S") + ("-final" if todo[0].stage == "final" else ""),
-                                  storage_path=str(sweep.ray_dir.resolve()), verbose=0, callbacks=[progress],
-                                  stop=_CancelStopper(sweep), failure_config=tune.FailureConfig(max_failures=0)),
+        run_config=tune.RunConfig(name=name, storage_path=str(sweep.ray_dir.resolve()), verbose=0,
+                                  callbacks=[progress], stop=_CancelStopper(sweep),
+                                  failure_config=tune.FailureConfig(max_failures=0)),
     )
-    tuner.fit()
-    return progress.cancelled or sweep.cancel_file.exists()
+
+
+def _lost_worker(exc: BaseException) -> Exception | None:
+    """The Ray error behind Tune's "Caught unexpected exception", when a trial's worker was lost.
+
+    Tune's actor manager handles an actor's death (RayActorError) and a task's error (RayTaskError) but
+    raises RuntimeError for any other Ray error of an actor task, such as the OutOfMemoryError of a
+    trial whose worker Ray's memory monitor killed mid-training."""
+    from ray.exceptions import RayActorError, RayError, RayTaskError
+
+    cause = exc.__cause__
+    if isinstance(cause, RayError) and not isinstance(cause, (RayActorError, RayTaskError)):
+        return cause
+    return None
 
 
 def _expected_cost(config: TrainConfig, trial) -> float:
@@ -376,6 +415,26 @@ class _Progress(Callback):
         entry.update(status="failed", message=_trial_error(self.sweep.trial_run(trial_id), trial))
         self._finished(trial_id, entry)
 
+    def worker_lost(self, error: Exception) -> list[str]:
+        """Tune's controller stopped the whole experiment because a trial's worker was lost (`_lost_worker`):
+        the trials whose workers Ray names in `error` failed with its reason, the others that were running
+        go back to pending (they continue from their last epoch). Returns the failed trials' ids; when
+        the error names none of them, every running trial counts as lost."""
+        running = [tid for tid, entry in self.record["trials"].items() if entry.get("status") == "running"]
+        named = {int(pid) for pid in re.findall(r"\bpid=(\d+)", str(error))}
+        lost = [tid for tid in running if _worker_pid(self.sweep.trial_run(tid)) in named] or running
+        reason = _lost_reason(error)
+        for trial_id in running:
+            entry = self.record["trials"][trial_id]
+            if trial_id in lost:
+                entry.update(status="failed", message=reason)
+                self._finished(trial_id, entry)
+            else:
+                entry.update(status="pending", message="interrupted when Ray lost another trial's worker; it "
+                                                      "continues from its last epoch")
+        self._save()
+        return lost
+
     def _finished(self, trial_id: str, entry: dict) -> None:
         self.finished += 1
         self._save()
@@ -388,6 +447,33 @@ class _Progress(Callback):
         self.say(f"[{self.finished}/{self.total}] {trial_id} {entry['status']}: {result}")
 
 
+def _worker_pid(run: RunDir) -> int | None:
+    """The process that trains (or last trained) this run, as its status.json says."""
+    with contextlib.suppress(Exception):
+        return int(run.status()["pid"])
+    return None
+
+
+def _lost_reason(error: Exception) -> str:
+    """One line for a trial whose worker Ray stopped, from the error Tune's controller raised."""
+    text = str(error).strip()
+    return _worker_loss(text) or (f"Ray lost this trial's worker ({type(error).__name__}: "
+                                  f"{text.splitlines()[0][:300] if text else 'no message'}); the same command retries it")
+
+
+def _worker_loss(text: str) -> str | None:
+    """One line for Ray's own account of a lost worker (its memory monitor's kill, a process that died),
+    in place of Ray's page of advice; None when `text` is not that."""
+    retry = "the same command retries it from its last epoch"
+    if "running low on memory" in text:
+        usage = re.search(r"was ([\d.]+ ?[KMGT]?B used / [\d.]+ ?[KMGT]?B limit)", text)
+        return ("Ray stopped this trial's worker because the machine ran low on memory"
+                + (f" ({usage.group(1)})" if usage else "") + f"; {retry} (fewer at once: --max-concurrent)")
+    if "actor died unexpectedly" in text or "its worker process has died" in text:
+        return ("Ray lost this trial's worker: its process died (killed, out of memory, or crashed); " + retry)
+    return None
+
+
 def _trial_error(run: RunDir, trial) -> str:
     """One line for a failed trial: the run's own message when it wrote one, else the error's last line."""
     with contextlib.suppress(Exception):
@@ -398,6 +484,9 @@ def _trial_error(run: RunDir, trial) -> str:
     text = ""
     with contextlib.suppress(Exception):
         text = Path(error).read_text() if error else ""
+    lost = _worker_loss(text)
+    if lost:
+        return lost
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for line in reversed(lines):  # the exception's own line, not Ray's wrapper
         if not line.startswith(("ray.", "Traceback", "File ")) and ":" in line:
