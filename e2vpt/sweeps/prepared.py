@@ -20,7 +20,7 @@ PREPARED = {
                 "point), 3 seeds each: "
                 "is E2VPT on or beyond VPT-deep's accuracy-per-parameter frontier here?",
         # E2VPT at p = 8 only: its two pruning rounds (8 -> 4 -> 2 tokens, segments too) already span
-        # VPT-deep's range of prompt lengths (21 trials: 11 min 52 s on 2 cores at the earlier 2 retraining epochs, benchmarks/README.md)
+        # VPT-deep's range of prompt lengths (21 trials: 11 min 21 s on 2 cores, benchmarks/README.md)
         "spec": {"methods": {"linear": {}, "vpt-deep": {"grid": {"prompt_len": [1, 2, 4, 8]}},
                              "e2vpt": {"grid": {"prompt_len": [8], "kv_len": [1, 4]}}},
                  "seeds": [0, 1, 2]},
