@@ -213,6 +213,7 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     progress = _Progress(sweep, record, say, len(todo))
     name = time.strftime("run-%Y%m%d-%H%M%S") + ("-final" if todo[0].stage == "final" else "")
+    idle_losses = 0
     for attempt in itertools.count():
         try:
             _tuner(trainable, todo, spec, trial_configs, max_concurrent, sweep, progress,
@@ -220,8 +221,12 @@ def _tune(sweep: SweepDir, spec: SweepSpec, record: dict, todo: list, ray_sessio
             break
         except RuntimeError as exc:
             lost = _lost_worker(exc)
-            if lost is None or not progress.worker_lost(lost):
+            if lost is None:
                 raise
+            if not progress.worker_lost(lost):  # a worker lost between two trials: nothing to fail
+                idle_losses += 1
+                if idle_losses > 2:
+                    raise
         # Ray stopped a trial's worker (its memory monitor, a crash) in a way Tune's controller does not
         # handle: it raised instead of failing that one trial. That trial failed; the others go on in a
         # new Tune experiment (a trial that was running continues from its last epoch).
