@@ -4,6 +4,7 @@ own temp dir, and leaves nothing running."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import mmap
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from e2vpt.runs import _pid_alive
 from e2vpt.sweeps import SweepDir
 from small_data import digits_folder
 
@@ -239,10 +241,9 @@ def test_a_killed_driver_leaves_a_sweep_the_same_command_resumes_without_retrain
             driver.kill()
         time.sleep(5)  # Ray's own processes notice their driver is gone
         trainer = json.loads((out / "t000-linear-s0" / "status.json").read_text())["pid"]
-        assert not Path(f"/proc/{trainer}").exists() or "Z" in Path(f"/proc/{trainer}/stat").read_text().split(") ")[1][:1], \
-            "the trial's training process outlived its driver"
+        assert not _pid_alive(trainer), "the trial's training process outlived its driver"
         for pid in _ray_processes_under(ray_tmp):  # what Ray leaves behind a kill -9 (its agents)
-            with __import__("contextlib").suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     first_epoch = metrics.read_text().splitlines()[0]
     killed = SweepDir(out)
@@ -257,14 +258,6 @@ def test_a_killed_driver_leaves_a_sweep_the_same_command_resumes_without_retrain
     assert SweepDir(out).state() == "done"
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a killed one its parent has not reaped yet is a zombie, not alive)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _memory_in_use() -> tuple[int, int]:
     """(bytes in use, bytes in all) as Ray's memory monitor counts them without a cgroup limit."""
     info = {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in open("/proc/meminfo"))}
@@ -274,7 +267,7 @@ def _memory_in_use() -> tuple[int, int]:
 def _cgroup_memory_limit() -> int | None:
     """This process's cgroup memory limit (v2 or v1), None when there is none."""
     for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        with __import__("contextlib").suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
             return int(Path(path).read_text())
     return None
 
@@ -296,25 +289,28 @@ def test_a_trial_whose_worker_ray_kills_for_memory_fails_alone_and_the_sweep_goe
     driver = subprocess.Popen([sys.executable, "-m", "e2vpt", "sweep", *args], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True,
                               env={**os.environ, "RAY_memory_usage_threshold": f"{threshold / total:.4f}"})
-    ballast, trainer, killed_at = None, None, None  # an anonymous map: closed, it is given back at once
+    # memory added in anonymous maps of 256 MiB, each filled by the kernel as it maps it (fast, and short
+    # enough to look at the worker between two), all given back the moment the worker is gone
+    ballast, trainer, killed_at = [], None, None
     try:
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and driver.poll() is None:
             metrics = out / "t000-linear-s0" / "metrics.jsonl"
             if trainer is None and metrics.is_file() and '"kind": "epoch"' in metrics.read_text():
                 trainer = json.loads((metrics.parent / "status.json").read_text())["pid"]
-                # 1 GiB past Ray's threshold in one go (pages filled by the kernel as it maps them), so the
-                # trial is still training when Ray's monitor looks
-                ballast = mmap.mmap(-1, max(2**30, threshold - _memory_in_use()[0] + 2**30),
-                                    flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
-            if ballast is not None and not _alive(trainer):
-                ballast.close()  # the worker is gone: memory back before the next trial starts
-                ballast, killed_at = None, time.monotonic()
+            if trainer is not None and killed_at is None:
+                if not _pid_alive(trainer):
+                    for block in ballast:
+                        block.close()  # memory back before the next trial starts
+                    ballast, killed_at = [], time.monotonic()
+                elif len(ballast) < 32:  # 8 GiB at most: 2 past the threshold before Ray's own share
+                    ballast.append(mmap.mmap(-1, 2**28, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE))
+                    continue
             time.sleep(0.05)
         output = driver.communicate(timeout=600)[0]
     finally:
-        if ballast is not None:
-            ballast.close()
+        for block in ballast:
+            block.close()
         if driver.poll() is None:
             driver.kill()
     assert killed_at is not None, "Ray never killed the trial's worker\n" + output[-3000:]
