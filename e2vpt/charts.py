@@ -748,28 +748,61 @@ def _methods_in(frame: pd.DataFrame) -> list[str]:
     return [m for m in METHOD_ORDER if m in set(frame["method"])] + sorted(set(frame["method"].dropna()) - set(METHOD_ORDER))
 
 
+def percent_ticks(low: float, high: float, most: int = 8) -> tuple[list[float], list[str]]:
+    """Ticks for an accuracy axis from `low` to `high` (fractions) at a round step, each labelled with
+    as many decimals as the step needs, so a label always names its own value (92.5 %, not "93%")."""
+    span = max(high - low, 1e-6)
+    for step in (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2, 0.25):
+        if span / step <= most:
+            break
+    decimals = len(f"{step * 100:g}".partition(".")[2])  # 0.25 % -> 2, 0.5 % -> 1, 2 % -> 0
+    first = math.ceil(low / step - 1e-9)
+    values = [round((first + i) * step, 10) for i in range(int(math.floor(high / step + 1e-9)) - first + 1)]
+    return values, [f"{100 * v:.{decimals}f}%" for v in values]
+
+
 def frontier_chart(table: pd.DataFrame, title: str = "Accuracy against tuned parameters") -> go.Figure:
-    """A sweep's frontier: mean test accuracy (error bars: 95 % interval over seeds) against tuned
-    parameters (log scale), one colour per method, the Pareto front as a dashed line
-    (`e2vpt.sweeps.frontier.summary` gives the table)."""
+    """One dataset's frontier: each configuration's final models (the rounds its runs kept on
+    validation), mean test accuracy with a 95 % interval over seeds, against tuned parameters (log
+    scale), one colour per method, the Pareto front of those final points as a dashed line. E2VPT's
+    other pruning rounds (`final` False) are drawn as open markers joined to their configuration's
+    rounds: shown, never part of the front (`e2vpt.sweeps.frontier.summary` gives the table)."""
     if table is None or table.empty:
         return empty_figure("no finished trials yet", title)
     fig = go.Figure()
     for i, method in enumerate(_methods_in(table)):
-        part = table[table["method"] == method].sort_values("tuned_params")
-        custom = np.stack([part["label"], part["seeds"], part["val_acc"].map(lambda v: f"{v:.4f}"),
-                           part["tuned_pct"].map(lambda v: f"{v:.3f}%")], axis=-1)
-        fig.add_trace(go.Scatter(
-            x=part["tuned_params"], y=part["test_acc"], mode="markers", name=method,
-            error_y=dict(type="data", array=part["test_ci"].fillna(0), visible=True, thickness=1.2),
-            marker=dict(size=11, color=color(i), line=dict(width=1, color="#333")), customdata=custom,
-            hovertemplate="<b>%{customdata[0]}</b><br>test accuracy %{y:.4f} (mean of %{customdata[1]} seed(s))"
-                          "<br>val %{customdata[2]}<br>tuned %{x:,.0f} params (%{customdata[3]})<extra></extra>"))
+        for final in (True, False):
+            part = table[(table["method"] == method) & (table["final"] == final)].sort_values("tuned_params")
+            if part.empty:
+                continue
+            custom = np.stack([part["label"], part["seeds"], part["val_acc"].map(lambda v: f"{v:.4f}"),
+                               part["tuned_pct"].map(lambda v: f"{v:.3f}%")], axis=-1)
+            fig.add_trace(go.Scatter(
+                x=part["tuned_params"], y=part["test_acc"], mode="markers", name=method if final else
+                f"{method}, other rounds (not counted)", legendgroup=method, customdata=custom,
+                error_y=dict(type="data", array=part["test_ci"].fillna(0), visible=final, thickness=1.2),
+                marker=dict(size=11 if final else 10, color=color(i), symbol="circle" if final else "circle-open",
+                            line=dict(width=1 if final else 2, color="#333" if final else color(i))),
+                hovertemplate="<b>%{customdata[0]}</b><br>test accuracy %{y:.2%} (mean of %{customdata[1]} seed(s))"
+                              "<br>val %{customdata[2]}<br>tuned %{x:,.0f} params (%{customdata[3]})<extra></extra>"))
+        rounds = table[(table["method"] == method) & ~table["final"]]
+        for _, path in rounds.groupby("config", sort=False):
+            path = path.sort_values("round")
+            fig.add_trace(go.Scatter(x=path["tuned_params"], y=path["test_acc"], mode="lines", showlegend=False,
+                                     legendgroup=method, hoverinfo="skip",
+                                     line=dict(color=color(i), width=1, dash="dot")))
     front = table[table["pareto"]].sort_values("tuned_params")
     fig.add_trace(go.Scatter(x=front["tuned_params"], y=front["test_acc"], mode="lines", name="Pareto front",
                              line=dict(color="#444", dash="dash", shape="hv"), hoverinfo="skip"))
-    fig.update_xaxes(type="log", title_text="tuned parameters (log scale)", dtick="D2", minor=dict(showgrid=False))
-    fig.update_yaxes(title_text="test accuracy", tickformat=".0%")
+    low, high = float(table["tuned_params"].min()), float(table["tuned_params"].max())
+    ticks = log_ticks(low, high)
+    fig.update_xaxes(type="log", title_text="tuned parameters (log scale)", tickvals=ticks,
+                     ticktext=[f"{v:,.0f}" for v in ticks], range=[np.log10(low) - 0.15, np.log10(high) + 0.15],
+                     minor=dict(showgrid=False))
+    errors = table["test_ci"].fillna(0)
+    y_range = zoomed_range(pd.concat([table["test_acc"] - errors, table["test_acc"] + errors]))
+    values, labels = percent_ticks(*y_range)
+    fig.update_yaxes(title_text="test accuracy", range=y_range, tickvals=values, ticktext=labels)
     return _layout(fig, title, height=480)
 
 

@@ -190,6 +190,10 @@ class TrainConfig:
     segment_ratio: float = setting(0.25, "fraction of the surviving segments pruned in each round", group="pruning",
                                    label="Segments pruned per round", ge=0.0, lt=1.0, widget="slider", step=0.05,
                                    form_max=0.95)
+    prune_count: Literal["round", "floor"] = setting(
+        "round", "how many pieces a ratio prunes of n survivors: round (ratio x n to the nearest) or floor (official "
+        "code: int(n x pct / 100), so 30 % of 5 tokens prunes 1, not 2)", group="pruning", label="Pieces pruned",
+        choice_labels={"round": "ratio x n, rounded", "floor": "ratio x n, rounded down (official)"})
     segment_rank: Literal["global", "per-token"] = setting(
         "global", "global: segments ranked across all surviving tokens; per-token: each token loses the same share "
         "of its own lowest segments (official code)", group="pruning", label="Segments ranked")
@@ -478,8 +482,12 @@ RECIPES = {
     "official": {"mask_scope": "shared", "kv_shared": True, "importance": "signed", "token_importance": "mask",
                  "rewind": "reinit", "pruned_tokens": "zero", "train_masks": True, "segments": 16,
                  "segment_layout": "interleaved", "prompt_dropout": 0.1, "optimizer": "sgd", "weight_decay": 1e-4,
-                 "schedule_step": "epoch", "segment_rank": "per-token", "avg_pool": "tokens"},
+                 "schedule_step": "epoch", "segment_rank": "per-token", "avg_pool": "tokens", "prune_count": "floor"},
 }
+
+# What a saved config.json that lacks a setting meant: the setting did not exist yet, and the run behaved
+# as this value (an `official` run saved before `prune_count` rounded its counts).
+SAVED_BEFORE_SETTING = {"prune_count": "round"}
 
 # --------------------------------------------------------------------------------------------------
 # Presets: whole settings for a purpose (the Train form's preset buttons; a notebook's starting point).

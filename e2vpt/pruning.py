@@ -14,12 +14,16 @@ Segments are ranked across all surviving tokens (`segment_rank="global"`), or wi
 token losing the same share of its own lowest segments (`"per-token"`, the official code: `per_token`
 below); either way at least `min_segments` per token stay (official: 4 of 16).
 
+Counting: a ratio of n survivors prunes round(ratio x n) pieces (`count="round"`), or, as the official
+code does, int(n x pct / 100) (`count="floor"`: 30 % of 5 tokens prunes 1, not 2).
+
 Rewinding: survivors go back to their saved initial values (`init`, lottery-ticket style) or to
 fresh random values (`reinit`, the official code); masks carry over and pruned values stay zero.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -95,7 +99,7 @@ def min_segments_for(segments: int) -> int:
 
 
 def rounds_that_prune(token_mask: torch.Tensor, segments: int, prune_ratio: float, segment_ratio: float,
-                      scope: str, rounds: int, per_token: bool = False) -> int:
+                      scope: str, rounds: int, per_token: bool = False, count: str = "round") -> int:
     """How many of `rounds` pruning rounds would remove anything, starting from `token_mask`.
 
     Counts do not depend on the scores (ties are broken by position), so the schedule is played out
@@ -107,9 +111,9 @@ def rounds_that_prune(token_mask: torch.Tensor, segments: int, prune_ratio: floa
     useful = 0
     for _ in range(rounds):
         before = (int(tokens.sum()), int((segment_mask * tokens[..., None]).sum()))
-        tokens = prune_tokens(tokens, torch.zeros(tokens.shape), prune_ratio, scope)
+        tokens = prune_tokens(tokens, torch.zeros(tokens.shape), prune_ratio, scope, count=count)
         segment_mask = prune_segments(tokens, segment_mask, torch.zeros(segment_mask.shape), segment_ratio,
-                                      min_segments, scope, per_token)
+                                      min_segments, scope, per_token, count=count)
         after = (int(tokens.sum()), int((segment_mask * tokens[..., None]).sum()))
         if after == before:
             break
@@ -118,37 +122,40 @@ def rounds_that_prune(token_mask: torch.Tensor, segments: int, prune_ratio: floa
 
 
 def kept_after(token_shape: tuple[int, int], segments: int, prune_ratio: float, segment_ratio: float, scope: str,
-               per_token: bool = False) -> tuple[int, int]:
+               per_token: bool = False, count: str = "round") -> tuple[int, int]:
     """(tokens, segments) that survive one pruning round of a full (layers, p) prompt at these ratios.
 
     Like `rounds_that_prune`, the counts do not depend on the scores, so two ratio pairs with the same
     counts prune the same number of pieces: the pruning search trains such a pair once.
     """
-    tokens = prune_tokens(torch.ones(token_shape), torch.zeros(token_shape), prune_ratio, scope)
+    tokens = prune_tokens(torch.ones(token_shape), torch.zeros(token_shape), prune_ratio, scope, count=count)
     segment_mask = prune_segments(tokens, torch.ones(*token_shape, segments), torch.zeros(*token_shape, segments),
-                                  segment_ratio, min_segments_for(segments), scope, per_token)
+                                  segment_ratio, min_segments_for(segments), scope, per_token, count=count)
     return int(tokens.sum()), int((segment_mask * tokens[..., None]).sum())
 
 
-def _count_to_prune(kept: int, ratio: float, keep_at_least: int) -> int:
-    """round(ratio * kept), but never below `keep_at_least` survivors."""
-    return max(0, min(int(round(ratio * kept)), kept - keep_at_least))
+def count_to_prune(kept: int, ratio: float, keep_at_least: int = 0, count: str = "round") -> int:
+    """How many of `kept` pieces a `ratio` prunes, never leaving fewer than `keep_at_least`:
+    round(ratio x kept), or with `count="floor"` the official code's int(kept x pct / 100). The floor
+    forgives float noise (0.29 x 100 is 28.999...; the official code's integer percent gives 29)."""
+    wanted = math.floor(ratio * kept + 1e-9) if count == "floor" else int(round(ratio * kept))
+    return max(0, min(wanted, kept - keep_at_least))
 
 
 def prune_tokens(token_mask: torch.Tensor, scores: torch.Tensor, ratio: float, scope: str,
-                 min_tokens: int = 1) -> torch.Tensor:
+                 min_tokens: int = 1, count: str = "round") -> torch.Tensor:
     """New token mask with the lowest-scoring `ratio` of the surviving tokens removed."""
     mask = token_mask.clone()
     if scope == "shared":
         alive = mask[0] > 0
         position_scores = torch.nan_to_num(scores, nan=0.0).sum(0)  # sum over layers = shared gate's gradient
-        n = _count_to_prune(int(alive.sum()), ratio, min_tokens)
+        n = count_to_prune(int(alive.sum()), ratio, min_tokens, count)
         candidates = alive.nonzero().squeeze(1)
         order = candidates[torch.argsort(position_scores[candidates], stable=True)]
         mask[:, order[:n]] = 0
         return mask
     alive = (mask > 0).flatten()
-    n = _count_to_prune(int(alive.sum()), ratio, min_tokens)
+    n = count_to_prune(int(alive.sum()), ratio, min_tokens, count)
     candidates = alive.nonzero().squeeze(1)
     order = candidates[torch.argsort(scores.flatten()[candidates], stable=True)]
     flat = mask.flatten()
@@ -157,7 +164,8 @@ def prune_tokens(token_mask: torch.Tensor, scores: torch.Tensor, ratio: float, s
 
 
 def prune_segments(token_mask: torch.Tensor, segment_mask: torch.Tensor, scores: torch.Tensor, ratio: float,
-                   min_segments: int = 1, scope: str = "layer", per_token: bool = False) -> torch.Tensor:
+                   min_segments: int = 1, scope: str = "layer", per_token: bool = False,
+                   count: str = "round") -> torch.Tensor:
     """New segment mask with the lowest `ratio` of surviving segments (of surviving tokens) zeroed,
     keeping at least `min_segments` per token.
 
@@ -167,20 +175,21 @@ def prune_segments(token_mask: torch.Tensor, segment_mask: torch.Tensor, scores:
     """
     if scope == "shared":
         summed = torch.nan_to_num(scores, nan=0.0).sum(0, keepdim=True)
-        shared = prune_segments(token_mask[:1], segment_mask[:1], summed, ratio, min_segments, per_token=per_token)
+        shared = prune_segments(token_mask[:1], segment_mask[:1], summed, ratio, min_segments, per_token=per_token,
+                                count=count)
         return shared.expand_as(segment_mask).clone()
     if per_token:
         mask = segment_mask.clone()
         mask[token_mask == 0] = 0
         ranked = torch.nan_to_num(scores, nan=float("inf")).masked_fill(mask == 0, float("inf"))
         for layer, token in (token_mask > 0).nonzero().tolist():
-            n = _count_to_prune(int(mask[layer, token].sum()), ratio, min_segments)
+            n = count_to_prune(int(mask[layer, token].sum()), ratio, min_segments, count)
             mask[layer, token, torch.argsort(ranked[layer, token], stable=True)[:n]] = 0
         return mask
     mask = segment_mask.clone()
     mask[token_mask == 0] = 0
     alive = mask > 0
-    n = _count_to_prune(int(alive.sum()), ratio, 0)
+    n = count_to_prune(int(alive.sum()), ratio, 0, count)
     if n == 0:
         return mask
     flat_scores = torch.nan_to_num(scores, nan=float("inf")).clone()

@@ -280,12 +280,13 @@ class RunDir:
     # records: each reader checks what it returns, and names the file when it cannot be used
     def config(self) -> dict:
         """The run's settings (a valid `TrainConfig` as a dict); `RunDirError` saying why otherwise."""
-        from .config import TrainConfig
+        from .config import SAVED_BEFORE_SETTING, TrainConfig
         from .errors import ConfigError
 
         config = _read_object(self.config_file)
         if config is None:
             raise RunDirError(f"{self.path} has no config.json; it is not a run directory")
+        config = {**SAVED_BEFORE_SETTING, **config}  # a run saved before a setting existed behaved as its old value
         try:
             TrainConfig.from_dict(config)
         except ConfigError as exc:

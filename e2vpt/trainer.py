@@ -153,7 +153,8 @@ class Trainer:
         if not cfg.rounds:
             return
         useful = rounds_that_prune(self.model.tuned.token_mask.cpu(), cfg.segments, cfg.prune_ratio,
-                                   cfg.segment_ratio, cfg.mask_scope, cfg.rounds, cfg.segment_rank == "per-token")
+                                   cfg.segment_ratio, cfg.mask_scope, cfg.rounds, cfg.segment_rank == "per-token",
+                                   cfg.prune_count)
         if useful < cfg.rounds:
             layers, p = self.model.tuned.token_mask.shape
             raise ConfigError(
@@ -386,10 +387,11 @@ class Trainer:
         if importance is None:
             importance = self._score()
         t = model.tuned
-        token_mask = prune_tokens(t.token_mask, importance.token, cfg.prune_ratio, cfg.mask_scope)
+        token_mask = prune_tokens(t.token_mask, importance.token, cfg.prune_ratio, cfg.mask_scope,
+                                  count=cfg.prune_count)
         segment_mask = prune_segments(token_mask, t.segment_mask, importance.segment, cfg.segment_ratio,
                                       min_segments_for(cfg.segments), cfg.mask_scope,
-                                      per_token=cfg.segment_rank == "per-token")
+                                      per_token=cfg.segment_rank == "per-token", count=cfg.prune_count)
         model.set_masks(token_mask, segment_mask)
         generator = torch.Generator().manual_seed(_seed_for(cfg.seed, phase.index, 99))
         rewind(model, self.initial_state, cfg.rewind, generator)

@@ -98,12 +98,19 @@ def show(sweep_id: str) -> None:
     rows = sweep.rows(record)
     if note := frontier.protocol_note(record, rows):
         st.caption(note)
-    every_round = st.toggle("Every E2VPT pruning round as a point", value=True, key="sweep_rounds",
-                            help="Round 0 is E2VPT before pruning; each later round has fewer parameters.")
+    every_round = st.toggle("Draw E2VPT's other pruning rounds", value=True, key="sweep_rounds",
+                            help="Open markers: each round of E2VPT (round 0 before pruning). Only the round each run "
+                                 "kept on validation counts, on the front and in the verdict.")
     table = frontier.summary(frontier.points(sweep, every_round=every_round))
-    show_chart(charts.frontier_chart(table, title=f"Accuracy against tuned parameters ({sweep_id})"), table,
-               f"{sweep_id}-frontier", key="frontier")
-    st.info(frontier.verdict(table), icon=":material/insights:")
+    names = frontier.datasets(table)
+    dataset = names[0] if names else None
+    if len(names) > 1:
+        dataset = st.radio("Dataset (one frontier each: datasets are never mixed)", names, horizontal=True,
+                           key=f"sweep_dataset_{sweep_id}")
+    shown = table[table["dataset"] == dataset] if dataset else table
+    show_chart(charts.frontier_chart(shown, title=f"Accuracy against tuned parameters: {dataset} ({sweep_id})"),
+               shown, f"{sweep_id}-{dataset}-frontier", key="frontier")
+    st.info(frontier.verdicts(table).get(dataset, "No finished trials yet."), icon=":material/insights:")
     frame = pd.DataFrame(rows)
     show_chart(charts.parallel_coordinates(frame, swept_settings(record)), frame, f"{sweep_id}-settings", key="parcoords")
     if state not in ACTIVE:

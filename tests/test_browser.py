@@ -262,11 +262,17 @@ def walk_pages(page, run_id: str, prefix: str, charts: dict[str, int]) -> None:
 
 
 def test_the_sweeps_page_draws_a_finished_sweeps_frontier(server, browser, fake_run):
-    """After the demo test (which counts the folders in the runs root): a finished sweep's frontier."""
-    from test_sweeps import finished_sweep
+    """After the demo test (which counts the folders in the runs root): a finished sweep's frontier, whose
+    verdict names each method's final model (E2VPT's kept round, not its unpruned round 0 that scored
+    best on test) and whose every tick label names its own value."""
+    from test_sweeps import finished_sweep, set_rounds
 
     url, runs = server
-    sweep = finished_sweep(runs, fake_run)
+    sweep = finished_sweep(runs, fake_run, seeds=(0, 1, 2))
+    for trial, recorded in sweep.read()["trials"].items():
+        if recorded["method"] == "e2vpt":
+            set_rounds(sweep.path / trial, [(0.90, 0.947, 20_362), (0.91, 0.93, 9_000),
+                                            (0.92, 0.926 - 0.002 * recorded["seed"], 5_710)], selected=2)
     ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1700})
     page.set_default_timeout(120_000)
@@ -276,8 +282,20 @@ def test_the_sweeps_page_draws_a_finished_sweeps_frontier(server, browser, fake_
         wait_idle(page)
         plots = page.locator(".js-plotly-plot")
         plots.nth(1).wait_for()  # the frontier and the parallel coordinates
-        assert page.get_by_text("Best of each method").count() >= 1
-        assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 3  # one per method, and the front
+        verdict = page.get_by_text("digits: each method's final model")
+        verdict.wait_for()
+        text = verdict.inner_text()
+        assert "e2vpt, kept round 2: 92.4 ± " in text and "5,710 parameters" in text, text
+        assert "94.7" not in text and "e2vpt minus vpt-deep" in text, text
+        assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 4  # methods, other rounds, front
+        ticks = plots.nth(0).evaluate("""el => ({
+            y: Array.from(el.querySelectorAll('.ytick text')).map(t => [t.__data__.x, t.textContent]),
+            x: Array.from(el.querySelectorAll('.xtick text')).map(t => [t.__data__.x, t.textContent])})""")
+        assert len(ticks["y"]) >= 3 and len(ticks["x"]) >= 2, ticks
+        for value, label in ticks["y"]:
+            assert label.endswith("%") and abs(float(label[:-1]) - 100 * value) < 1e-6, (value, label)
+        for exponent, label in ticks["x"]:  # a log axis: the datum is log10 of the value
+            assert abs(float(label.replace(",", "")) - 10 ** exponent) < 1e-6 * 10 ** exponent, (exponent, label)
         no_exception_on(page)
         page.screenshot(path=str(ARTIFACTS / "sweeps.png"))
     except BaseException:

@@ -157,13 +157,46 @@ def run_cli(*args):
                      "--prune-rounds", "1", "--quiet", *args, timeout=600)
 
 
+def official_count(n: int, pct: int) -> int:
+    """The official code's count (`tune_vtab_PruningRewind_CVK.py`): int(n x pct / 100) pieces of n."""
+    return int(n * pct / 100)
+
+
+@pytest.mark.parametrize("prompts", [5, 8, 10, 32, 50])
+def test_the_official_recipe_prunes_as_many_tokens_and_segments_as_the_official_code(prompts):
+    from e2vpt.pruning import prune_segments, prune_tokens
+
+    config = TrainConfig.from_dict({"recipe": "official"})
+    differs = 0
+    for pct in (10, 20, 25, 29, 30, 40, 50, 60, 70, 75, 90):
+        scores = torch.rand(3, prompts, generator=torch.Generator().manual_seed(pct))
+        tokens = prune_tokens(torch.ones(3, prompts), scores, pct / 100, config.mask_scope, count=config.prune_count)
+        pruned = prompts - int(tokens[0].sum())
+        assert pruned == min(official_count(prompts, pct), prompts - 1), (prompts, pct)
+        assert bool((tokens == tokens[:1]).all())  # shared: the same positions in every layer
+        segments = prune_segments(tokens, torch.ones(3, prompts, 16), torch.rand(3, prompts, 16), pct / 100, 4,
+                                  config.mask_scope, per_token=True, count=config.prune_count)
+        assert set(segments.sum(-1)[tokens > 0].tolist()) == {16 - min(official_count(16, pct), 12)}, (prompts, pct)
+        rounded = prune_tokens(torch.ones(3, prompts), scores, pct / 100, "shared")  # studio's count
+        differs += int(rounded[0].sum()) != int(tokens[0].sum())
+    assert differs  # at some level rounding would prune another number: the count is really tested
+
+
 @pytest.mark.slow  # a short training of the demo (about 35 s); studio's CLI runs are in test_cli.py
 @pytest.mark.parametrize("recipe", ["official"])  # paper's flags: the next test; both train the same loop
 def test_each_recipe_trains_on_digits_from_the_cli(tmp_path, recipe):
-    result = run_cli("--recipe", recipe, "--run-dir", str(tmp_path / "run"))
+    # 30 % of 5 tokens and of 16 segments: the official code prunes int(1.5) = 1 token and int(4.8) = 4
+    # segments of each token, where rounding would prune 2 and 5
+    result = run_cli("--recipe", recipe, "--run-dir", str(tmp_path / "run"), "--prompt-len", "5",
+                     "--prune-ratio", "0.3", "--segment-ratio", "0.3")
     assert result.returncode == 0, result.stderr
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["recipe"] == recipe and all(config[k] == v for k, v in RECIPES[recipe].items())
+    pruning = json.loads((tmp_path / "run" / "pruning.json").read_text())
+    last = pruning["rounds"][-1]
+    tokens, segments = torch.tensor(last["token_mask"]), torch.tensor(last["segment_mask"])
+    assert tokens.sum(-1).tolist() == [5 - official_count(5, 30)] * tokens.shape[0]
+    assert set((segments * tokens[..., None]).sum(-1)[tokens > 0].tolist()) == {16 - official_count(16, 30)}
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_acc"] > 0.3  # 10 classes: it learned something in two short phases
     init = load_file(tmp_path / "run" / "init.safetensors")
@@ -218,6 +251,30 @@ def test_the_token_mask_gradient_vanishes_for_deep_prompts_so_studio_ranks_token
     alive = token_mask > 0
     assert torch.allclose(by_segments.token[alive], by_segments.segment.nansum(-1)[alive])
     assert by_segments.token[0, 2].isnan() and by_segments.token[alive].min() > 0
+
+
+def _token_and_segment_scores(eps: float, global_pool: str = "token", **settings) -> tuple[float, float]:
+    backbone = tiny_vit(global_pool)
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.eps = eps
+    config = TrainConfig(prompt_len=P, kv_len=L, segments=R, global_pool=global_pool, **settings)
+    model = build_model(config, backbone, CLASSES)
+    x, y = images(6, seed=3), torch.arange(6) % CLASSES
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=3)
+    scores = score_importance(model, loader, torch.device("cpu"), "abs")
+    return float(scores.token.mean()), float(scores.segment.nansum(-1).mean())
+
+
+def test_the_token_mask_gradient_is_layernorms_epsilon_and_not_small_when_prompts_reach_the_output():
+    """docs/RECIPES.md's finding, with its scope: a deep prompt read through [CLS] reaches the loss only
+    through LayerNorm, which removes its scale but for eps, so d(loss)/d(token mask) grows linearly with
+    eps and vanishes at 0; averaged into the output (official MAE pooling) the token matters as its segments do."""
+    by_eps = {eps: _token_and_segment_scores(eps) for eps in (0.0, 1e-5, 1e-4)}
+    assert 5 < by_eps[1e-4][0] / by_eps[1e-5][0] < 15  # linear in eps
+    assert by_eps[0.0][0] < 1e-2 * by_eps[1e-5][0] < 1e-5 * by_eps[0.0][1]
+    token, segments = _token_and_segment_scores(1e-6, "avg", avg_pool="tokens")
+    assert token > 0.1 * segments
 
 
 def test_official_schedule_steps_per_epoch_and_trains_its_first_epoch_at_rate_zero():

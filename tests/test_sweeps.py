@@ -378,20 +378,101 @@ def finished_sweep(root: Path, fake_run, seeds=(0, 1)) -> SweepDir:
 def test_the_frontier_averages_seeds_marks_the_pareto_front_and_says_what_it_shows(tmp_path, fake_run):
     sweep = finished_sweep(tmp_path, fake_run)
     points = frontier.points(sweep, every_round=True)
-    assert set(points["method"]) == {"linear", "vpt-deep", "e2vpt"}
-    assert sorted(points[points["method"] == "e2vpt"]["round"].unique()) == [0, 1, 2]  # every round a point
+    assert set(points["method"]) == {"linear", "vpt-deep", "e2vpt"} and set(points["dataset"]) == {"digits"}
+    assert sorted(points[points["method"] == "e2vpt"]["round"].unique()) == [0, 1, 2]  # every round drawn
+    assert points["final"].sum() == len(sweep.read()["trials"])  # one final model per trial
     table = frontier.summary(points)
     linear = table[table["method"] == "linear"].iloc[0]
     assert linear["seeds"] == 2 and abs(linear["test_acc"] - 0.805) < 1e-9 and linear["test_ci"] > 0
     assert linear["pareto"]  # the fewest parameters: on the front whatever its accuracy
-    # a point beaten by one with fewer parameters is not on the front
-    for r in table.itertuples():
-        beaten = ((table["tuned_params"] <= r.tuned_params) & (table["test_acc"] > r.test_acc)).any()
+    finals = table[table["final"]]
+    for r in finals.itertuples():  # a final point beaten by one with fewer parameters is not on the front
+        beaten = ((finals["tuned_params"] <= r.tuned_params) & (finals["test_acc"] > r.test_acc)).any()
         assert r.pareto == (not beaten)
+    assert not table[~table["final"]]["pareto"].any()  # drawn rounds never make the front
     sentence = frontier.verdict(table)
-    assert "Best of each method" in sentence and "95 % interval" in sentence
+    assert sentence.startswith("digits: each method's final model") and "95 % interval" in sentence
+    assert "e2vpt minus vpt-deep" in sentence
     one_seed = frontier.verdict(frontier.summary(frontier.points(finished_sweep(tmp_path / "one", fake_run, seeds=(0,)))))
     assert "one seed" in one_seed
+
+
+def set_rounds(run: Path, rounds: list[tuple[float, float, int]], selected: int) -> None:
+    """Give a fake E2VPT run these (val_acc, test_acc, tuned_params) rounds and the round it kept;
+    its summary reports the kept round, as the trainer's does."""
+    pruning = json.loads((run / "pruning.json").read_text())
+    for record, (val, test, params) in zip(pruning["rounds"], rounds):
+        record.update(val_acc=val, test_acc=test, tuned_params=params, tuned_pct=100 * params / 200_000)
+    pruning["selected_round"] = selected
+    (run / "pruning.json").write_text(json.dumps(pruning))
+    summary = json.loads((run / "summary.json").read_text())
+    val, test, params = rounds[selected]
+    summary.update(val_acc=val, test_acc=test, tuned_params=params, tuned_pct=100 * params / 200_000,
+                   selected_round=selected)
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_the_verdict_counts_each_runs_kept_round_never_a_round_picked_by_its_test_accuracy(tmp_path, fake_run):
+    """The teacher's case: round 0 (unpruned, most parameters) scores best on test, but each run kept
+    round 2 on validation. The verdict reports round 2, whether the other rounds are drawn or not."""
+    sweep = finished_sweep(tmp_path, fake_run, seeds=(0, 1, 2))
+    for trial, recorded in sweep.read()["trials"].items():
+        if recorded["method"] == "e2vpt":
+            seed = recorded["seed"]
+            set_rounds(sweep.path / trial, [(0.90, 0.947 + 0.001 * seed, 20_362), (0.91, 0.93, 9_000),
+                                            (0.92, 0.926 - 0.001 * seed, 5_710)], selected=2)
+    with_rounds = frontier.summary(frontier.points(sweep, every_round=True))
+    without = frontier.summary(frontier.points(sweep, every_round=False))
+    assert frontier.verdicts(with_rounds) == frontier.verdicts(without)
+    text = frontier.verdicts(with_rounds)["digits"]
+    assert "e2vpt, kept round 2: 92.5 ± " in text and "at 5,710 parameters" in text
+    assert "94.8" not in text and "20,362" not in text  # round 0's test accuracy is drawn, never counted
+    drawn = with_rounds[(with_rounds["method"] == "e2vpt") & ~with_rounds["final"]]
+    assert sorted(drawn["round"]) == [0, 1, 2] and not drawn["pareto"].any()
+    assert abs(drawn[drawn["round"] == 0]["test_acc"].iloc[0] - 0.948) < 1e-9
+
+
+def test_each_method_is_represented_by_the_configuration_best_on_validation_not_on_test(tmp_path, fake_run):
+    sweep = finished_sweep(tmp_path, fake_run)
+    for trial, recorded in sweep.read()["trials"].items():
+        if recorded["method"] == "vpt-deep":  # p=8 is better on test (finished_sweep), p=2 on validation
+            summary = json.loads((sweep.path / trial / "summary.json").read_text())
+            summary["val_acc"] = 0.95 if recorded["values"]["prompt_len"] == 2 else 0.85
+            (sweep.path / trial / "summary.json").write_text(json.dumps(summary))
+    text = frontier.verdicts(frontier.summary(frontier.points(sweep)))["digits"]
+    assert "vpt-deep p=2:" in text and "vpt-deep p=8" not in text
+
+
+def test_several_datasets_get_a_frontier_and_a_verdict_each_never_mixed(tmp_path, fake_run):
+    spec = SweepSpec.from_dict({"methods": ["linear", "vpt-deep", "e2vpt"], "grid": {"dataset": ["digits", "dsprites-loc"]},
+                                "seeds": [0, 1]})
+    sweep = SweepDir(tmp_path / "S")
+    record = sweep.create(spec, state="done")
+    base = {"digits": 0.93, "dsprites-loc": 0.45}
+    for trial_id, trial in record["trials"].items():
+        dataset = trial["values"]["dataset"]
+        acc = base[dataset] + {"linear": 0.0, "vpt-deep": 0.01, "e2vpt": 0.02}[trial["method"]] + 0.002 * trial["seed"]
+        fake_run(sweep.path, trial_id, method=trial["method"], dataset=dataset, test_acc=acc,
+                 tuned_params={"linear": 650, "vpt-deep": 11_000, "e2vpt": 9_000}[trial["method"]])
+    table = frontier.summary(frontier.points(sweep))
+    assert frontier.datasets(table) == ["digits", "dsprites-loc"]
+    assert not any("dataset=" in label for label in table["label"])
+    for dataset, part in table[table["final"]].groupby("dataset"):  # each dataset has its own front
+        assert part[part["pareto"]]["tuned_params"].min() == 650
+    said = frontier.verdicts(table)
+    assert set(said) == {"digits", "dsprites-loc"}
+    assert "e2vpt, kept round 2: 95.1 ± " in said["digits"] and "e2vpt, kept round 2: 47.1 ± " in said["dsprites-loc"]
+    assert "0.82x vpt-deep's tuned parameters" in said["digits"]
+
+
+def test_e2vpt_minus_vpt_deep_is_a_welch_interval_over_seeds():
+    from scipy import stats
+
+    e2vpt, vpt = (0.951, 0.943, 0.948), (0.938, 0.944, 0.931, 0.940)
+    diff, low, high = frontier.difference(e2vpt, vpt)
+    reference = stats.ttest_ind(e2vpt, vpt, equal_var=False).confidence_interval(0.95)
+    assert diff == pytest.approx(sum(e2vpt) / 3 - sum(vpt) / 4)
+    assert (low, high) == pytest.approx((reference.low, reference.high))
 
 
 def test_overlapping_intervals_are_called_no_significant_difference():
@@ -399,13 +480,26 @@ def test_overlapping_intervals_are_called_no_significant_difference():
 
     def table(e2vpt, vpt):
         return frontier.summary(pd.DataFrame([
-            {"method": m, "config": m, "seed": s, "round": 0, "val_acc": a, "test_acc": a, "tuned_params": p,
-             "tuned_pct": 1.0} for m, p, accs in (("e2vpt", 5000, e2vpt), ("vpt-deep", 4000, vpt))
-            for s, a in enumerate(accs)]))
+            {"dataset": "digits", "method": m, "config": m, "seed": s, "round": 0, "final": True, "val_acc": a,
+             "test_acc": a, "tuned_params": p, "tuned_pct": 1.0}
+            for m, p, accs in (("e2vpt", 5000, e2vpt), ("vpt-deep", 4000, vpt)) for s, a in enumerate(accs)]))
 
     assert "no significant difference" in frontier.verdict(table((0.90, 0.94, 0.92), (0.91, 0.93, 0.92)))
     apart = frontier.verdict(table((0.95, 0.96, 0.97), (0.90, 0.905, 0.91)))
-    assert "e2vpt is ahead of every other method beyond the seeds' spread; vpt-deep tune fewer parameters" in apart
+    assert "e2vpt minus vpt-deep: +5.5 points" in apart and "e2vpt ahead" in apart
+    assert "with 1.25x vpt-deep's tuned parameters" in apart
+
+
+@pytest.mark.parametrize("low, high", [(0.925, 0.9473), (0.2, 0.95), (0.9401, 0.9409), (0.5, 0.6), (0.93, 0.937)])
+def test_every_accuracy_tick_label_names_its_own_value(low, high):
+    from e2vpt.charts import percent_ticks
+
+    values, labels = percent_ticks(low, high)
+    assert 3 <= len(values) <= 9 and values == sorted(values)
+    assert all(low - 1e-9 <= v <= high + 1e-9 for v in values)
+    for value, label in zip(values, labels):
+        assert label.endswith("%") and float(label[:-1]) == pytest.approx(100 * value, abs=1e-9), (value, label)
+    assert len(set(labels)) == len(labels)
 
 
 @pytest.mark.usefixtures("served_app")
@@ -417,7 +511,7 @@ def test_the_sweeps_page_shows_the_frontier_and_opens_a_trial_on_every_page(root
     assert not at.error, texts(at, "error")
     assert at.query_params["sweep"] == "S"
     assert charts_on(at) == 2  # the frontier and the parallel coordinates
-    assert "Best of each method" in texts(at, "info")
+    assert "digits: each method's final model" in texts(at, "info")
     at.selectbox(key="sweep_trial").set_value("t000-linear-s0").run()
     next(b for b in at.button if b.label == "Open on every page").click().run()
     no_exception(at)

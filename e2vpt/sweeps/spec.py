@@ -418,7 +418,7 @@ class SweepSpec:
         for token_level in self.token_levels:
             for segment_level in self.segment_levels:
                 kept = kept_after(token_shape, segments, token_level, segment_level, config.mask_scope,
-                                  config.segment_rank == "per-token")
+                                  config.segment_rank == "per-token", config.prune_count)
                 if kept in seen:
                     continue
                 seen.add(kept)
