@@ -176,6 +176,62 @@ def append_csv_row(path: Path, row: dict, fieldnames: Sequence[str]) -> None:
         os.fsync(f.fileno())
 
 
+# --------------------------------------------------------------------------------------------------
+# provenance: every published number says which code, which defaults and which machine produced it
+README = REPO / "benchmarks" / "README.md"
+
+
+def defaults_digest() -> str:
+    """A short digest of today's default settings (`TrainConfig()`, bookkeeping left out): a result
+    that used the defaults is stale once this differs from the digest it recorded."""
+    import hashlib
+    import json
+
+    from e2vpt.config import NO_EFFECT_ON_RESULTS, TrainConfig
+
+    values = {k: v for k, v in TrainConfig().to_dict().items() if k != "extra" and k not in NO_EFFECT_ON_RESULTS}
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def git_commit() -> str:
+    """HEAD's commit, with `+changes` when the working tree differs from it (the numbers then come
+    from code no commit holds: commit first, then run)."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def provenance(device: str = "cpu") -> dict:
+    """Columns every result row carries: the commit, the defaults' digest, the date and the machine."""
+    import time
+
+    return {"commit": git_commit(), "defaults": defaults_digest(), "date": time.strftime("%Y-%m-%d"),
+            **machine_info(device)}
+
+
+def readme_block(name: str, readme: Path = README) -> str | None:
+    """The text between `<!-- generated: NAME -->` and `<!-- end: NAME -->` in benchmarks/README.md."""
+    text = readme.read_text()
+    begin, end = f"<!-- generated: {name} -->\n", f"<!-- end: {name} -->"
+    if begin not in text or end not in text:
+        return None
+    return text.split(begin, 1)[1].split(end, 1)[0]
+
+
+def write_readme_block(name: str, block: str, readme: Path = README) -> None:
+    """Replace the generated block `name` of benchmarks/README.md with `block` (the script's own table)."""
+    text = readme.read_text()
+    begin, end = f"<!-- generated: {name} -->\n", f"<!-- end: {name} -->"
+    if begin not in text or end not in text:
+        raise SystemExit(f"{readme} has no block '{name}' (markers {begin.strip()} ... {end})")
+    head, rest = text.split(begin, 1)
+    write_text(readme, head + begin + block + end + rest.split(end, 1)[1])
+
+
 def read_csv(path: Path) -> list[dict]:
     if not path.is_file():
         return []
