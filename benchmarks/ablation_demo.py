@@ -53,15 +53,15 @@ def main() -> None:
     from e2vpt.analysis.ablation import prompt_ablation
     from e2vpt.analysis.pruning_views import load_pruning
     from e2vpt.config import TrainConfig
+    from e2vpt.runs import RunDir
     from e2vpt.trainer import train
 
+    stamp = provenance("cpu")  # the code and defaults this run starts with
     if args.run:
         run = Path(args.run)
     else:
         run = Path(tempfile.mkdtemp(prefix="e2vpt-ablation-")) / "demo"
         train(TrainConfig(), run, quiet=True)
-    from e2vpt.runs import RunDir
-
     config, summary = RunDir(run).config(), RunDir(run).summary() or {}
     rows = []
     for record in load_pruning(run)["rounds"]:
@@ -79,7 +79,7 @@ def main() -> None:
                                                     / max(1, sum(not t["pruned"] for t in audit["tokens"])), 6),
                      "seconds": audit["seconds"], "test_acc": summary.get("test_acc"),
                      "token_importance": config.get("token_importance"), "run": str(run),
-                     "defaults_used": not args.run, **provenance("cpu")})
+                     "defaults_used": not args.run, **stamp})
         print(f"round {rows[-1]['round']}: {rows[-1]['tokens']} tokens, rho {rows[-1]['spearman']:+.3f} "
               f"(p {rows[-1]['spearman_p']:.3f}); layers rho {rows[-1]['layer_spearman']:+.3f}; mean loss change "
               f"pruned {rows[-1]['pruned_loss_change_mean']:+.5f} vs kept {rows[-1]['kept_loss_change_mean']:+.5f}; "

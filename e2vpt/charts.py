@@ -266,7 +266,8 @@ def importance_heatmap(round_map: dict, normalised: bool = False, title: str | N
     label = "importance" + (" (normalised)" if normalised else "")
     cut = cut_off(round_map)
     title = title or (f"Round {r}: importance of each prompt token" + (f"<br><sup>{cut}</sup>" if cut else ""))
-    units = " (share of the round's largest score)" if normalised else " (mean |dL/dmask|)"
+    name = round_map.get("token_score_name", "importance score")
+    units = f" (share of the round's largest score; score: {name})" if normalised else f" ({name})"
     return _heatmap(scores, status, mask > 0, "prompt token", "layer", label, title, units=units)
 
 
@@ -306,7 +307,8 @@ def segment_heatmap(round_map: dict, layer: int, title: str | None = None) -> go
                         height=max(300, 60 + 24 * kept.shape[0]))
     title = title or f"Round {r}, layer {layer + 1}: importance of each segment"
     return _heatmap(z, status, kept, "segment", "prompt token", "importance", title,
-                    height=max(300, 80 + 24 * kept.shape[0]), units=" (mean |dL/dmask|)")
+                    height=max(300, 80 + 24 * kept.shape[0]),
+                    units=f" ({round_map.get('segment_score_name', 'importance score')})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -850,9 +852,10 @@ def _verdict(rho: float, p: float) -> str:
     return f"Spearman rho {rho:+.2f} (p = {p:.2g}): {strength} agreement"
 
 
-def ablation_scatter(result: dict, title: str | None = None) -> go.Figure:
+def ablation_scatter(result: dict, title: str | None = None, score_name: str = "importance score") -> go.Figure:
     """Each surviving token's importance score (x, log) against the validation loss change when it alone is
-    removed (y): pruned in this round in red, kept in blue, with the rank correlation in the title."""
+    removed (y): pruned in this round in red, kept in blue, with the rank correlation in the title.
+    `score_name`: what the score is (`e2vpt.analysis.pruning_views.score_criterion`)."""
     frame = ablation_frame(result)
     if frame.empty:
         return empty_figure("no prompt tokens to audit", title or "")
@@ -867,13 +870,13 @@ def ablation_scatter(result: dict, title: str | None = None) -> go.Figure:
             x=part["score"], y=part["val_loss_change"], mode="markers", name=name,
             marker=dict(color=colour, size=9, line=dict(width=1, color="white")),
             customdata=np.stack([part["layer"], part["token"], part["rank"], part["val_acc_change"]], axis=1),
-            hovertemplate=("layer %{customdata[0]}, token %{customdata[1]}<br>score %{x:.3g} (mean |dL/dmask|), "
+            hovertemplate=("layer %{customdata[0]}, token %{customdata[1]}<br>score %{x:.3g} (" + score_name + "), "
                            "rank %{customdata[2]} of " + str(len(frame)) + " (1 = least important)<br>"
                            "removing it: val loss %{y:+.4f}, val accuracy %{customdata[3]:+.1f} points"
                            "<extra></extra>")))
     fig.add_hline(y=0, line=dict(color="#888", dash="dot"))
     log = bool((frame["score"] > 0).all())
-    fig.update_xaxes(title_text="importance score: mean |dL/dmask| on the training images" + (" (log)" if log else ""),
+    fig.update_xaxes(title_text=f"importance score: {score_name}, training images" + (" (log)" if log else ""),
                      type="log" if log else "linear")
     fig.update_yaxes(title_text="validation loss change when removed alone")
     return _layout(fig, title, height=460)

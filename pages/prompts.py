@@ -6,7 +6,7 @@ from e2vpt import charts
 from e2vpt.analysis.ablation import cached_ablation, prompt_ablation
 from e2vpt.analysis.attention import prompt_attention
 from e2vpt.analysis.embeddings import split_images
-from e2vpt.analysis.pruning_views import importance_maps
+from e2vpt.analysis.pruning_views import importance_maps, score_criterion
 from e2vpt.config import METHOD_SPECS, prompts_trained
 from e2vpt.errors import RunDirError
 from pages._common import current_run, run_banner, run_splits, show_chart, through_app, user_errors
@@ -29,10 +29,11 @@ else:
     rule = (f"Scores are ranked **globally, across all layers together**, and the lowest {share} of the surviving "
             "tokens are removed (“Tokens pruned per round” on **Train**): a layer whose tokens all score low can "
             "lose every one.")
-st.markdown("Each cell is one visual prompt token in one layer, coloured by its importance: the mean size of the "
-            "loss's gradient with respect to the token's mask over the training images (how much the loss reacts "
-            "when it is masked). **Outlined** cells survive, **red** ones are pruned in this round, **light grey** "
-            "ones were pruned in an earlier round. " + rule)
+criterion = score_criterion(settings)
+st.markdown("Each cell is one visual prompt token in one layer, coloured by its importance score (how much the loss "
+            "reacts when the token, or its segments, are masked). **Outlined** cells survive, **red** ones are "
+            "pruned in this round, **light grey** ones were pruned in an earlier round. " + rule)
+st.markdown(criterion["sentence"])
 
 with user_errors():
     maps = importance_maps(run.path)
@@ -61,10 +62,10 @@ with user_errors():
                    f"{run.id}-segments-round-{chosen}-layer-{layer}", key="segments")
 
     st.subheader("Does the score tell the truth?")
-    st.markdown("A token's score is an *estimate* of what removing it would cost: the mean size of the loss's "
-                "gradient with respect to its mask, on the training images. Here each token that was alive when "
-                "the scores were computed is removed for real, alone, and the change in validation loss is "
-                "measured; the rank correlation says whether the cheap estimate ranks tokens as reality does.")
+    st.markdown(f"A token's score is an *estimate* of what removing it would cost ({criterion['token_name']}, on "
+                "the training images). Here each token that was alive when the scores were computed is removed for "
+                "real, alone, and the change in validation loss is measured; the rank correlation says whether the "
+                "cheap estimate ranks tokens as reality does.")
     if chosen == 0 or m.get("token_scores") is None:
         st.caption("Pick a pruning round (1 or later) above to audit the decision it made.")
     else:
@@ -75,7 +76,7 @@ with user_errors():
             with st.spinner(f"Removing each of {alive} tokens in turn and evaluating..."):
                 audit = prompt_ablation(run.path, chosen)
         if audit is not None:
-            show_chart(charts.ablation_scatter(audit), charts.ablation_frame(audit),
+            show_chart(charts.ablation_scatter(audit, score_name=criterion["token_name"]), charts.ablation_frame(audit),
                        f"{run.id}-ablation-round-{chosen}", key="ablation")
             layer_rho = audit.get("layer_spearman")
             st.caption(f"Measured on {audit['images']} validation images from round {audit['model_round']}'s model "

@@ -165,6 +165,27 @@ def test_a_run_deleted_while_open_gives_a_clear_message(roots, fake_run):
     assert charts_on(at) == 0
 
 
+@pytest.mark.parametrize("recipe, words, name", [
+    ("studio", "sum, over the token's surviving segments r", "sum of its segments' mean |dL/dmask|"),
+    ("paper", "mean size of the gradient of the loss with respect to the token's own mask", "mean |dL/dmask|"),
+    ("official", "mean signed gradient of the loss with respect to the token's own mask", "mean dL/dmask, signed")])
+def test_the_prompts_page_names_the_score_each_recipe_pruned_by(roots, fake_run, recipe, words, name):
+    from e2vpt.config import RECIPES
+
+    runs, _ = roots
+    path = fake_run(runs, f"20260101-000000-e2vpt-{recipe}")
+    config = json.loads((path / "config.json").read_text())
+    resolved = TrainConfig.from_dict({k: v for k, v in config.items() if k not in RECIPES[recipe]} | {"recipe": recipe})
+    (path / "config.json").write_text(json.dumps(resolved.to_dict()))
+    at = open_page("pages/prompts.py", run=path.name)
+    no_exception(at)
+    page = texts(at, "markdown")
+    assert words in page and f"recipe `{recipe}`" in page, page
+    heatmap = json.loads(at.get("plotly_chart")[0].proto.spec)  # its hover names the same score
+    assert any(f"score: {name})" in trace.get("hovertemplate", "") for trace in heatmap["data"])
+    assert ("lowest are pruned first" in page) == (recipe == "official")
+
+
 @pytest.mark.parametrize("bad", ["../../etc", "..", "/etc/passwd", "a/b", "nope"])
 def test_a_bad_run_id_in_the_url_reads_nothing_and_explains(roots, fake_run, bad):
     runs, _ = roots

@@ -1,6 +1,6 @@
 """What pruning did, read from a run's `pruning.json`: importance maps, trajectories, lifetimes.
 
-Raw importance scores (mean |dL/dmask|) differ in scale between rounds and runs, so the maps also
+Raw importance scores (gradients of the loss w.r.t. the masks, `score_criterion` says which) differ in scale between rounds and runs, so the maps also
 carry a normalised copy: each round's surviving scores divided by their maximum (1 = the most
 important surviving prompt of that round). Pruned entries are NaN, never 0, so a chart can grey them.
 """
@@ -30,13 +30,54 @@ def load_pruning(run_dir: str | Path) -> dict:
     return record
 
 
+def score_criterion(settings: dict) -> dict:
+    """What a run's importance scores are, from its settings (config.json): the recipe's rule in words
+    and as a formula (LaTeX), and short names for chart axes and hovers. Keys: token_name,
+    segment_name, formula, sentence. Why: under `studio` a token is scored by its segments
+    (`token_importance: segments`), under `paper` and `official` by its own mask, signed under
+    `official`; a page saying "the gradient with respect to the token's mask" for every run is wrong
+    for most of them."""
+    signed = settings.get("importance") == "signed"
+    by_segments = settings.get("token_importance", "segments") == "segments"
+    trained = ", at the masks' trained values" if settings.get("train_masks") else ""
+
+    def mean_of(mask: str) -> str:  # E_x |dL/dmask| or the signed E_x[dL/dmask]
+        grad = rf"\partial L / \partial {mask}"
+        return rf"\mathbb{{E}}_x\left[{grad}\right]" if signed else rf"\mathbb{{E}}_x\left|{grad}\right|"
+
+    segment = mean_of("m_{k,r}")
+    if by_segments:
+        token_name = "sum of its segments' " + ("|mean dL/dmask|" if signed else "mean |dL/dmask|")
+        formula = r"S_k = \sum_r " + (rf"\left|{segment}\right|" if signed else segment)
+        words = ("the sum, over the token's surviving segments r, of the " +
+                 ("size of the mean signed gradient" if signed else "mean size of the gradient") +
+                 " of the loss with respect to each segment's mask over the training images")
+    else:
+        token_name = "mean dL/dmask, signed" if signed else "mean |dL/dmask|"
+        formula = "S_k = " + mean_of(r"\gamma_k")
+        words = ("the mean signed gradient" if signed else "the mean size of the gradient") + \
+            " of the loss with respect to the token's own mask over the training images"
+    recipe = settings.get("recipe", "studio")
+    sentence = (f"A token's score (recipe `{recipe}`: `token_importance {'segments' if by_segments else 'mask'}`, "
+                f"`importance {'signed' if signed else 'abs'}`) is {words}{trained}: ${formula}$; a segment's is "
+                f"$S_{{k,r}} = {segment}$." +
+                (" A signed score can be negative, and the lowest are pruned first." if signed else ""))
+    return {"token_name": token_name, "segment_name": "mean dL/dmask, signed" if signed else "mean |dL/dmask|",
+            "formula": formula, "sentence": sentence}
+
+
 def importance_maps(run_dir: str | Path) -> list[dict]:
     """One dict per round: token/segment scores (NaN where pruned or not scored) and masks as arrays.
 
     Keys: round, token_scores (layers x p), token_scores_normalised, token_mask, segment_scores
-    (layers x p x R), segment_mask, normalisation, val_acc, tuned_params.
+    (layers x p x R), segment_mask, normalisation, val_acc, tuned_params, token_score_name and
+    segment_score_name (what the scores are, `score_criterion`).
     """
     record = load_pruning(run_dir)
+    try:
+        names = score_criterion(RunDir(run_dir).config())
+    except RunDirError:  # an unreadable config.json: the maps still show, under a neutral name
+        names = {"token_name": "importance score", "segment_name": "importance score"}
     maps = []
     for r in record["rounds"]:
         token_mask = np.array(r["token_mask"], dtype=float) if r.get("token_mask") is not None else None
@@ -53,6 +94,7 @@ def importance_maps(run_dir: str | Path) -> list[dict]:
             "segment_mask": np.array(r["segment_mask"], dtype=float) if r.get("segment_mask") is not None else None,
             "normalisation": "scores divided by the round's largest |score| among surviving prompts",
             "val_acc": r.get("val_acc"), "tuned_params": r.get("tuned_params"),
+            "token_score_name": names["token_name"], "segment_score_name": names["segment_name"],
         })
     return maps
 
