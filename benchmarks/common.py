@@ -19,6 +19,8 @@ RESULTS = REPO / "benchmarks" / "results"
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from e2vpt.provenance import cpu_model, git_commit  # noqa: E402 - after the path is set
+
 
 def set_threads(n: int) -> int:
     """`torch.set_num_threads(n)` (intra-op threads) and return what torch reports."""
@@ -26,16 +28,6 @@ def set_threads(n: int) -> int:
 
     torch.set_num_threads(n)
     return torch.get_num_threads()
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine_info(device: str = "cpu") -> dict:
@@ -193,23 +185,11 @@ def defaults_digest() -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
-def git_commit() -> str:
-    """HEAD's commit, with `+changes` when the working tree differs from it (the numbers then come
-    from code no commit holds: commit first, then run)."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
-
-    commit = git("rev-parse", "--short=12", "HEAD") or "unknown"
-    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
-
-
 def provenance(device: str = "cpu") -> dict:
     """Columns every result row carries: the commit, the defaults' digest, the date and the machine."""
     import time
 
-    return {"commit": git_commit(), "defaults": defaults_digest(), "date": time.strftime("%Y-%m-%d"),
+    return {"commit": git_commit() or "unknown", "defaults": defaults_digest(), "date": time.strftime("%Y-%m-%d"),
             **machine_info(device)}
 
 

@@ -36,6 +36,7 @@ from .distributed import DistContext, global_batches, local_batches
 from .errors import Cancelled, ConfigError, NumericsError, RunDirError, UserError
 from .fileio import (append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, is_disk_full,
                      read_jsonl)
+from .provenance import environment
 from .pruning import (Importance, min_segments_for, prune_segments, prune_tokens, rewind, rounds_that_prune,
                       score_importance)
 from .runs import RunDir, read_tensors
@@ -643,7 +644,7 @@ class Trainer:
             "score_s": round(sum(r["score_s"] for r in self.rounds) + self.search_score_s, 3),
             "device": str(self.device), "precision": "bf16" if self.autocast else "fp32",
             "num_classes": self.splits.num_classes, "data_source": self.splits.source,
-            "torch_threads": torch.get_num_threads(), **self._data_cache_note(),
+            "torch_threads": torch.get_num_threads(), **self._data_cache_note(), "produced_by": environment(),
         }
         if self.phase0_from:  # its phase 0 was another run's: that run paid for it
             summary.update(phase0_from=str(self.phase0_from), phase0_train_s=self.rounds[0]["train_s"])
