@@ -3,7 +3,8 @@
 train    train one method into a run directory (or --resume one)
 eval     re-evaluate a saved run
 runs     list the runs under a folder
-sweep    train many settings, methods and seeds on Ray Tune into one sweep folder
+sweep    train many settings, methods and seeds on Ray Tune into one sweep folder;
+         sweep export SWEEP / sweep open FILE: a finished sweep as one evidence file, and back
 settings print every training setting (docs/SETTINGS.md)
 pretrain make the shipped demo backbone
 Errors a user can fix print one line and exit with status 2; nothing half-written is left behind.
@@ -227,6 +228,47 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0 if result["state"] == "done" and not result["failed"] else (3 if result["state"] == "cancelled" else 1)
 
 
+def evidence_parser() -> argparse.ArgumentParser:
+    """`python -m e2vpt sweep export|open ...`: a sweep as one evidence file, and back (e2vpt.sweeps.evidence)."""
+    parser = argparse.ArgumentParser(prog="python -m e2vpt sweep", description="a sweep as one evidence file")
+    sub = parser.add_subparsers(dest="action", required=True)
+    p = sub.add_parser("export", help="write a finished sweep's settings, records and provenance to one file")
+    p.add_argument("sweep", help="a sweep folder, or the id of a sweep under the runs root")
+    p.add_argument("--out", help="the file to write (default: ./<sweep>.evidence.json.gz)")
+    p = sub.add_parser("open", help="unpack an evidence file as a sweep folder under the runs root")
+    p.add_argument("file", help="an evidence file, or the name of one shipped with e2vpt (class-comparison, "
+                                "defaults-report)")
+    p.add_argument("--as", dest="name", help="the sweep's folder name (default: the file's sweep id)")
+    p.add_argument("--root", help="runs folder (default: $E2VPT_RUNS_ROOT, else ./runs)")
+    return parser
+
+
+def cmd_evidence(args: argparse.Namespace) -> int:
+    from .runs import root_or_default, runs_root
+    from .sweeps import SweepDir, evidence
+
+    if args.action == "export":
+        folder = Path(args.sweep)
+        if not SweepDir(folder).exists():
+            folder = runs_root() / args.sweep
+        if not SweepDir(folder).exists():
+            raise UserError(f"{args.sweep} is not a sweep folder (no sweep.json), here or under {runs_root()}")
+        out = evidence.export(SweepDir(folder), args.out)
+        print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
+        return 0
+    root = root_or_default(args.root, runs_root)
+    if not Path(args.file).is_file() and args.file in evidence.SHIPPED and args.name is None:
+        sweep = evidence.open_shipped(args.file, root)
+    else:
+        sweep = evidence.open_evidence(args.file, root, args.name)
+    stale = evidence.stale_trials(evidence.read(args.file if Path(args.file).is_file() else
+                                                evidence.SHIPPED_DIR / f"{args.file}{evidence.SUFFIX}"))
+    print(f"opened {sweep.path}: {len(sweep.read()['trials'])} trial(s); the Sweeps page shows it as {sweep.id}")
+    if stale:
+        print(f"note: {len(stale)} trial(s) ran with settings today's defaults no longer give, e.g. {stale[0]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m e2vpt", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -240,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="list runs")
     p.add_argument("--root", help="runs folder (default: $E2VPT_RUNS_ROOT, else ./runs)")
     p.set_defaults(func=cmd_runs)
-    p = sub.add_parser("sweep", help="train many settings, methods and seeds on Ray Tune into one sweep folder")
+    p = sub.add_parser("sweep", help="train many settings, methods and seeds on Ray Tune into one sweep folder; "
+                                     "`sweep export SWEEP` and `sweep open FILE` carry a finished one as one file")
     add_sweep_arguments(p)
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("settings", help="print every training setting as a markdown table (docs/SETTINGS.md)")
@@ -254,7 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["sweep"] and argv[1:2] in (["export"], ["open"]):  # `sweep export|open`, not a spec file
+        args = evidence_parser().parse_args(argv[1:])
+        args.func = cmd_evidence
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except UserError as exc:

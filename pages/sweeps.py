@@ -7,9 +7,11 @@ import streamlit as st
 
 from e2vpt import charts, launch
 from e2vpt.data import list_datasets
-from e2vpt.sweeps import frontier
+from e2vpt.errors import RunDirError
+from e2vpt.runs import runs_root
+from e2vpt.sweeps import evidence, frontier
 from e2vpt.sweeps.prepared import PREPARED, estimate_seconds, prepared
-from e2vpt.sweeps.store import list_sweeps, swept_settings
+from e2vpt.sweeps.store import eta, list_sweeps, swept_settings
 from pages._common import POLL_SECONDS, elapsed, runs, set_current_run, show_chart, through_app, user_errors
 
 through_app()
@@ -53,31 +55,83 @@ def start_form(open_by_default: bool) -> None:
                 st.rerun()
 
 
-def trial_table(rows: list[dict]) -> pd.DataFrame:
+def shipped_buttons() -> None:
+    """One click opens a finished comparison that ships with e2vpt (an evidence file, no training)."""
+    files = evidence.shipped()
+    if not files:
+        return
+    st.markdown("**Finished comparisons that ship with e2vpt** (measured on a 2-core CPU; open one to teach from it "
+                "at once):")
+    for item in files:
+        a, b = st.columns([1, 3])
+        if a.button(f"Open {item['name'].replace('-', ' ')}", key=f"shipped_{item['name']}",
+                    icon=":material/inventory_2:"):
+            with user_errors("This comparison cannot be opened: "):
+                sweep = evidence.open_shipped(item["name"], runs_root())
+                st.query_params["sweep"] = sweep.id
+                st.rerun()
+        b.caption(item["about"])
+
+
+def provenance_note(sweep, record: dict) -> None:
+    """Where an opened evidence file came from, and whether today's defaults would train the same."""
+    source = record.get("evidence")
+    if not source:
+        return
+    made = source.get("exported_by") or {}
+    packages = made.get("packages") or {}
+    configs, commits = {}, set()
+    for trial_id in record["trials"]:
+        try:
+            run = sweep.trial_run(trial_id)
+            configs[trial_id] = {"config": run.config()}
+            commits.add(((run.summary() or {}).get("produced_by") or {}).get("commit"))
+        except RunDirError:
+            continue
+    trained = ("trained at commit " + ", ".join(f"`{c}`" for c in sorted(commits - {None}))
+               if commits - {None} else "its trials ran before runs recorded their commit")
+    st.caption(f"Opened from the evidence file `{source.get('file')}`: {trained}; exported {source.get('exported')} "
+               f"at commit `{made.get('commit')}` (e2vpt {made.get('e2vpt')}, torch {packages.get('torch')}, timm "
+               f"{packages.get('timm')}, {made.get('cpu')}, {made.get('cores')} cores).")
+    stale = evidence.stale_trials({"sweep": record, "trials": configs})
+    if stale:
+        st.warning(f"{len(stale)} trial(s) ran with settings today's defaults no longer give (e.g. {stale[0]}): these "
+                   "numbers are not what this version would measure.")
+
+
+def trial_table(rows: list[dict], live: bool = False) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     if not frame.empty and frame["phase0_from"].isna().all():  # only the pruning search's levels share a phase 0
         frame = frame.drop(columns=["chosen", "phase0_from"])
-    for column in ("val_acc", "test_acc"):
+    for column in ("val_acc", "test_acc", "progress"):
         frame[column] = frame[column].map(lambda v: None if v is None or pd.isna(v) else 100 * v)
-    return frame
+    if not live:
+        frame = frame.drop(columns=["progress", "phase", "remaining_s"])
+    return frame.rename(columns={"val_acc": "val acc (latest while running)" if live else "val acc", "test_acc":
+                                 "test acc", "progress": "progress (%)", "remaining_s": "left (s)"})
 
 
 @st.fragment(run_every=POLL_SECONDS)
-def live(sweep_id: str) -> None:
+def live(sweep_id: str, shown_state: str) -> None:
     with user_errors():
         sweep = launch.open_sweep(sweep_id)
         record = sweep.read()
         state = sweep.state(record)
-        if state not in ACTIVE:
+        if state != shown_state:  # queued -> running -> done: the whole page says the new state
             st.rerun(scope="app")
         rows = sweep.rows(record)
         done = sum(r["status"] in ("done", "stopped", "failed") for r in rows)
-        st.progress(done / max(len(rows), 1), text=f"{state}: {done} of {len(rows)} trials finished")
+        running = sum(r["status"] == "running" for r in rows)
+        left = eta(rows)
+        when = (f"{'at least ' if left['at_least'] else 'about '}{elapsed(left['seconds'])} left ({left['basis']})"
+                if left["seconds"] is not None else left["basis"])
+        st.progress(sum(r["progress"] for r in rows) / max(len(rows), 1),
+                    text=f"{state}: {done} of {len(rows)} trials finished, {running} running; {when}")
         if st.button("Cancel sweep", icon=":material/stop:", key="sweep_cancel",
                      help="Stops every trial; each keeps what it trained and continues when you resume the sweep."):
             launch.cancel_sweep(sweep_id)
             st.toast("Cancel requested: the trials stop at their next step")
-        st.dataframe(trial_table(rows), hide_index=True)
+        st.dataframe(trial_table(rows, live=True), hide_index=True)
 
 
 def show(sweep_id: str) -> None:
@@ -87,7 +141,7 @@ def show(sweep_id: str) -> None:
     spec = record["spec"]
     st.subheader(f"`{sweep_id}`" + (f": {spec.get('name')}" if spec.get("name") else ""))
     if state in ACTIVE:
-        live(sweep_id)
+        live(sweep_id, state)
     else:
         text = f"**{state}**" + (f": {record.get('message')}" if record.get("message") else "")
         (st.success if state == "done" else st.warning)(text)
@@ -95,6 +149,7 @@ def show(sweep_id: str) -> None:
                                                                          help="Trains only what did not finish."):
             launch.resume_sweep(sweep_id)
             st.rerun()
+    provenance_note(sweep, record)
     rows = sweep.rows(record)
     if note := frontier.protocol_note(record, rows):
         st.caption(note)
@@ -129,6 +184,7 @@ def show(sweep_id: str) -> None:
 with user_errors():
     sweeps = list_sweeps()
     start_form(open_by_default=not sweeps)
+    shipped_buttons()
     if not sweeps:
         st.info("No sweeps yet. Start a prepared one above, or from a terminal: `python -m e2vpt sweep --methods "
                 "linear vpt-deep e2vpt --grid prompt_len=1,2,4,8 --seeds 0 1 2`.", icon=":material/science:")

@@ -319,7 +319,9 @@ def test_the_leaderboard_is_rebuilt_from_the_trials_run_folders(tmp_path, fake_r
     rows = {r["trial"]: r for r in sweep.write_leaderboard()}
     assert rows[ids[0]]["status"] == "done" and rows[ids[0]]["test_acc"] == 0.9 and rows[ids[0]]["lr"] == 0.01
     assert rows[ids[1]]["status"] == "pending" and rows[ids[1]]["test_acc"] is None
-    assert rows[ids[2]]["status"] == "pending"  # resumes next time
+    assert rows[ids[2]]["status"] == "interrupted"  # resumes next time; the same word the Runs page uses:
+    assert {r["id"]: r["state"] for r in list_runs(tmp_path)}[f"S/{ids[2]}"] == "interrupted"
+    assert "interrupted" in sweep.leaderboard_file.read_text()  # and leaderboard.csv
     header = sweep.leaderboard_file.read_text().splitlines()[0].split(",")
     assert header[:3] == ["trial", "method", "lr"]
     assert {"seed", "val_acc", "test_acc", "tuned_params", "tuned_pct", "wall_s"} <= set(header)
@@ -500,6 +502,70 @@ def test_every_accuracy_tick_label_names_its_own_value(low, high):
     for value, label in zip(values, labels):
         assert label.endswith("%") and float(label[:-1]) == pytest.approx(100 * value, abs=1e-9), (value, label)
     assert len(set(labels)) == len(labels)
+
+
+def _hold_lock(sweep: SweepDir) -> subprocess.Popen:
+    """A real second process holding the sweep's driver lock, as a running driver does."""
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from e2vpt.sweeps import SweepDir
+        held = SweepDir({str(sweep.path)!r})
+        held.lock()
+        print("locked", flush=True)
+        time.sleep(120)
+        """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def running_sweep(root: Path, fake_run) -> SweepDir:
+    """linear trials: s0 done in 100 s, s1 at 40 % with 30 s left (val 0.7 reported), s2 not started."""
+    spec = SweepSpec.from_dict({"methods": ["linear"], "seeds": [0, 1, 2]})
+    sweep = SweepDir(root / "R")
+    record = sweep.create(spec, state="running")
+    first, second, _ = record["trials"]
+    fake_run(sweep.path, first, method="linear", test_acc=0.9, tuned_params=1930)
+    summary = json.loads((sweep.path / first / "summary.json").read_text())
+    (sweep.path / first / "summary.json").write_text(json.dumps(dict(summary, wall_s=100.0)))
+    fake_run(sweep.path, second, method="linear", state="running")  # pid: this live process
+    status = json.loads((sweep.path / second / "status.json").read_text())
+    (sweep.path / second / "status.json").write_text(json.dumps(dict(status, remaining_s=30.0)))
+    record["trials"][second].update(status="running", val_acc=0.7, epoch=2)
+    sweep.write(record)
+    return sweep
+
+
+def test_a_running_sweep_shows_each_trials_progress_and_an_eta_from_measured_times(tmp_path, fake_run):
+    from e2vpt.sweeps.store import eta
+
+    sweep = running_sweep(tmp_path, fake_run)
+    rows = {r["trial"]: r for r in sweep.rows()}
+    done, running, waiting = rows.values()
+    assert (done["progress"], running["progress"], waiting["progress"]) == (1.0, 0.4, 0.0)
+    assert running["status"] == "running" and running["phase"] == "train round 0: epoch 2/2"
+    assert running["val_acc"] == 0.7  # the latest reported while it runs, not None
+    left = eta(list(rows.values()))
+    assert left["seconds"] == pytest.approx(130.0) and not left["at_least"]  # 30 s + one more linear trial (100 s)
+    assert eta([dict(waiting)])["seconds"] is None  # nothing measured: no number made up
+
+
+@pytest.mark.usefixtures("served_app")
+def test_the_sweeps_page_shows_a_running_sweeps_progress_and_eta(roots, fake_run):
+    runs, _ = roots
+    sweep = running_sweep(runs, fake_run)
+    holder = _hold_lock(sweep)
+    try:
+        at = open_page("pages/sweeps.py")
+        no_exception(at)
+        assert "running · 1 of 3 trials done" in texts(at, "caption")
+        bar = at.get("progress")[0].proto
+        assert abs(bar.value - 100 * 1.4 / 3) < 1 and "1 of 3 trials finished, 1 running; about 00:02:10 left" in bar.text
+        table = at.dataframe[0].value
+        assert list(table["phase"])[1] == "train round 0: epoch 2/2" and list(table["progress (%)"])[1] == 40
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 @pytest.mark.usefixtures("served_app")

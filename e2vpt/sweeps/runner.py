@@ -114,8 +114,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, address: str | None = None, c
                 cancelled, ran_final = _run_stage(sweep, spec, record, finals, ray_session, say, "final ", **options)
                 trials, ran = trials + finals, ran + ran_final
         rows = sweep.write_leaderboard(record)
-        counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "stopped", "failed", "pending", "cancelled")}
-        record["state"] = "cancelled" if cancelled else ("done" if not counts["pending"] else "interrupted")
+        counts = {s: sum(r["status"] == s for r in rows)
+                  for s in ("done", "stopped", "failed", "pending", "interrupted", "cancelled")}
+        unfinished = counts["pending"] + counts["interrupted"] + counts["cancelled"]
+        record["state"] = "cancelled" if cancelled else ("done" if not unfinished else "interrupted")
         record["message"] = ", ".join(f"{n} {s}" for s, n in counts.items() if n)
         sweep.write(record)
         say(f"sweep {record['state']}: {record['message']}; leaderboard: {sweep.leaderboard_file}")

@@ -33,10 +33,10 @@ from ..runs import MARKER, SWEEP_FILE, RunDir, _pid_alive, lock_is_held
 from .spec import SweepSpec
 
 SWEEP_STATES = ("queued", "running", "done", "cancelled", "failed", "interrupted")
-TRIAL_STATES = ("pending", "running", "done", "stopped", "failed", "cancelled")
+TRIAL_STATES = ("pending", "running", "done", "stopped", "failed", "cancelled", "interrupted")
 FINISHED = ("done", "stopped")  # a resumed sweep does not run these again
 LEADERBOARD_COLUMNS = ("trial", "method", "seed", "status", "val_acc", "test_acc", "tuned_params", "tuned_pct",
-                       "wall_s", "selected_round", "message")
+                       "wall_s", "selected_round", "message")  # val_acc: the latest reported while it runs
 SWEEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -159,24 +159,33 @@ class SweepDir:
 
     # -- trials -------------------------------------------------------------------------------------
     def trial_status(self, trial_id: str, recorded: dict) -> dict:
-        """A trial's status and result, read from its run directory first (the truth) and sweep.json second."""
+        """A trial's status and result, read from its run directory first (the truth) and sweep.json second.
+
+        One state everywhere: a trial whose run started and is not active has its run's own state (the
+        Runs page's), `interrupted` or `cancelled` included, whatever a driver that went away last wrote
+        to sweep.json; `pending` is a trial whose run never started. Also returns the run's status
+        (progress, message, remaining_s) for a running trial."""
         run = self.trial_run(trial_id)
-        status, summary = recorded.get("status", "pending"), None
+        status, summary, live = recorded.get("status", "pending"), None, {}
         message = recorded.get("message", "")
         try:
             summary = run.summary() if run.summary_file.is_file() else None
-            run_state = run.status().get("state") if run.exists() else None
+            live = run.status() if run.exists() else {}
         except RunDirError as exc:
-            return {"status": "failed", "message": str(exc), "summary": None}
+            return {"status": "failed", "message": str(exc), "summary": None, "live": {}}
+        run_state = live.get("state")
         if summary is not None:
             status = "done"
         elif status in ("running", "pending") and run_state in ("running", "queued"):
             status = "running"
-        elif status == "running":  # the driver went away while it trained: it continues next time
-            status = "pending" if run_state != "failed" else "failed"
+        elif status in ("running", "pending") and run_state in ("interrupted", "cancelled", "failed"):
+            status = run_state  # it continues from its last epoch when the sweep is resumed (but failed)
+            message = message or live.get("message", "")
+        elif status == "running":  # sweep.json says running, but no run folder: it never started
+            status = "pending"
         if status == "failed" and not message and run.exists():
-            message = run.status().get("message", "")
-        return {"status": status, "message": message, "summary": summary}
+            message = live.get("message", "")
+        return {"status": status, "message": message, "summary": summary, "live": live}
 
     def rows(self, record: dict | None = None) -> list[dict]:
         """The leaderboard: one row per trial, in the spec's order."""
@@ -189,10 +198,17 @@ class SweepDir:
             now = self.trial_status(trial_id, recorded)
             summary = now["summary"] or {}
             values = recorded.get("values") if isinstance(recorded.get("values"), dict) else {}
+            running = now["status"] == "running"
+            live = now["live"] if running else {}
+            interim = recorded.get("val_acc") if now["status"] in ("stopped", "running") else None
             row = {"trial": trial_id, "method": recorded.get("method"), "stage": recorded.get("stage", "search"),
                    "seed": recorded.get("seed"),
                    **{name: values.get(name) for name in swept}, "status": now["status"],
-                   "val_acc": summary.get("val_acc", recorded.get("val_acc") if now["status"] == "stopped" else None),
+                   "progress": 1.0 if now["status"] in FINISHED + ("failed",) else
+                   float(live.get("progress") or 0.0) if running else 0.0,
+                   "phase": live.get("message", "") if running else "",
+                   "remaining_s": live.get("remaining_s") if running else None,
+                   "val_acc": summary.get("val_acc", interim),
                    "test_acc": summary.get("test_acc"), "tuned_params": summary.get("tuned_params"),
                    "tuned_pct": summary.get("tuned_pct"), "wall_s": summary.get("wall_s"),
                    "selected_round": summary.get("selected_round"), "message": now["message"],
@@ -217,6 +233,39 @@ class SweepDir:
         writer.writerows(rows)
         atomic_write_bytes(self.leaderboard_file, out.getvalue().encode())
         return rows
+
+
+def eta(rows: list[dict]) -> dict:
+    """How long a running sweep still needs, from measured times: each running trial's own estimate
+    (its trainer's, from its epoch times), and for each trial still to run the median wall time of the
+    finished trials of its method (else of any finished trial), shared among the trials running at once.
+    Returns {"seconds": float or None, "at_least": True when some trial has nothing measured to go by,
+    "basis": a sentence}."""
+    running = [r for r in rows if r["status"] == "running"]
+    waiting = [r for r in rows if r["status"] in ("pending", "interrupted", "cancelled")]
+    finished = [r for r in rows if r["status"] == "done" and r.get("wall_s")]
+    per_method: dict[str, list[float]] = {}
+    for r in finished:
+        per_method.setdefault(r["method"], []).append(float(r["wall_s"]))
+    every = sorted(float(r["wall_s"]) for r in finished)
+
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+
+    left_running = [float(r["remaining_s"]) for r in running if r.get("remaining_s") is not None]
+    guesses = [median(per_method[r["method"]]) if r["method"] in per_method else (median(every) if every else None)
+               for r in waiting]
+    known = [g for g in guesses if g is not None]
+    if not left_running and not known:
+        return {"seconds": None, "at_least": bool(waiting or running),
+                "basis": "no trial has measured an epoch yet" if waiting or running else "nothing left to run"}
+    at_once = max(len(running), 1)
+    seconds = max(max(left_running, default=0.0), (sum(left_running) + sum(known)) / at_once)
+    basis = (f"{len(running)} running (their own estimates), {len(waiting)} to run at the median time of finished "
+             f"trials of their method, {at_once} at a time")
+    return {"seconds": seconds, "at_least": len(known) < len(waiting) or len(left_running) < len(running),
+            "basis": basis}
 
 
 def search_choices(rows: list[dict]) -> dict[str, str]:
