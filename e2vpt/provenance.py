@@ -54,8 +54,12 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return versions
 
 
+LOADED_COMMIT = git_commit()  # the code this process imported: a later checkout does not change what it runs
+
+
 def environment() -> dict:
-    """{e2vpt, commit, python, packages, platform, cpu, cores}: what a result depends on besides its settings."""
-    return {"e2vpt": __version__, "commit": git_commit(), "python": platform.python_version(),
+    """{e2vpt, commit, python, packages, platform, cpu, cores}: what a result depends on besides its
+    settings; `commit` is the checkout's when this process imported e2vpt."""
+    return {"e2vpt": __version__, "commit": LOADED_COMMIT, "python": platform.python_version(),
             "packages": package_versions(), "platform": platform.platform(), "cpu": cpu_model(),
             "cores": os.cpu_count()}
