@@ -96,8 +96,8 @@ def setting(default: Any, help: str, *, group: str, label: str, ge: float | None
 # settings that phase 0 never reads: a run may take its phase 0 from another run that differs only in
 # these (the pruning search: one phase 0, many pruning levels)
 PRUNING_ONLY = ("prune_rounds", "prune_ratio", "segment_ratio", "retrain_epochs", "select_round", "rewind")
-# settings that change how fast a run goes, never what it computes
-NO_EFFECT_ON_RESULTS = ("workers",)
+# settings that change how fast a run goes or what it analyses afterwards, never the model it trains
+NO_EFFECT_ON_RESULTS = ("workers", "audit_pruning")
 
 @dataclass
 class TrainConfig:
@@ -239,6 +239,10 @@ class TrainConfig:
         "auto", "data loading processes: auto (none for images in memory or in the decoded cache, else one per core up "
         "to 8, leaving one core to training) or a number; the same seed gives the same batches whatever it is",
         group="run", label="Data loading processes", pattern=r"auto|\d+")
+    audit_pruning: bool = setting(
+        False, "when training ends, measure each pruning decision against reality (each scored token removed alone, "
+        "one validation pass per token per round) so the Prompts page shows it at once; the demo's two rounds take "
+        "about a minute on 2 CPU cores", group="pruning", label="Audit the pruning when training ends")
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -424,9 +424,10 @@ def open_run(run_id: str, root: str | Path | None = None) -> RunDir:
 
 def _row(run: RunDir) -> dict:
     """One line of the listing; a run whose files cannot be used is `unreadable`, with the reason."""
+    from .config import prompts_trained
     row = {"id": run.id, "path": str(run.path), "state": None, "progress": None, "message": "", "method": None,
            "dataset": None, "backbone": None, "test_acc": None, "val_acc": None, "tuned_pct": None,
-           "tuned_params": None, "wall_s": None, "created": None}
+           "tuned_params": None, "wall_s": None, "created": None, "prompt_len": None, "kv_len": None}
     try:
         config, status, summary = run.config(), run.status(), run.summary() or {}
         run.pruning()
@@ -437,7 +438,9 @@ def _row(run: RunDir) -> dict:
                 method=config["method"], dataset=config["dataset"], backbone=config["backbone"],
                 test_acc=summary.get("test_acc"), val_acc=summary.get("val_acc"), tuned_pct=summary.get("tuned_pct"),
                 tuned_params=summary.get("tuned_params"), wall_s=summary.get("wall_s"),
-                created=str(created or status.get("updated") or ""))
+                created=str(created or status.get("updated") or ""),
+                **dict(zip(("prompt_len", "kv_len"), prompts_trained(config["method"], config.get("prompt_len") or 0,
+                                                                     config.get("kv_len") or 0))))
 
 
 def _folders(folder: Path, root: Path) -> list[Path]:

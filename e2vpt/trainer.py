@@ -496,7 +496,9 @@ class Trainer:
         for epoch in range(start_epoch, phase.epochs):
             epoch_start = time.monotonic()
             train_loss, train_acc = self._train_epoch(phase, epoch, optimizer, scheduler)
+            val_start = time.monotonic()
             val_loss, val_acc = evaluate(self.model, val_loader, self.device, self.autocast, self.dist)
+            val_s = time.monotonic() - val_start  # what one validation pass costs (prices the pruning audit)
             self.units_done += 1
             if not best or val_acc > best["val_acc"] or not self.config.holds_out_val:
                 best = {"val_acc": val_acc, "epoch": epoch + 1, "state": self.model.tuned_state()}
@@ -505,6 +507,7 @@ class Trainer:
             record = {"kind": "epoch", "phase": phase.name, "round": phase.index, "epoch": epoch + 1,
                       "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
                       "lr": scheduler.get_last_lr()[0], "epoch_s": round(time.monotonic() - epoch_start, 3),
+                      "val_s": round(val_s, 3),
                       "wall_s": round(self._wall(), 3), "tuned_params": self.model.tuned_param_count()}
             self._log(record)
             self._last_epoch_s = record["epoch_s"]
@@ -654,6 +657,10 @@ class Trainer:
             if self.embeddings:
                 self._status("running", "embedding the test images for the Embeddings page", force=True)
                 summary["embeddings_s"] = self._write_embeddings()
+            if cfg.audit_pruning and len(self.rounds) > 1:
+                self._status("running", "measuring each pruning decision against removing the tokens for real",
+                             force=True)
+                summary["audit_s"] = self._write_audits()
             atomic_write_json(self.run.summary_file, summary)
             self.units_done = self.total_units
             self._status("done", f"test acc {summary['test_acc']:.3f} with {summary['tuned_pct']:.3f}% tuned",
@@ -682,6 +689,23 @@ class Trainer:
             tqdm.write(f"e2vpt: the embeddings were not precomputed ({type(exc).__name__}: {exc}); the "
                        "Embeddings page will compute them when opened", file=sys.stderr)
             return None
+
+
+    def _write_audits(self) -> float | None:
+        """Each pruning decision audited (`analysis.ablation`) so the Prompts page shows it at once, as
+        `audit_pruning` asks; seconds taken, or None if it failed (only reported: the run is done)."""
+        from .analysis.ablation import prompt_ablation
+
+        started = time.monotonic()
+        try:
+            for record in self.rounds[1:]:
+                if record.get("token_importance") is not None:
+                    prompt_ablation(self.run.path, record["round"], device=str(self.device))
+        except Exception as exc:  # any analysis failure: the run itself is done by now
+            tqdm.write(f"e2vpt: the pruning audit was not precomputed ({type(exc).__name__}: {exc}); the Prompts "
+                       "page measures it on request", file=sys.stderr)
+            return None
+        return round(time.monotonic() - started, 3)
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,

@@ -83,8 +83,8 @@ def sidebar_run_picker() -> None:
     by_id = {r["id"]: r for r in rows}
     was_open = st.session_state.get("current_run")
     wanted = st.query_params.get("run") or was_open
-    if not wanted and rows and "current_run" not in st.session_state:
-        wanted = rows[0]["id"]  # a fresh visit opens the newest run
+    if not wanted and rows and "current_run" not in st.session_state:  # a fresh visit opens the newest run,
+        wanted = next((r["id"] for r in rows if "/" not in r["id"]), rows[0]["id"])  # not a sweep's trial
     missing = wanted if wanted and wanted not in by_id else None
     # a run that was open in this session and is gone was deleted or moved; any other id is unknown
     # (a typo, an old link): said differently, and dropped from the address so the picker starts
@@ -117,7 +117,7 @@ def sidebar_run_picker() -> None:
     with st.sidebar:
         # options are plain ids: a label that changes with the run's state would no longer match the
         # browser's remembered selection once the run finishes
-        st.selectbox("Current run", list(by_id), key="run_picker",
+        st.selectbox("Current run", list(by_id), key="run_picker", format_func=lambda rid: run_label(by_id[rid]),
                      placeholder="no run picked" if rows else "no runs yet: start one on Train",
                      on_change=picked, help="Every page shows this run. Its id is in the address bar, so a "
                                             "refresh or a restarted server finds it again.")
@@ -129,6 +129,15 @@ def sidebar_run_picker() -> None:
             row = by_id[current]
             st.caption(f"{row.get('method') or '?'} on {row.get('dataset') or '?'} · {row.get('state')}")
         st.caption(f"Runs folder: `{run_store.runs_root()}`")
+
+
+def run_label(row: dict) -> str:
+    """A sweep trial's id with what tells it from its neighbours (prompts, dataset); a run's id as it is.
+    Only settings: a label must not change while the run trains."""
+    if "/" not in row["id"] or row.get("state") == "unreadable":
+        return row["id"]
+    prompts = [f"{name}={value}" for name, value in (("p", row.get("prompt_len")), ("l", row.get("kv_len"))) if value]
+    return " · ".join([row["id"], *([" ".join(prompts)] if prompts else []), str(row.get("dataset") or "?")])
 
 
 def missing_run_message(run_id: str, was_open: bool) -> str:

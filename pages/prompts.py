@@ -3,7 +3,7 @@
 import streamlit as st
 
 from e2vpt import charts
-from e2vpt.analysis.ablation import cached_ablation, prompt_ablation
+from e2vpt.analysis.ablation import cached_ablation, estimate_seconds, prompt_ablation
 from e2vpt.analysis.attention import prompt_attention
 from e2vpt.analysis.embeddings import split_images
 from e2vpt.analysis.pruning_views import importance_maps, score_criterion
@@ -44,7 +44,12 @@ with user_errors():
                                        "decided its pruning (computed on round r-1's model).")
     else:
         chosen = rounds[0]
-        st.caption("This run has a single round (no pruning): the map shows which prompts exist.")
+        planned = settings.get("prune_rounds") or 0 if settings.get("method") == "e2vpt" else 0
+        if planned and run.summary() is None:
+            st.caption(f"Round 0 (the trained, unpruned model) is all this run has finished so far; its {planned} "
+                       "pruning round(s) appear here as each one ends. The map shows which prompts exist.")
+        else:
+            st.caption("This run has a single round (no pruning): the map shows which prompts exist.")
     m = next(x for x in maps if x["round"] == chosen)
     normalised = st.toggle("Normalise scores within the round", value=True,
                            help=m.get("normalisation") or "scores divided by the round's largest score",
@@ -70,10 +75,13 @@ with user_errors():
         st.caption("Pick a pruning round (1 or later) above to audit the decision it made.")
     else:
         audit = cached_ablation(run.path, chosen)
-        alive = int(next(x for x in maps if x["round"] == chosen - 1)["token_mask"].sum())
-        if audit is None and st.button(f"Measure round {chosen}'s decision ({alive} validation passes, one per "
-                                       "token)", key="ablate", icon=":material/science:"):
-            with st.spinner(f"Removing each of {alive} tokens in turn and evaluating..."):
+        passes, seconds = estimate_seconds(run.path, chosen)
+        cost = f"about {seconds:.0f} s here" if seconds is not None else "time unknown: this run predates the timing"
+        if audit is None:
+            st.caption("Set “Audit the pruning when training ends” on **Train** to have it measured before class.")
+        if audit is None and st.button(f"Measure round {chosen}'s decision ({passes} validation passes, {cost})",
+                                       key="ablate", icon=":material/science:"):
+            with st.spinner(f"Removing each token in turn and evaluating: {passes} passes, {cost}..."):
                 audit = prompt_ablation(run.path, chosen)
         if audit is not None:
             show_chart(charts.ablation_scatter(audit, score_name=criterion["token_name"]), charts.ablation_frame(audit),

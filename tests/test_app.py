@@ -186,6 +186,19 @@ def test_the_prompts_page_names_the_score_each_recipe_pruned_by(roots, fake_run,
     assert ("lowest are pruned first" in page) == (recipe == "official")
 
 
+def test_the_train_page_prices_the_next_run_from_epochs_measured_here(roots, fake_run):
+    from e2vpt.estimates import priced_epochs
+
+    runs, _ = roots
+    at = open_page("pages/train.py")
+    assert "No estimate yet: no finished demo run on digits here yet" in texts(at, "caption")
+    fake_run(runs, "20260101-000000-e2vpt-digits")  # every epoch took 1.0 s
+    at = open_page("pages/train.py")
+    epochs = priced_epochs(TrainConfig())
+    assert f"({epochs} epochs at 1.0 s, the median epoch of earlier demo runs on digits (e2vpt) here)" \
+        in texts(at, "caption")
+
+
 @pytest.mark.parametrize("bad", ["../../etc", "..", "/etc/passwd", "a/b", "nope"])
 def test_a_bad_run_id_in_the_url_reads_nothing_and_explains(roots, fake_run, bad):
     runs, _ = roots
@@ -229,6 +242,29 @@ def test_a_run_in_training_comes_before_the_form(roots, fake_run):
     assert heads[:2] == ["Run `20260101-000000-e2vpt-digits`", "Start another run"]
     labels = [b.label for b in at.button]
     assert labels.index("Cancel run") < labels.index("Start training")
+
+
+def test_a_run_started_here_stays_above_the_form_when_it_ends(roots, fake_spawn, fake_run):
+    """A live class: the result of the run just started must not drop below the fold when it finishes."""
+    runs, _ = roots
+    at = open_page("pages/train.py")
+    at.checkbox(key="cfg_pretrained").set_value(False)
+    submit(at)
+    (started,) = list(runs.iterdir())
+    for process, _ in fake_spawn:
+        process.kill()
+        process.wait()
+    import shutil
+
+    shutil.rmtree(started)
+    fake_run(runs, started.name)  # the same run, finished
+    at.run()
+    no_exception(at)
+    heads = [h.value for h in at.subheader]
+    assert heads[:2] == [f"Run `{started.name}`", "Start another run"]
+    assert "Test accuracy" in [m.label for m in at.metric]
+    at = open_page("pages/train.py", run=started.name)  # opened later, in a new session: the form first
+    assert "Start another run" not in [h.value for h in at.subheader]
 
 
 def test_an_impossible_setting_is_refused_before_a_run_exists(roots):

@@ -372,7 +372,8 @@ def finished_sweep(root: Path, fake_run, seeds=(0, 1)) -> SweepDir:
     for i, (trial_id, trial) in enumerate(record["trials"].items()):
         acc, params = accs[trial["method"]]
         acc += 0.01 * trial["seed"] + (0.02 if trial["values"].get("prompt_len") == 8 else 0.0)
-        fake_run(sweep.path, trial_id, method=trial["method"], test_acc=acc, tuned_params=params)
+        fake_run(sweep.path, trial_id, method=trial["method"], test_acc=acc, tuned_params=params,
+                 prompt_len=trial["values"].get("prompt_len", 4))
     sweep.write_leaderboard(record)
     return sweep
 
@@ -566,6 +567,20 @@ def test_the_sweeps_page_shows_a_running_sweeps_progress_and_eta(roots, fake_run
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.usefixtures("served_app")
+def test_a_fresh_tab_opens_the_newest_run_not_a_sweep_trial_and_the_sidebar_tells_trials_apart(roots, fake_run):
+    runs, _ = roots
+    fake_run(runs, "20250101-000000-e2vpt-digits")
+    finished_sweep(runs, fake_run)  # its trials are newer than the run
+    at = open_page("pages/runs.py")
+    no_exception(at)
+    picker = at.sidebar.selectbox[0]
+    assert picker.value == "20250101-000000-e2vpt-digits"
+    shown = picker.options
+    assert {"S/t002-vpt-deep-s0 · p=2 · digits", "S/t004-vpt-deep-s0 · p=8 · digits", "S/t000-linear-s0 · digits",
+            "S/t006-e2vpt-s0 · p=4 l=1 · digits"} <= set(shown)
 
 
 @pytest.mark.usefixtures("served_app")

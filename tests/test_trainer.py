@@ -293,3 +293,26 @@ def test_a_process_training_run_after_run_in_new_threads_does_not_keep_each_runs
     rss = [float(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("rss ")]
     assert len(rss) == 3
     assert rss[2] - rss[0] < 300, f"resident memory after each run (MB): {rss}"
+
+
+@pytest.mark.slow  # a short pruned run and its audit, about 30 s
+def test_audit_pruning_measures_each_decision_when_training_ends_and_is_priced_from_measured_passes(tmp_path):
+    from e2vpt.analysis.ablation import cached_ablation, estimate_seconds
+
+    config = TrainConfig(backbone="demo", pretrained=False, dataset="digits", epochs=1, retrain_epochs=1,
+                         prune_rounds=2, prompt_len=2, kv_len=1, audit_pruning=True)
+    summary = train(config, tmp_path / "run", quiet=True)
+    run = RunDir(tmp_path / "run")
+    for decision in (1, 2):  # the Prompts page shows these at once
+        audit = cached_ablation(run.path, decision)
+        assert audit is not None and audit["decision_round"] == decision and audit["tokens"]
+    assert summary["audit_s"] > 0
+    epochs = [m for m in run.metrics() if m.get("kind") == "epoch"]
+    assert all(0 < m["val_s"] < m["epoch_s"] for m in epochs)
+    passes, seconds = estimate_seconds(run.path, 1)
+    alive = sum(map(sum, run.pruning()["rounds"][0]["token_mask"]))
+    assert passes == alive + len(run.pruning()["rounds"][0]["token_mask"]) + 1  # tokens, layers, the base
+    assert seconds == pytest.approx(passes * sorted(m["val_s"] for m in epochs)[len(epochs) // 2])
+    plain = train(TrainConfig.from_dict({**config.to_dict(), "audit_pruning": False}), tmp_path / "plain", quiet=True)
+    assert "audit_s" not in plain and cached_ablation(tmp_path / "plain", 1) is None
+    assert plain["test_acc"] == summary["test_acc"]  # the audit changes nothing the run trains

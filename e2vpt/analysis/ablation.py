@@ -1,8 +1,8 @@
 """Does the pruning criterion agree with reality? Remove each prompt token for real and measure.
 
-E2VPT prunes the visual prompt tokens whose importance, the mean |dL/dmask| over the training images
-(a first-order estimate of what removing the token would cost), is smallest, ranked across all
-layers. This module audits one pruning decision: it takes the model the scores were computed on (the
+E2VPT prunes the visual prompt tokens whose importance score (a gradient of the loss with respect to
+the masks over the training images, `pruning_views.score_criterion` says which: a first-order estimate
+of what removing the token would cost) is smallest. This module audits one pruning decision: it takes the model the scores were computed on (the
 trained state of the round before), removes each surviving token alone (and each layer's prompts
 together), and measures the real change in validation loss and accuracy. Spearman's rank
 correlation between score and measured change says how well the cheap criterion ranks tokens as their
@@ -34,6 +34,20 @@ def cached_ablation(run_dir: str | Path, decision_round: int) -> dict | None:
     pass per token, so a page shows the cached one and measures only when asked."""
     cached = read_json(RunDir(run_dir).path / "analysis" / _cache_name(decision_round))  # never creates the folder
     return cached if isinstance(cached, dict) and cached.get("version") == CACHE_VERSION else None
+
+
+def estimate_seconds(run_dir: str | Path, decision_round: int) -> tuple[int, float | None]:
+    """(validation passes, expected seconds) of auditing `decision_round`: one pass per token alive
+    before it, one per layer and one for the base, each priced at the run's median measured validation
+    pass (`val_s` of its epoch records; None for a run that predates them)."""
+    from .pruning_views import load_pruning
+
+    run = RunDir(run_dir)
+    rounds = {r["round"]: r for r in load_pruning(run.path)["rounds"]}
+    before = np.array(rounds[decision_round - 1]["token_mask"], dtype=float)
+    passes = int(before.sum()) + int((before.sum(-1) > 0).sum()) + 1
+    times = sorted(m["val_s"] for m in run.metrics() if m.get("kind") == "epoch" and isinstance(m.get("val_s"), (int, float)))
+    return passes, (passes * times[len(times) // 2] if times else None)
 
 
 def prompt_ablation(run_dir: str | Path, decision_round: int = 1, device: str = "auto",

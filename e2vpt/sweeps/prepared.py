@@ -1,17 +1,14 @@
 """Prepared sweeps (the Sweeps page's starting points) and the time estimate shown before one starts.
 
-The estimate is measured, not guessed: each trial's epochs are priced at the median epoch time of
-finished runs of the same backbone and dataset on this machine (per method when there are some),
-plus one epoch per pruning round for scoring. With nothing measured yet it says so.
+The estimate is measured, not guessed (`e2vpt.estimates`): each trial's epochs are priced at the median
+epoch time of finished runs of the same backbone and dataset on this machine (per method when there
+are some), plus one epoch per pruning round for scoring. With nothing measured yet it says so.
 """
 
 from __future__ import annotations
 
-import statistics
-from pathlib import Path
-
 from ..config import TrainConfig
-from ..runs import RunDir
+from ..estimates import epoch_costs, priced_epochs
 from .spec import SweepSpec
 
 PREPARED = {
@@ -48,19 +45,6 @@ def prepared(name: str, base: dict | None = None, **changes) -> SweepSpec:
     return SweepSpec.from_dict(values)
 
 
-def _epoch_costs(rows: list[dict], backbone: str, dataset: str, limit: int = 20) -> dict[str, float]:
-    """Median seconds per epoch of finished runs of `backbone` on `dataset`, per method ("*": all)."""
-    seen: dict[str, list[float]] = {}
-    for row in [r for r in rows if r.get("state") == "done" and r.get("backbone") == backbone
-                and r.get("dataset") == dataset][:limit]:
-        times = [m["epoch_s"] for m in RunDir(Path(row["path"])).metrics()
-                 if m.get("kind") == "epoch" and isinstance(m.get("epoch_s"), (int, float))]
-        if times:
-            seen.setdefault(row["method"], []).extend(times)
-            seen.setdefault("*", []).extend(times)
-    return {method: statistics.median(times) for method, times in seen.items()}
-
-
 def estimate_seconds(spec: SweepSpec, rows: list[dict], slots: int = 1) -> dict:
     """The sweep's expected wall time from measured epoch times (see the module docstring).
 
@@ -72,7 +56,7 @@ def estimate_seconds(spec: SweepSpec, rows: list[dict], slots: int = 1) -> dict:
     if spec.protocol == "vpt":  # the final trials' configuration is chosen later: priced as each method's first
         trials += spec.final_trials({m: next((t.values for t in trials if t.method == m), {}) for m in spec.methods})
     configs = [TrainConfig.from_dict(t.config) for t in trials]
-    epochs = [c.epochs + c.rounds * (c.resolved_retrain_epochs + 1) for c in configs]  # +1: a scoring pass
+    epochs = [priced_epochs(c) for c in configs]
     if spec.protocol == "e2vpt-search":  # each scout trains phase 0 and scores it; each level only retrains
         # (levels that prune the same counts are trained once: priced as every pair, an upper bound)
         pairs = len(spec.token_levels) * len(spec.segment_levels)
@@ -82,7 +66,7 @@ def estimate_seconds(spec: SweepSpec, rows: list[dict], slots: int = 1) -> dict:
             epochs += [config.epochs + 1] + [config.resolved_retrain_epochs] * pairs
             trials += [scout] * (1 + pairs)
     first = configs[0]
-    costs = _epoch_costs(rows, first.backbone, first.dataset)
+    costs = epoch_costs(rows, first.backbone, first.dataset)
     at_most = spec.protocol == "e2vpt-search"
     if not costs:
         return {"seconds": None, "trials": len(trials), "at_most": at_most, "epochs": sum(epochs), "basis":
