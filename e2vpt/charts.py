@@ -635,17 +635,22 @@ METRIC_NAMES = {"silhouette_hyperbolic": "silhouette (hyperbolic)", "silhouette_
                 "curvature_estimate": "suggested curvature c"}
 
 
+# an empty cell of a table the page renders with st.table, whose cells are markdown: a bare "-" would be a
+# list bullet
+NO_VALUE = "n/a"
+
+
 def metrics_frame_from_report(report: dict) -> pd.DataFrame:
     """The separability metric table of an embedding report, in words."""
     rows = report.get("metrics") or []
     return pd.DataFrame([{"metric": METRIC_NAMES.get(m.get("name"), m.get("name")), "value": m.get("value"),
-                          "better": {True: "higher", False: "lower", None: "-"}.get(m.get("higher_is_better"), "-"),
+                          "better": {True: "higher", False: "lower"}.get(m.get("higher_is_better"), NO_VALUE),
                           "meaning": m.get("meaning")} for m in rows],
                         columns=["metric", "value", "better", "meaning"])
 
 
 def _interval_text(interval) -> str:
-    return "-" if not interval else f"[{interval[0]:+.4f}, {interval[1]:+.4f}]"
+    return NO_VALUE if not interval else f"[{interval[0]:+.4f}, {interval[1]:+.4f}]"
 
 
 def comparison_frame(comparison: dict) -> pd.DataFrame:

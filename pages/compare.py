@@ -13,7 +13,10 @@ st.markdown("Each point is a finished run: how accurate it is for how many param
             "same dataset and backbone.")
 
 with user_errors():
-    frame = charts.runs_frame(runs())
+    every = runs()
+    frame = charts.runs_frame(every)
+    current = st.session_state.get("current_run")
+    current_row = next((r for r in every if r["id"] == current), None)
     if frame.empty:
         st.info("No finished runs yet. Train a few methods on the same dataset (e.g. linear, vpt-deep and e2vpt "
                 "on digits) and come back.", icon=":material/insights:")
@@ -29,7 +32,9 @@ with user_errors():
             preselected = [i for i in preselected if i in set(frame["id"])]
     c1, c2 = st.columns(2)
     datasets = sorted(frame["dataset"].dropna().unique())
-    default_ds = frame[frame["id"].isin(preselected)]["dataset"].iloc[0] if preselected else datasets[0]
+    own = current_row.get("dataset") if current_row else None  # the current run's data first
+    default_ds = frame[frame["id"].isin(preselected)]["dataset"].iloc[0] if preselected else \
+        (own if own in datasets else datasets[0])
     dataset = c1.selectbox("Dataset", datasets, index=datasets.index(default_ds))
     part = frame[frame["dataset"] == dataset]
     backbones = sorted(part["backbone"].dropna().unique())
@@ -38,6 +43,9 @@ with user_errors():
     chosen = st.multiselect("Runs", list(part["id"]), default=[i for i in preselected if i in set(part["id"])]
                             or list(part["id"]))
     part = part[part["id"].isin(chosen)]
+    if current_row and current_row.get("dataset") == dataset and current not in set(frame["id"]):
+        st.info(f"The current run `{current}` is not on the chart: it is {current_row.get('state')}, and only "
+                "finished runs have a test accuracy to compare.", icon=":material/hourglass_empty:")
     table = charts.runs_table(part)
     show_chart(charts.accuracy_vs_params(part, title=f"Accuracy vs tuned parameters on {dataset} ({backbone})"),
                table, f"compare-{dataset}-{backbone}", key="compare")

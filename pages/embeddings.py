@@ -1,11 +1,13 @@
 """Embeddings: how the classes sit in feature space, in the Poincaré disk and in Euclidean space."""
 
 import inspect
+from pathlib import Path
 
 import streamlit as st
 
 from e2vpt import charts, launch
 from e2vpt import runs as run_store
+from e2vpt.runs import RunDir
 from e2vpt.analysis.embeddings import compare_run_embeddings, run_embedding_report, run_label, split_images
 from pages._common import current_run, run_banner, run_splits, runs, show_chart, through_app, user_errors
 
@@ -69,7 +71,11 @@ views = {"Poincaré disk (hyperbolic PCA)": "hpca", "Poincaré disk (UMAP)": "um
 c1, c2 = st.columns([2, 1])
 view_label = c1.radio("View", list(views), horizontal=True,
                       help="Hyperbolic vs Euclidean: the same features, two geometries.")
-others = [r for r in runs() if r["state"] == "done" and r["id"] != run.id]
+# partners: finished runs on the same data (the comparison pairs the same images) that kept their weights
+# (an evidence file's trials, for one, have none)
+own_dataset = run.config().get("dataset")
+others = [r for r in runs() if r["state"] == "done" and r["id"] != run.id and r.get("dataset") == own_dataset
+          and RunDir(Path(r["path"])).weights_file.is_file()]
 partner_options = ["", FROZEN] + [r["id"] for r in others]
 methods = {r["id"]: r.get("method") or "" for r in others}
 partner = c2.selectbox("Side by side with", partner_options,

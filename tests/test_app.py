@@ -267,6 +267,36 @@ def test_a_run_started_here_stays_above_the_form_when_it_ends(roots, fake_spawn,
     assert "Start another run" not in [h.value for h in at.subheader]
 
 
+def test_compare_opens_on_the_current_runs_dataset_and_says_why_an_unfinished_run_is_missing(roots, fake_run):
+    runs, _ = roots
+    fake_run(runs, "20260101-000000-linear-digits", method="linear")
+    fake_run(runs, "20260102-000000-e2vpt-dsprites-loc", dataset="dsprites-loc")
+    fake_run(runs, "20260103-000000-e2vpt-digits", state="running", summary=False)
+    at = open_page("pages/compare.py", run="20260102-000000-e2vpt-dsprites-loc")
+    no_exception(at)
+    dataset = lambda: next(s for s in at.selectbox if s.label == "Dataset").value  # noqa: E731
+    assert dataset() == "dsprites-loc" and not at.info
+    at = open_page("pages/compare.py", run="20260103-000000-e2vpt-digits")
+    no_exception(at)
+    assert dataset() == "digits"
+    assert "`20260103-000000-e2vpt-digits` is not on the chart: it is running" in texts(at, "info")
+
+
+def test_embeddings_offers_side_by_side_only_finished_runs_on_the_same_data_with_weights(roots, fake_run):
+    import torch
+    from safetensors.torch import save_file
+
+    runs, _ = roots
+    for run_id, dataset, weights in (("a-digits", "digits", True), ("b-digits-no-weights", "digits", False),
+                                     ("c-dsprites", "dsprites-loc", True), ("d-digits", "digits", True)):
+        path = fake_run(runs, run_id, dataset=dataset)
+        if weights:
+            save_file({"x": torch.zeros(1)}, str(path / "weights.safetensors"))
+    at = open_page("pages/embeddings.py", run="d-digits")
+    picker = next(s for s in at.selectbox if s.label == "Side by side with")
+    assert [o.split(" · ")[-1] for o in picker.options[2:]] == ["a-digits"]
+
+
 def test_an_impossible_setting_is_refused_before_a_run_exists(roots):
     runs, _ = roots
     at = open_page("pages/train.py")
