@@ -168,19 +168,14 @@ def _cell_status(kept: float, score: float, round_index: int) -> str:
     return "pruned in an earlier round"
 
 
-def _outline_shapes(mask: np.ndarray, line_color: str = OUTLINE) -> list[dict]:
-    return [dict(type="rect", x0=j + 0.5, x1=j + 1.5, y0=i + 0.5, y1=i + 1.5, xref="x", yref="y",
-                 line=dict(color=line_color, width=1.6), fillcolor="rgba(0,0,0,0)", layer="above")
+def _outline_shapes(mask: np.ndarray, line_color: str = OUTLINE, width: float = 1.6, inset: float = 0.0) -> list[dict]:
+    return [dict(type="rect", x0=j + 0.5 + inset, x1=j + 1.5 - inset, y0=i + 0.5 + inset, y1=i + 1.5 - inset,
+                 xref="x", yref="y", line=dict(color=line_color, width=width), fillcolor="rgba(0,0,0,0)",
+                 layer="above")
             for (i, j), kept in np.ndenumerate(mask) if kept]
 
 
-PRUNED_NOW = "rgba(214,39,40,0.65)"  # red: nothing like a low score in the Viridis scale
-
-
-def _fill_shapes(cells: np.ndarray, fill: str) -> list[dict]:
-    return [dict(type="rect", x0=j + 0.5, x1=j + 1.5, y0=i + 0.5, y1=i + 1.5, xref="x", yref="y",
-                 line=dict(width=0), fillcolor=fill, layer="above")
-            for (i, j), on in np.ndenumerate(cells) if on]
+PRUNED_NOW = "#d62728"  # red: nothing like a low score in the Viridis scale
 
 
 def _legend_entries(fig: go.Figure, entries: Sequence[tuple[str, str, str]]) -> None:
@@ -215,9 +210,10 @@ def _heatmap(z: np.ndarray, status: np.ndarray, kept: np.ndarray, x_name: str, y
         hovertemplate=f"{y_name} %{{y}}, {x_name} %{{x}}<br>{value_name}: %{{customdata[1]}}{units}%{{customdata[2]}}"
                       "<br>%{customdata[0]}<extra></extra>"))
     pruned_now = (status == "pruned in this round") & ~np.isnan(z)
-    fig.update_layout(shapes=_fill_shapes(pruned_now, PRUNED_NOW) + _outline_shapes(kept))
+    # pruned in this round: a thick red frame inside the cell, so the score's colour stays readable
+    fig.update_layout(shapes=_outline_shapes(pruned_now, PRUNED_NOW, width=3, inset=0.08) + _outline_shapes(kept))
     _legend_entries(fig, [("kept (outlined)", "rgba(0,0,0,0)", OUTLINE)]
-                    + ([("pruned in this round", PRUNED_NOW, PRUNED_NOW)] if pruned_now.any() else [])
+                    + ([("pruned in this round (red frame)", "rgba(0,0,0,0)", PRUNED_NOW)] if pruned_now.any() else [])
                     + ([("pruned in an earlier round", PRUNED_GREY, PRUNED_GREY)]
                        if (status == "pruned in an earlier round").any() else []))
     fig.update_xaxes(title_text=x_name, dtick=1 if cols <= 32 else None, range=[0.5, cols + 0.5],
@@ -483,18 +479,21 @@ def attention_over_image(image: np.ndarray, result: dict, layer_number: int, max
     for k, (name, values) in enumerate(panels):
         r, c = k // columns + 1, k % columns + 1
         grid = np.asarray(values, dtype=np.float64).reshape(rows_g, cols_g)
+        peak = float(grid.max()) if grid.max() > 0 else 1.0
         fig.add_trace(go.Image(z=image, hoverinfo="skip"), row=r, col=c)
-        fig.add_trace(go.Heatmap(
-            z=100 * grid, x0=(width / cols_g - 1) / 2, dx=width / cols_g, y0=(height / rows_g - 1) / 2,
-            dy=height / rows_g, colorscale="Inferno", opacity=0.6, showscale=False, zmin=0,
-            zmax=100 * float(grid.max()) if grid.max() > 0 else 1.0,
-            hovertemplate=f"{name}<br>this patch: %{{z:.2f}}% of the attention<extra></extra>"), row=r, col=c)
+        fig.add_trace(go.Heatmap(  # colour: share of this panel's brightest patch, so one scale reads every panel
+            z=100 * grid / peak, customdata=100 * grid, x0=(width / cols_g - 1) / 2, dx=width / cols_g,
+            y0=(height / rows_g - 1) / 2, dy=height / rows_g, colorscale="Inferno", opacity=0.6, zmin=0, zmax=100,
+            showscale=k == 0, colorbar=dict(title=dict(text="% of the panel's<br>brightest patch", side="right"),
+                                            len=0.6, thickness=12),
+            hovertemplate=f"{name}<br>this patch: %{{customdata:.2f}}% of the attention "
+                          f"(%{{z:.0f}}% of the panel's brightest)<extra></extra>"), row=r, col=c)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False, autorange="reversed")
     for k in range(len(panels)):  # every panel square, each y axis tied to its own x axis
         fig.update_yaxes(scaleanchor=f"x{k + 1 if k else ''}", row=k // columns + 1, col=k % columns + 1)
-    fig.update_annotations(font_size=10)
-    return _layout(fig, title, height=60 + 210 * n_rows)
+    fig.update_annotations(font_size=13)
+    return _layout(fig, title, height=80 + 240 * n_rows)
 
 
 # --------------------------------------------------------------------------------------------------

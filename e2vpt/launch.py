@@ -36,6 +36,7 @@ _CHILDREN: dict[int, subprocess.Popen] = {}
 # state
 def is_active(run: RunDir) -> bool:
     """True while the run is queued or training (a dead process reads as `interrupted`, not active)."""
+    _reap()
     return run.status().get("state") in ACTIVE_STATES
 
 
@@ -184,6 +185,8 @@ def start_warnings(config: TrainConfig) -> list[str]:
 # --------------------------------------------------------------------------------------------------
 # processes
 def _reap() -> None:
+    """Collect the exit status of children (runs, sweep drivers) that ended, so none lingers as a defunct
+    process; called whenever the app looks at a run or a sweep."""
     for pid, proc in list(_CHILDREN.items()):
         if proc.poll() is not None:
             del _CHILDREN[pid]
@@ -399,6 +402,8 @@ def cancel_sweep(sweep_id: str, root: str | Path | None = None) -> bool:
 def open_sweep(sweep_id: str, root: str | Path | None = None):
     """The sweep folder `sweep_id` under the runs root; `RunDirError` when it is not one."""
     from .sweeps import SweepDir
+
+    _reap()  # a driver that ended is collected here, not left defunct until the next start
 
     root = root_or_default(root, runs_root)
     path = run_path(check_run_id(sweep_id), root)

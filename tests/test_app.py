@@ -601,11 +601,12 @@ def test_heatmaps_outline_survivors_and_grey_what_was_pruned(fake_run, tmp_path)
     maps = importance_maps(fake_run(tmp_path, "r"))
     m = maps[1]
     fig = charts.importance_heatmap(m)
-    outlines = [s for s in fig.layout.shapes if s.line.width and s.line.width > 1]
-    reds = [s for s in fig.layout.shapes if s.fillcolor == charts.PRUNED_NOW]
+    outlines = [s for s in fig.layout.shapes if s.line.color == charts.OUTLINE]
+    reds = [s for s in fig.layout.shapes if s.line.color == charts.PRUNED_NOW]
     assert len(outlines) == int(m["token_mask"].sum())
-    assert len(reds) == int((m["token_mask"] == 0).sum())  # pruned in this very round: red, not a dark score
-    assert [t.name for t in fig.data[1:]] == ["kept (outlined)", "pruned in this round"]  # a legend for each
+    assert len(reds) == int((m["token_mask"] == 0).sum())  # pruned in this very round: framed in red,
+    assert all(s.fillcolor == "rgba(0,0,0,0)" for s in fig.layout.shapes)  # and its score's colour still shows
+    assert [t.name for t in fig.data[1:]] == ["kept (outlined)", "pruned in this round (red frame)"]  # a legend each
     assert "cut between" in fig.layout.title.text and any("rank" in c[2] for row in fig.data[0].customdata for c in row)
     later = charts.importance_heatmap(maps[2])
     assert "pruned in an earlier round" in [t.name for t in later.data[1:]]

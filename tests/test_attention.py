@@ -1,6 +1,7 @@
 """What a prompt looks at: attention recorded from the real forward, split by what is attended."""
 
 
+import numpy as np
 import pytest
 import torch
 
@@ -123,6 +124,10 @@ def test_the_attention_charts_draw_each_token_over_the_image(pruned_run):
     assert titles[0] == "[CLS] looks at" and any("(kept)" in t for t in titles) and any("(pruned next)" in t for t in titles)
     assert sum(t.startswith("patches reading key-value prompt") for t in titles) == 2
     assert sum(trace.type == "image" for trace in fig.data) == len(titles)
+    heatmaps = [trace for trace in fig.data if trace.type == "heatmap"]
+    assert [trace.showscale for trace in heatmaps].count(True) == 1  # one colour scale reads every panel:
+    assert all(trace.zmax == 100 and abs(float(np.nanmax(trace.z)) - 100) < 1e-9 for trace in heatmaps)  # % of its peak
+    assert fig.layout.annotations[0].font.size >= 12
 
 
 

@@ -537,6 +537,28 @@ def running_sweep(root: Path, fake_run) -> SweepDir:
     return sweep
 
 
+def test_a_sweep_driver_that_ended_is_not_left_defunct_once_the_app_looks_at_the_sweep(tmp_path, fake_run):
+    import time
+
+    from e2vpt import launch
+
+    sweep = finished_sweep(tmp_path, fake_run)
+    proc = launch._spawn_logged(tmp_path / "driver.log", ["settings"])  # a real child that ends at once
+
+    def state() -> str | None:
+        try:
+            return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return None  # collected: no such process any more
+
+    deadline = time.monotonic() + 60
+    while state() != "Z" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert state() == "Z"  # it ended and nobody has collected it yet
+    launch.open_sweep(sweep.id, tmp_path)
+    assert state() is None
+
+
 def test_a_running_sweep_shows_each_trials_progress_and_an_eta_from_measured_times(tmp_path, fake_run):
     from e2vpt.sweeps.store import eta
 
