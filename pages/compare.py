@@ -50,5 +50,6 @@ with user_errors():
     show_chart(charts.accuracy_vs_params(part, title=f"Accuracy vs tuned parameters on {dataset} ({backbone})"),
                table, f"compare-{dataset}-{backbone}", key="compare")
     st.caption("The accuracy axis is zoomed to these runs: read differences from the numbers, not only the heights.")
-    st.dataframe(table, hide_index=True, column_config={
+    st.dataframe(table, hide_index=True, column_config={  # the run id stays in view when scrolled sideways
+        "run": st.column_config.TextColumn("run", pinned=True),
         "tuned parameters": st.column_config.NumberColumn(format="localized")})

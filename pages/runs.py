@@ -30,7 +30,9 @@ table = pd.DataFrame([{
 table_key = f"runs_table-{st.session_state.setdefault('runs_table_generation', 0)}"
 event = st.dataframe(
     table, hide_index=True, on_select="rerun", selection_mode="multi-row", key=table_key,
-    column_config={
+    column_config={  # the run id stays in view when a narrow screen scrolls the table sideways
+        "run": st.column_config.TextColumn("run", pinned=True),
+        "message": st.column_config.TextColumn("message", width="large"),
         "progress": st.column_config.ProgressColumn("progress", min_value=0.0, max_value=1.0, format="percent"),
         "test acc": st.column_config.NumberColumn("test acc", format="%.1f%%"),
         "tuned %": st.column_config.NumberColumn("tuned %", format="%.3f%%", help="tuned parameters / backbone"),

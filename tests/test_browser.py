@@ -10,6 +10,7 @@ Screenshots land in tests/artifacts/ (git-ignored). Never downloads a browser: w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -261,6 +262,62 @@ def walk_pages(page, run_id: str, prefix: str, charts: dict[str, int]) -> None:
         page.screenshot(path=str(ARTIFACTS / f"{prefix}{name}.png"))
 
 
+@contextlib.contextmanager
+def screenshot_of(page, name: str):
+    """Checks on `page` that end with no exception shown and a screenshot (`failure-<name>` when they fail)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        yield
+        no_exception_on(page)
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    except BaseException:
+        page.screenshot(path=str(ARTIFACTS / f"failure-{name}.png"))
+        raise
+    finally:
+        page.close()
+
+
+def open_sweeps(page, address: str) -> None:
+    page.set_default_timeout(120_000)
+    page.goto(address)
+    page.get_by_role("heading", name="Sweeps", level=1).wait_for()
+    wait_idle(page)
+
+
+def check_frontier_ticks(plot) -> None:
+    """Every tick label of a frontier chart, as the browser drew it, names its own value."""
+    ticks = plot.evaluate("""el => ({
+        y: Array.from(el.querySelectorAll('.ytick text')).map(t => [t.__data__.x, t.textContent]),
+        x: Array.from(el.querySelectorAll('.xtick text')).map(t => [t.__data__.x, t.textContent])})""")
+    assert len(ticks["y"]) >= 3 and len(ticks["x"]) >= 2, ticks
+    for value, label in ticks["y"]:
+        assert label.endswith("%") and abs(float(label[:-1]) - 100 * value) < 1e-6, (value, label)
+    for exponent, label in ticks["x"]:  # a log axis: the datum is log10 of the value
+        assert abs(float(label.replace(",", "")) - 10 ** exponent) < 1e-6 * 10 ** exponent, (exponent, label)
+
+
+def test_the_shipped_class_comparison_opens_in_one_click_with_a_verdict_on_final_models(server, browser):
+    url, runs = server
+    page = browser.new_page(viewport={"width": 1400, "height": 1700})
+    with screenshot_of(page, "sweeps-shipped"):
+        open_sweeps(page, f"{url}/sweeps")
+        page.get_by_role("button", name="Open class comparison").click()  # the one click
+        verdict = page.get_by_text("digits: each method's final model")
+        verdict.wait_for()
+        text = verdict.inner_text()
+        assert "(rounds kept and configuration chosen on validation)" in text, text
+        for method in ("e2vpt p=8 l=", "vpt-deep p=", "linear: "):
+            assert method in text, (method, text)
+        assert re.search(r"e2vpt p=8 l=\d, kept rounds? [\d/]+: ", text), text  # its kept round, not round 0
+        assert "e2vpt minus vpt-deep" in text and "Welch" in text, text
+        assert "shipped-class-comparison" in page.url
+        page.get_by_text("Opened from the evidence file").wait_for()
+        plots = page.locator(".js-plotly-plot")
+        plots.nth(0).wait_for()
+        wait_idle(page)
+        check_frontier_ticks(plots.nth(0))
+
+
 def test_the_sweeps_page_draws_a_finished_sweeps_frontier(server, browser, fake_run):
     """After the demo test (which counts the folders in the runs root): a finished sweep's frontier, whose
     verdict names each method's final model (E2VPT's kept round, not its unpruned round 0 that scored
@@ -273,13 +330,9 @@ def test_the_sweeps_page_draws_a_finished_sweeps_frontier(server, browser, fake_
         if recorded["method"] == "e2vpt":
             set_rounds(sweep.path / trial, [(0.90, 0.947, 20_362), (0.91, 0.93, 9_000),
                                             (0.92, 0.926 - 0.002 * recorded["seed"], 5_710)], selected=2)
-    ARTIFACTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1700})
-    page.set_default_timeout(120_000)
-    try:
-        page.goto(f"{url}/sweeps?sweep={sweep.id}")
-        page.get_by_role("heading", name="Sweeps", level=1).wait_for()
-        wait_idle(page)
+    with screenshot_of(page, "sweeps"):
+        open_sweeps(page, f"{url}/sweeps?sweep={sweep.id}")
         plots = page.locator(".js-plotly-plot")
         plots.nth(1).wait_for()  # the frontier and the parallel coordinates
         verdict = page.get_by_text("digits: each method's final model")
@@ -288,18 +341,4 @@ def test_the_sweeps_page_draws_a_finished_sweeps_frontier(server, browser, fake_
         assert "e2vpt, kept round 2: 92.4 ± " in text and "5,710 parameters" in text, text
         assert "94.7" not in text and "e2vpt minus vpt-deep" in text, text
         assert page.locator(".js-plotly-plot .scatterlayer .trace").count() >= 4  # methods, other rounds, front
-        ticks = plots.nth(0).evaluate("""el => ({
-            y: Array.from(el.querySelectorAll('.ytick text')).map(t => [t.__data__.x, t.textContent]),
-            x: Array.from(el.querySelectorAll('.xtick text')).map(t => [t.__data__.x, t.textContent])})""")
-        assert len(ticks["y"]) >= 3 and len(ticks["x"]) >= 2, ticks
-        for value, label in ticks["y"]:
-            assert label.endswith("%") and abs(float(label[:-1]) - 100 * value) < 1e-6, (value, label)
-        for exponent, label in ticks["x"]:  # a log axis: the datum is log10 of the value
-            assert abs(float(label.replace(",", "")) - 10 ** exponent) < 1e-6 * 10 ** exponent, (exponent, label)
-        no_exception_on(page)
-        page.screenshot(path=str(ARTIFACTS / "sweeps.png"))
-    except BaseException:
-        page.screenshot(path=str(ARTIFACTS / "failure-sweeps.png"))
-        raise
-    finally:
-        page.close()
+        check_frontier_ticks(plots.nth(0))
