@@ -264,6 +264,10 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     stale = evidence.stale_trials(evidence.read(args.file if Path(args.file).is_file() else
                                                 evidence.SHIPPED_DIR / f"{args.file}{evidence.SUFFIX}"))
     print(f"opened {sweep.path}: {len(sweep.read()['trials'])} trial(s); the Sweeps page shows it as {sweep.id}")
+    from .sweeps import frontier
+
+    for text in frontier.verdicts(frontier.summary(frontier.points(sweep))).values():
+        print(text)
     if stale:
         print(f"note: {len(stale)} trial(s) ran with settings today's defaults no longer give, e.g. {stale[0]}")
     return 0

@@ -168,7 +168,7 @@ def _point_text(r) -> str:
 def _comparison(ours, theirs) -> str:
     diff, low, high = difference(ours.test_values, theirs.test_values)
     ratio = ours.tuned_params / theirs.tuned_params if theirs.tuned_params else float("nan")
-    text = f"{ours.method} minus {theirs.method}: {100 * diff:+.1f} points"
+    text = f"{ours.method} minus {theirs.method}: {round(100 * diff, 1) + 0.0:+.1f} points"  # + 0.0: never "-0.0"
     if math.isnan(low):
         text += " (one seed: no interval; run more seeds before calling a winner)"
     else:
