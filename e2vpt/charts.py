@@ -809,7 +809,10 @@ def frontier_chart(table: pd.DataFrame, title: str = "Accuracy against tuned par
     y_range = zoomed_range(pd.concat([table["test_acc"] - errors, table["test_acc"] + errors]))
     values, labels = percent_ticks(*y_range)
     fig.update_yaxes(title_text="test accuracy", range=y_range, tickvals=values, ticktext=labels)
-    return _layout(fig, title, height=480)
+    # the legend under the axis: four or five entries beside a long title would cover it
+    fig = _layout(fig, title, height=520, legend=dict(orientation="h", yanchor="top", y=-0.2, xanchor="left", x=0.0))
+    fig.update_layout(margin=dict(b=110))
+    return fig
 
 
 def parallel_coordinates(rows: pd.DataFrame, settings: Sequence[str], title: str = "Settings against accuracy") -> go.Figure:

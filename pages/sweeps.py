@@ -163,7 +163,7 @@ def show(sweep_id: str) -> None:
         dataset = st.radio("Dataset (one frontier each: datasets are never mixed)", names, horizontal=True,
                            key=f"sweep_dataset_{sweep_id}")
     shown = table[table["dataset"] == dataset] if dataset else table
-    show_chart(charts.frontier_chart(shown, title=f"Accuracy against tuned parameters: {dataset} ({sweep_id})"),
+    show_chart(charts.frontier_chart(shown, title=f"{dataset}: accuracy against tuned parameters"),
                shown, f"{sweep_id}-{dataset}-frontier", key="frontier")
     st.info(frontier.verdicts(table).get(dataset, "No finished trials yet."), icon=":material/insights:")
     frame = pd.DataFrame(rows)
