@@ -770,9 +770,9 @@ def percent_ticks(low: float, high: float, most: int = 8) -> tuple[list[float], 
 def frontier_chart(table: pd.DataFrame, title: str = "Accuracy against tuned parameters") -> go.Figure:
     """One dataset's frontier: each configuration's final models (the rounds its runs kept on
     validation), mean test accuracy with a 95 % interval over seeds, against tuned parameters (log
-    scale), one colour per method, the Pareto front of those final points as a dashed line. E2VPT's
-    other pruning rounds (`final` False) are drawn as open markers joined to their configuration's
-    rounds: shown, never part of the front (`e2vpt.sweeps.frontier.summary` gives the table)."""
+    scale), one colour per method, the Pareto front of those final points as a dashed line. Every
+    E2VPT pruning round (`final` False) is drawn as an open marker joined to its configuration's other
+    rounds: the trajectory, never part of the front (`e2vpt.sweeps.frontier.summary` gives the table)."""
     if table is None or table.empty:
         return empty_figure("no finished trials yet", title)
     fig = go.Figure()
@@ -785,7 +785,7 @@ def frontier_chart(table: pd.DataFrame, title: str = "Accuracy against tuned par
                                part["tuned_pct"].map(lambda v: f"{v:.3f}%")], axis=-1)
             fig.add_trace(go.Scatter(
                 x=part["tuned_params"], y=part["test_acc"], mode="markers", name=method if final else
-                f"{method}, other rounds (not counted)", legendgroup=method, customdata=custom,
+                f"{method}, each round (not counted)", legendgroup=method, customdata=custom,
                 error_y=dict(type="data", array=part["test_ci"].fillna(0), visible=final, thickness=1.2),
                 marker=dict(size=11 if final else 10, color=color(i), symbol="circle" if final else "circle-open",
                             line=dict(width=1 if final else 2, color="#333" if final else color(i))),

@@ -257,12 +257,11 @@ def cmd_evidence(args: argparse.Namespace) -> int:
         print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
         return 0
     root = root_or_default(args.root, runs_root)
-    if not Path(args.file).is_file() and args.file in evidence.SHIPPED and args.name is None:
-        sweep = evidence.open_shipped(args.file, root)
-    else:
-        sweep = evidence.open_evidence(args.file, root, args.name)
-    stale = evidence.stale_trials(evidence.read(args.file if Path(args.file).is_file() else
-                                                evidence.SHIPPED_DIR / f"{args.file}{evidence.SUFFIX}"))
+    path, name = Path(args.file), args.name
+    if not path.exists() and args.file in evidence.SHIPPED:  # a shipped file, by its name
+        path, name = evidence.SHIPPED_DIR / f"{args.file}{evidence.SUFFIX}", name or f"shipped-{args.file}"
+    sweep = evidence.open_evidence(path, root, name)
+    stale = evidence.stale_trials(evidence.read(path))
     print(f"opened {sweep.path}: {len(sweep.read()['trials'])} trial(s); the Sweeps page shows it as {sweep.id}")
     from .sweeps import frontier
 

@@ -28,6 +28,8 @@ def git_commit(repo: Path = PACKAGE_ROOT) -> str | None:
         except (OSError, subprocess.SubprocessError):
             return ""
 
+    if Path(git("rev-parse", "--show-toplevel") or "/nonexistent").resolve() != repo.resolve():
+        return None  # an installed package inside someone else's repository (a .venv in a project)
     commit = git("rev-parse", "--short=12", "HEAD")
     if not commit:
         return None
@@ -54,12 +56,14 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return versions
 
 
-LOADED_COMMIT = git_commit()  # the code this process imported: a later checkout does not change what it runs
+# the checkout when this module was first imported (the trainer imports it, so before any run starts): a
+# later commit or edit does not change the code this process runs
+LOADED_COMMIT = git_commit()
 
 
 def environment() -> dict:
     """{e2vpt, commit, python, packages, platform, cpu, cores}: what a result depends on besides its
-    settings; `commit` is the checkout's when this process imported e2vpt."""
+    settings; `commit` is `LOADED_COMMIT`."""
     return {"e2vpt": __version__, "commit": LOADED_COMMIT, "python": platform.python_version(),
             "packages": package_versions(), "platform": platform.platform(), "cpu": cpu_model(),
             "cores": os.cpu_count()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,18 @@ def test_an_exported_sweep_opens_back_with_the_same_trials_numbers_and_verdict(t
     assert evidence.open_evidence(path, tmp_path / "runs").path == opened.path  # the same file: the same folder
 
 
+def test_a_newer_version_of_the_same_evidence_replaces_the_copy_opened_from_the_older_one(tmp_path, fake_run):
+    sweep = finished_sweep(tmp_path / "made", fake_run)
+    path = evidence.export(sweep, tmp_path / "S.evidence.json.gz")
+    first = evidence.open_evidence(path, tmp_path / "runs")
+    (first.path / "t000-linear-s0" / "note.txt").write_text("left by the older copy")
+    _rewrite(path, lambda data: data["trials"]["t000-linear-s0"]["summary"].update(test_acc=0.5))
+    again = evidence.open_evidence(path, tmp_path / "runs")
+    assert again.path == first.path and not (again.path / "t000-linear-s0" / "note.txt").exists()
+    assert again.trial_run("t000-linear-s0").summary()["test_acc"] == 0.5
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["S"]  # no staging or retired copy left
+
+
 def test_opening_never_overwrites_a_sweep_that_was_not_opened_from_evidence(tmp_path, fake_run):
     sweep = finished_sweep(tmp_path / "made", fake_run)
     path = evidence.export(sweep, tmp_path / "S.evidence.json.gz")
@@ -69,11 +82,25 @@ def test_a_hostile_or_damaged_file_is_one_line_and_writes_nothing(tmp_path, fake
         path.write_bytes(good.read_bytes())
         _rewrite(path, lambda data: data["trials"].update({"../../outside": next(iter(data["trials"].values()))}))
 
+    def escaping_record(path):  # the sweep's own list of trials names a path out of the sweep
+        path.write_bytes(good.read_bytes())
+        _rewrite(path, lambda data: data["sweep"]["trials"].update({"../../outside": {"method": "linear"}}))
+
+    def odd_status(path):
+        path.write_bytes(good.read_bytes())
+        _rewrite(path, lambda data: next(iter(data["trials"].values())).update(status="x"))
+
     cases = {
         "not gzip": (tmp_path / "plain.json.gz", lambda p: p.write_text("{}"), "not a gzip-compressed"),
+        "escaping record": (tmp_path / "record.json.gz", escaping_record, "not a plain folder name"),
+        "odd status": (tmp_path / "status.json.gz", odd_status, "not what an evidence file holds"),
+        "deep nesting": (tmp_path / "deep.json.gz", lambda p: p.write_bytes(gzip.compress(b"[" * 200_000)),
+                         "does not hold JSON"),
+        "missing": (tmp_path / "nothing.json.gz", lambda p: None, "cannot be read"),
+        "a pipe": (tmp_path / "pipe.json.gz", lambda p: os.mkfifo(p), "not a regular file"),
         "not evidence": (tmp_path / "other.json.gz", lambda p: p.write_bytes(gzip.compress(b'{"a": 1}')),
                          "not an e2vpt sweep evidence file"),
-        "escaping trial": (tmp_path / "escape.json.gz", escaping, "not a plain folder name"),
+        "escaping trial": (tmp_path / "escape.json.gz", escaping, "its sweep does not list"),
         "truncated": (tmp_path / "cut.json.gz", lambda p: p.write_bytes(good.read_bytes()[:200]), "not a gzip"),
     }
     for name, (path, make, message) in cases.items():
@@ -101,6 +128,11 @@ def test_the_command_line_exports_a_sweep_and_opens_it_under_the_runs_root(tmp_p
     assert SweepDir(tmp_path / "runs" / "from-a-colleague").exists()
     assert main(["sweep", "export", str(tmp_path / "nothing-here")]) == 2
     assert "is not a sweep folder" in capsys.readouterr().err
+    assert main(["sweep", "open", str(tmp_path / "nothing.evidence.json.gz")]) == 2
+    assert "cannot be read" in capsys.readouterr().err  # one line, no traceback
+    assert main(["sweep", "open", "class-comparison", "--root", str(tmp_path / "runs"), "--as", "for-class"]) == 0
+    said = capsys.readouterr().out
+    assert "for-class" in said and "digits: each method's final model" in said
 
 
 def test_a_sweep_that_is_still_running_is_not_exported(tmp_path, fake_run):

@@ -476,6 +476,8 @@ def test_e2vpt_minus_vpt_deep_is_a_welch_interval_over_seeds():
     reference = stats.ttest_ind(e2vpt, vpt, equal_var=False).confidence_interval(0.95)
     assert diff == pytest.approx(sum(e2vpt) / 3 - sum(vpt) / 4)
     assert (low, high) == pytest.approx((reference.low, reference.high))
+    same = frontier.difference((0.95, 0.95, 0.95), (0.94, 0.94, 0.94))  # no spread: no interval, not a certainty
+    assert same[0] == pytest.approx(0.01) and all(v != v for v in same[1:])
 
 
 def test_overlapping_intervals_are_called_no_significant_difference():

@@ -12,6 +12,7 @@ removal really does. The result is cached in the run's `analysis/` folder.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -46,8 +47,8 @@ def estimate_seconds(run_dir: str | Path, decision_round: int) -> tuple[int, flo
     rounds = {r["round"]: r for r in load_pruning(run.path)["rounds"]}
     before = np.array(rounds[decision_round - 1]["token_mask"], dtype=float)
     passes = int(before.sum()) + int((before.sum(-1) > 0).sum()) + 1
-    times = sorted(m["val_s"] for m in run.metrics() if m.get("kind") == "epoch" and isinstance(m.get("val_s"), (int, float)))
-    return passes, (passes * times[len(times) // 2] if times else None)
+    times = [m["val_s"] for m in run.metrics() if m.get("kind") == "epoch" and isinstance(m.get("val_s"), (int, float))]
+    return passes, (passes * statistics.median(times) if times else None)
 
 
 def prompt_ablation(run_dir: str | Path, decision_round: int = 1, device: str = "auto",

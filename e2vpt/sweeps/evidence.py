@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import time
 from pathlib import Path
 
@@ -94,9 +95,12 @@ def read(path: str | Path) -> dict:
     `RunDirError` with one line saying what is wrong otherwise."""
     path = Path(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as exc:
         raise RunDirError(f"evidence file {path} cannot be read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):  # a device or a pipe has no size to bound
+        raise RunDirError(f"{path} is not a regular file")
+    size = info.st_size
     if size > MAX_COMPRESSED_BYTES:
         raise RunDirError(f"evidence file {path} is {size / 2**20:.0f} MiB; at most {MAX_COMPRESSED_BYTES // 2**20} "
                           "MiB is read")
@@ -109,8 +113,8 @@ def read(path: str | Path) -> dict:
         raise RunDirError(f"{path} expands past {MAX_JSON_BYTES // 2**20} MiB; it is not read")
     try:
         evidence = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path} does not hold JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise RunDirError(f"{path} does not hold JSON ({type(exc).__name__})") from None
     if not isinstance(evidence, dict) or evidence.get("format") != FORMAT:
         raise RunDirError(f"{path} is not an e2vpt sweep evidence file")
     if evidence.get("version") != VERSION:
@@ -119,19 +123,31 @@ def read(path: str | Path) -> dict:
     if not isinstance(sweep, dict) or not isinstance(sweep.get("spec"), dict) or not isinstance(trials, dict) \
             or not isinstance(sweep.get("trials"), dict):
         raise RunDirError(f"{path} holds no sweep record")
-    if len(trials) > MAX_TRIALS:
-        raise RunDirError(f"{path} holds {len(trials):,} trials; at most {MAX_TRIALS:,} are read")
-    for trial_id, files in trials.items():
+    if len(sweep["trials"]) > MAX_TRIALS:
+        raise RunDirError(f"{path} holds {len(sweep['trials']):,} trials; at most {MAX_TRIALS:,} are read")
+    if set(trials) - set(sweep["trials"]):
+        raise RunDirError(f"{path} holds trial records its sweep does not list")
+    for trial_id in sweep["trials"]:  # each becomes a folder name: never a path out of the sweep
         if not NAME_PATTERN.fullmatch(trial_id) or trial_id in (".", ".."):
             raise RunDirError(f"{path} names a trial {trial_id[:60]!r}, which is not a plain folder name")
-        if files is not None and not (isinstance(files, dict) and isinstance(files.get("config"), dict)
-                                      and isinstance(files.get("metrics", []), list)):
-            raise RunDirError(f"{path}: trial {trial_id} has no readable settings")
+    for trial_id, files in trials.items():
+        if files is None:
+            continue
+        readable = isinstance(files, dict) and isinstance(files.get("config"), dict) \
+            and isinstance(files.get("metrics") or [], list) \
+            and all(isinstance(files.get(name), (dict, type(None))) for name in ("status", "pruning", "summary"))
+        if not readable:
+            raise RunDirError(f"{path}: the records of trial {trial_id} are not what an evidence file holds")
     return evidence
 
 
 def digest(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    """sha256 of the file, read in chunks (call after `read` has bounded it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _write_trial(folder: Path, files: dict) -> None:
@@ -152,14 +168,15 @@ def open_evidence(path: str | Path, root: str | Path, name: str | None = None) -
     return it. The same file opened again returns the folder as it is; a folder unpacked from another
     version of the file is replaced; any other folder of that name is refused, untouched."""
     path, root = Path(path), Path(root)
+    evidence = read(path)  # bounded and checked before anything else reads it
     sha = digest(path)
-    evidence = read(path)
     name = name or str(evidence.get("id") or path.name.removesuffix(SUFFIX))
     if not SWEEP_ID.fullmatch(name):
         raise RunDirError(f"{name[:60]!r} is not a usable sweep name (letters, digits, '.', '_', '-')")
     target = SweepDir(root / name)
     if target.path.is_symlink():
         raise RunDirError(f"{target.path} is a link; it is not replaced")
+    replaced = None
     if target.path.exists():
         held = None
         try:
@@ -171,9 +188,10 @@ def open_evidence(path: str | Path, root: str | Path, name: str | None = None) -
                               "open it under another name (--as NAME)")
         if held.get("sha256") == sha:
             return target
-        shutil.rmtree(target.path)  # an earlier version of the same evidence, unpacked by this function
+        replaced = target.path  # an earlier version of the same evidence, unpacked by this function
     root.mkdir(parents=True, exist_ok=True)
     staging = root / f".{name}.opening-{os.getpid()}"
+    retired = root / f".{name}.replaced-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
@@ -186,9 +204,12 @@ def open_evidence(path: str | Path, root: str | Path, name: str | None = None) -
         if record.get("state") in ("queued", "running"):
             record["state"] = "interrupted"
         atomic_write_json(staging / "sweep.json", record)
+        if replaced is not None:  # the old copy leaves only once the new one is whole
+            os.replace(replaced, retired)
         os.replace(staging, target.path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
     target.write_leaderboard()
     return target
 
@@ -216,19 +237,29 @@ def _comparable(config: dict) -> dict:
 def stale_trials(evidence: dict) -> list[str]:
     """The trials whose recorded settings differ from what today's code would train for the file's spec
     (a default changed since the sweep ran), each as `trial: setting recorded -> today`. Empty when
-    the evidence is current. Trials the spec does not expand by itself (a pruning search's levels)
-    are compared through their scout."""
+    the evidence is current. The trials the spec expands by itself (the grid, a search's scouts) are
+    compared; those chosen later from results (protocol vpt's final trials, a pruning search's
+    levels) are derived from these, so a changed default shows in them too. A spec this version
+    cannot read is itself a difference."""
     from .spec import SweepSpec
 
-    today = {t.id: t.config for t in SweepSpec.from_dict(evidence["sweep"]["spec"]).trials()}
-    if (evidence["sweep"]["spec"].get("protocol") or "none") != "none":
+    try:
         spec = SweepSpec.from_dict(evidence["sweep"]["spec"])
-        today.update({t.id: t.config for t in spec.scout_trials()})
+        today = {t.id: t.config for t in spec.trials()}
+        if spec.protocol == "e2vpt-search":
+            today.update({t.id: t.config for t in spec.scout_trials()})
+    except Exception as exc:  # noqa: BLE001 - a spec from another version: nothing of it can be compared
+        return [f"the sweep's spec: this version cannot expand it ({exc})"]
     out = []
     for trial_id, files in evidence["trials"].items():
         if files is None or trial_id not in today:
             continue
-        recorded, wanted = _comparable(files["config"]), _comparable(today[trial_id])
+        try:
+            recorded = _comparable(files["config"])
+        except Exception as exc:  # noqa: BLE001 - settings this version no longer accepts
+            out.append(f"{trial_id}: its settings are not valid today ({exc})")
+            continue
+        wanted = _comparable(today[trial_id])
         changed = sorted(k for k in wanted if recorded.get(k) != wanted[k])
         if changed:
             out.append(f"{trial_id}: " + ", ".join(f"{k} {recorded.get(k)!r} -> {wanted[k]!r}" for k in changed))

@@ -3,8 +3,9 @@
 A trial counts with the model it reports: for E2VPT, the pruning round its run kept on validation
 (`selected_round`), never a round picked afterwards by its test accuracy. A point is one configuration
 (method + swept values) of one dataset, those final models averaged over its seeds: mean test accuracy
-with a 95 % t-interval, mean tuned parameters. E2VPT's other rounds may be drawn too (`final` is
-False): they show what pruning did, and they never enter the Pareto front or the verdict.
+with a 95 % t-interval, mean tuned parameters. Every E2VPT round may be drawn too (`final` is False,
+the kept one included, averaged over all seeds): the trajectory shows what pruning did, and it never
+enters the Pareto front or the verdict.
 
 Datasets are never mixed: the front and the verdict are per dataset. The verdict takes, per method,
 the configuration with the best mean *validation* accuracy, reports its test accuracy, and gives
@@ -35,8 +36,8 @@ def _settings_text(values: dict, names: dict | None = None) -> list[str]:
 
 
 def _label(method: str, values: dict) -> str:
-    return " ".join([method, *_settings_text({k: v for k, v in values.items() if k not in NOT_A_SETTING},
-                                             SHORT_NAMES)])
+    settings = {k: v for k, v in values.items() if k not in NOT_A_SETTING}
+    return " ".join([method, *_settings_text(settings, SHORT_NAMES)])
 
 
 SEARCH_METHOD = "e2vpt-search"  # how the frontier names the pruning search's chosen levels
@@ -55,9 +56,9 @@ def _dataset(sweep: SweepDir, trial_id: str, record: dict, values: dict) -> str:
 
 
 def points(sweep: SweepDir, every_round: bool = True) -> pd.DataFrame:
-    """One row per finished trial's final model (`final` True), and with `every_round` one per other
-    E2VPT pruning round (`final` False): dataset, method, config label, seed, round, val_acc, test_acc,
-    tuned_params, tuned_pct. Under protocol vpt, once final trials have finished, only they are points:
+    """One row per finished trial's final model (`final` True), and with `every_round` one per E2VPT
+    pruning round, the kept one included (`final` False: the trajectory, drawn but never counted):
+    dataset, method, config label, seed, round, val_acc, test_acc, tuned_params, tuned_pct. Under protocol vpt, once final trials have finished, only they are points:
     the search trials chose them on validation accuracy. Under protocol e2vpt-search, each scout's
     chosen level is a point of method `e2vpt-search` (its configuration without the levels, which the
     search picked per seed); scouts and the other levels are not."""
@@ -120,8 +121,8 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
                          **_mean_point(finals), "pareto": False})
         for rnd, drawn in part[~part["final"].astype(bool)].groupby("round", sort=True):
             rows.append({"dataset": dataset, "method": method, "config": config, "round": int(rnd), "final": False,
-                         "label": f"{config} round {int(rnd)} (drawn, not counted)", **_mean_point(drawn),
-                         "pareto": False})
+                         "label": f"{config} round {int(rnd)}, every seed (drawn, not counted)",
+                         **_mean_point(drawn), "pareto": False})
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     for _, part in out[out["final"]].groupby("dataset", sort=False):
         best_so_far = -math.inf
@@ -146,15 +147,16 @@ def chosen(table: pd.DataFrame, dataset: str) -> pd.DataFrame:
 
 
 def difference(a: tuple, b: tuple) -> tuple[float, float, float]:
-    """Mean of `a` minus mean of `b`, with the 95 % Welch t-interval (nan without two values each)."""
+    """Mean of `a` minus mean of `b`, with the 95 % Welch t-interval (nan without two values each, or
+    without any spread)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     diff = float(a.mean() - b.mean())
     if len(a) < 2 or len(b) < 2:
         return diff, float("nan"), float("nan")
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     se = math.sqrt(va + vb)
-    if se == 0:
-        return diff, diff, diff
+    if se < 1e-12:  # identical accuracies on every seed (up to float noise): no spread to build an interval from
+        return diff, float("nan"), float("nan")
     dof = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1)) + (vb ** 2 / (len(b) - 1)))
     half = float(stats.t.ppf(0.975, dof) * se)
     return diff, diff - half, diff + half
@@ -170,7 +172,9 @@ def _comparison(ours, theirs) -> str:
     ratio = ours.tuned_params / theirs.tuned_params if theirs.tuned_params else float("nan")
     text = f"{ours.method} minus {theirs.method}: {round(100 * diff, 1) + 0.0:+.1f} points"  # + 0.0: never "-0.0"
     if math.isnan(low):
-        text += " (one seed: no interval; run more seeds before calling a winner)"
+        reason = "one seed" if min(len(ours.test_values), len(theirs.test_values)) < 2 else \
+            "the seeds gave identical accuracies"
+        text += f" ({reason}: no interval; run more seeds before calling a winner)"
     else:
         sure = "no significant difference" if low <= 0 <= high else \
             (f"{ours.method} ahead" if low > 0 else f"{theirs.method} ahead")

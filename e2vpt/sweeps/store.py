@@ -26,6 +26,7 @@ import json
 import re
 import time
 from pathlib import Path
+from statistics import median
 
 from ..errors import RunDirError
 from ..fileio import atomic_write_bytes, atomic_write_json, read_json
@@ -247,11 +248,7 @@ def eta(rows: list[dict]) -> dict:
     per_method: dict[str, list[float]] = {}
     for r in finished:
         per_method.setdefault(r["method"], []).append(float(r["wall_s"]))
-    every = sorted(float(r["wall_s"]) for r in finished)
-
-    def median(values: list[float]) -> float:
-        values = sorted(values)
-        return values[len(values) // 2] if len(values) % 2 else (values[len(values) // 2 - 1] + values[len(values) // 2]) / 2
+    every = [float(r["wall_s"]) for r in finished]
 
     left_running = [float(r["remaining_s"]) for r in running if r.get("remaining_s") is not None]
     guesses = [median(per_method[r["method"]]) if r["method"] in per_method else (median(every) if every else None)
