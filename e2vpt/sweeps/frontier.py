@@ -58,10 +58,11 @@ def _dataset(sweep: SweepDir, trial_id: str, record: dict, values: dict) -> str:
 def points(sweep: SweepDir, every_round: bool = True) -> pd.DataFrame:
     """One row per finished trial's final model (`final` True), and with `every_round` one per E2VPT
     pruning round, the kept one included (`final` False: the trajectory, drawn but never counted):
-    dataset, method, config label, seed, round, val_acc, test_acc, tuned_params, tuned_pct. Under protocol vpt, once final trials have finished, only they are points:
-    the search trials chose them on validation accuracy. Under protocol e2vpt-search, each scout's
-    chosen level is a point of method `e2vpt-search` (its configuration without the levels, which the
-    search picked per seed); scouts and the other levels are not."""
+    dataset, method, config label, seed, round, val_acc, test_acc, tuned_params, tuned_pct. Under
+    protocol vpt, once final trials have finished, only they are points: the search trials chose them
+    on validation accuracy. Under protocol e2vpt-search, each scout's chosen level is a point of method
+    `e2vpt-search` (its configuration without the levels, which the search picked per seed); scouts
+    and the other levels are not."""
     record = sweep.read()
     finished = [row for row in sweep.rows(record) if row["status"] == "done"]
     if any(row["stage"] == "final" for row in finished):
