@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from e2vpt.runs import _pid_alive
+from e2vpt.runs import _pid_alive, list_runs
 from e2vpt.sweeps import SweepDir
 from small_data import digits_folder
 
@@ -247,7 +247,8 @@ def test_a_killed_driver_leaves_a_sweep_the_same_command_resumes_without_retrain
                 os.kill(pid, signal.SIGKILL)
     first_epoch = metrics.read_text().splitlines()[0]
     killed = SweepDir(out)
-    assert killed.state() == "interrupted" and [r["status"] for r in killed.rows()] == ["pending"]
+    assert killed.state() == "interrupted" and [r["status"] for r in killed.rows()] == ["interrupted"]
+    assert {r["id"]: r["state"] for r in list_runs(tmp_path)}["S/t000-linear-s0"] == "interrupted"  # as on Runs
 
     again = sweep("--out", str(out), "--cpus", "1", "--ray-temp-dir", ray_tmp)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
