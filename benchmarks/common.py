@@ -193,23 +193,30 @@ def provenance(device: str = "cpu") -> dict:
             **machine_info(device)}
 
 
-def readme_block(name: str, readme: Path = README) -> str | None:
-    """The text between `<!-- generated: NAME -->` and `<!-- end: NAME -->` in benchmarks/README.md."""
+def _readme_parts(name: str, readme: Path) -> tuple[str, str, str] | None:
+    """(before, block, after) of the generated block `name`: the text between `<!-- generated: NAME -->`
+    and `<!-- end: NAME -->`, the markers kept in before and after; None when the markers are missing."""
     text = readme.read_text()
     begin, end = f"<!-- generated: {name} -->\n", f"<!-- end: {name} -->"
     if begin not in text or end not in text:
         return None
-    return text.split(begin, 1)[1].split(end, 1)[0]
+    head, rest = text.split(begin, 1)
+    block, tail = rest.split(end, 1)
+    return head + begin, block, end + tail
+
+
+def readme_block(name: str, readme: Path = README) -> str | None:
+    """The generated block `name` of benchmarks/README.md, as it stands."""
+    parts = _readme_parts(name, readme)
+    return parts[1] if parts else None
 
 
 def write_readme_block(name: str, block: str, readme: Path = README) -> None:
     """Replace the generated block `name` of benchmarks/README.md with `block` (the script's own table)."""
-    text = readme.read_text()
-    begin, end = f"<!-- generated: {name} -->\n", f"<!-- end: {name} -->"
-    if begin not in text or end not in text:
-        raise SystemExit(f"{readme} has no block '{name}' (markers {begin.strip()} ... {end})")
-    head, rest = text.split(begin, 1)
-    write_text(readme, head + begin + block + end + rest.split(end, 1)[1])
+    parts = _readme_parts(name, readme)
+    if parts is None:
+        raise SystemExit(f"{readme} has no block '{name}' (markers <!-- generated: {name} --> ... <!-- end: {name} -->)")
+    write_text(readme, parts[0] + block + parts[2])
 
 
 def read_csv(path: Path) -> list[dict]:

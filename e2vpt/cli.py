@@ -261,7 +261,7 @@ def cmd_evidence(args: argparse.Namespace) -> int:
     if not path.exists() and args.file in evidence.SHIPPED:  # a shipped file, by its name
         path, name = evidence.SHIPPED_DIR / f"{args.file}{evidence.SUFFIX}", name or f"shipped-{args.file}"
     sweep = evidence.open_evidence(path, root, name)
-    stale = evidence.stale_trials(evidence.read(path))
+    stale = evidence.opened_from(sweep)["stale"]
     print(f"opened {sweep.path}: {len(sweep.read()['trials'])} trial(s); the Sweeps page shows it as {sweep.id}")
     from .sweeps import frontier
 

@@ -7,7 +7,6 @@ import streamlit as st
 
 from e2vpt import charts, launch
 from e2vpt.data import list_datasets
-from e2vpt.errors import RunDirError
 from e2vpt.runs import runs_root
 from e2vpt.sweeps import evidence, frontier
 from e2vpt.sweeps.prepared import PREPARED, estimate_seconds, prepared
@@ -73,30 +72,21 @@ def shipped_buttons() -> None:
         b.caption(item["about"])
 
 
-def provenance_note(sweep, record: dict) -> None:
+def provenance_note(sweep) -> None:
     """Where an opened evidence file came from, and whether today's defaults would train the same."""
-    source = record.get("evidence")
-    if not source:
+    source = evidence.opened_from(sweep)
+    if source is None:
         return
     made = source.get("exported_by") or {}
     packages = made.get("packages") or {}
-    configs, commits = {}, set()
-    for trial_id in record["trials"]:
-        try:
-            run = sweep.trial_run(trial_id)
-            configs[trial_id] = {"config": run.config()}
-            commits.add(((run.summary() or {}).get("produced_by") or {}).get("commit"))
-        except RunDirError:
-            continue
-    trained = ("trained at commit " + ", ".join(f"`{c}`" for c in sorted(commits - {None}))
-               if commits - {None} else "its trials ran before runs recorded their commit")
+    trained = ("trained at commit " + ", ".join(f"`{c}`" for c in source["trained_at"]) if source["trained_at"]
+               else "its trials ran before runs recorded their commit")
     st.caption(f"Opened from the evidence file `{source.get('file')}`: {trained}; exported {source.get('exported')} "
                f"at commit `{made.get('commit')}` (e2vpt {made.get('e2vpt')}, torch {packages.get('torch')}, timm "
                f"{packages.get('timm')}, {made.get('cpu')}, {made.get('cores')} cores).")
-    stale = evidence.stale_trials({"sweep": record, "trials": configs})
-    if stale:
-        st.warning(f"{len(stale)} trial(s) ran with settings today's defaults no longer give (e.g. {stale[0]}): these "
-                   "numbers are not what this version would measure.")
+    if source["stale"]:
+        st.warning(f"{len(source['stale'])} trial(s) ran with settings today's defaults no longer give (e.g. "
+                   f"{source['stale'][0]}): these numbers are not what this version would measure.")
 
 
 def trial_table(rows: list[dict], live: bool = False) -> pd.DataFrame:
@@ -149,7 +139,7 @@ def show(sweep_id: str) -> None:
                                                                          help="Trains only what did not finish."):
             launch.resume_sweep(sweep_id)
             st.rerun()
-    provenance_note(sweep, record)
+    provenance_note(sweep)
     rows = sweep.rows(record)
     if note := frontier.protocol_note(record, rows):
         st.caption(note)

@@ -284,9 +284,8 @@ def test_another_spec_in_the_same_folder_is_refused(tmp_path):
         SweepDir(tmp_path / "S").create(SweepSpec.from_dict(dict(_spec().to_dict(), seeds=[0, 1])))
 
 
-def test_a_second_driver_on_the_same_folder_is_refused_while_the_first_holds_it(tmp_path):
-    sweep = SweepDir(tmp_path / "S")
-    sweep.create(_spec())
+def _hold_lock(sweep: SweepDir) -> subprocess.Popen:
+    """A real second process holding the sweep's driver lock, as a running driver does."""
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
         import sys, time
         sys.path.insert(0, {str(ROOT)!r})
@@ -294,10 +293,17 @@ def test_a_second_driver_on_the_same_folder_is_refused_while_the_first_holds_it(
         held = SweepDir({str(sweep.path)!r})
         held.lock()
         print("locked", flush=True)
-        time.sleep(60)
+        time.sleep(120)
         """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_second_driver_on_the_same_folder_is_refused_while_the_first_holds_it(tmp_path):
+    sweep = SweepDir(tmp_path / "S")
+    sweep.create(_spec())
+    holder = _hold_lock(sweep)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         from e2vpt.sweeps.runner import run_sweep
 
         with pytest.raises(RunDirError, match="being run by another sweep process"):
@@ -505,21 +511,6 @@ def test_every_accuracy_tick_label_names_its_own_value(low, high):
     for value, label in zip(values, labels):
         assert label.endswith("%") and float(label[:-1]) == pytest.approx(100 * value, abs=1e-9), (value, label)
     assert len(set(labels)) == len(labels)
-
-
-def _hold_lock(sweep: SweepDir) -> subprocess.Popen:
-    """A real second process holding the sweep's driver lock, as a running driver does."""
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""\
-        import sys, time
-        sys.path.insert(0, {str(ROOT)!r})
-        from e2vpt.sweeps import SweepDir
-        held = SweepDir({str(sweep.path)!r})
-        held.lock()
-        print("locked", flush=True)
-        time.sleep(120)
-        """)], stdout=subprocess.PIPE, text=True)
-    assert holder.stdout.readline().strip() == "locked"
-    return holder
 
 
 def running_sweep(root: Path, fake_run) -> SweepDir:

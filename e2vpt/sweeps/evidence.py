@@ -228,6 +228,26 @@ def open_shipped(name: str, root: str | Path) -> SweepDir:
     return open_evidence(match[0]["path"], root, f"shipped-{name}")
 
 
+def opened_from(sweep: SweepDir) -> dict | None:
+    """For a sweep unpacked by `open_evidence`: its source (file, exported, exported_by), the commits its
+    trials were trained at (`trained_at`; empty for runs that predate the record), and `stale_trials`
+    of its folder as it is now. None for a sweep trained here."""
+    record = sweep.read()
+    source = record.get("evidence")
+    if not source:
+        return None
+    trials, commits = {}, set()
+    for trial_id in record["trials"]:
+        try:
+            run = sweep.trial_run(trial_id)
+            trials[trial_id] = {"config": run.config()}
+            commits.add(((run.summary() or {}).get("produced_by") or {}).get("commit"))
+        except RunDirError:
+            continue
+    return {**source, "trained_at": sorted(commits - {None}),
+            "stale": stale_trials({"sweep": record, "trials": trials})}
+
+
 # -- still current? -----------------------------------------------------------------------------------
 def _comparable(config: dict) -> dict:
     values = TrainConfig.from_dict({**SAVED_BEFORE_SETTING, **config}).to_dict()
