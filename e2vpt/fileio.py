@@ -65,8 +65,11 @@ def atomic_write_bytes(path: str | Path, data: bytes, previous: str | Path | Non
     _fsync_folder(path.parent)
 
 
-def atomic_write_json(path: str | Path, value: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(json_safe(value), indent=1) + "\n").encode())
+def atomic_write_json(path: str | Path, value: Any, compact: bool = False) -> None:
+    """`value` as JSON, written like `atomic_write_bytes`; one item per line unless `compact` (records
+    that are mostly long lists of numbers, such as pruning.json, are read by programs, not people)."""
+    text = json.dumps(json_safe(value), separators=(",", ":")) if compact else json.dumps(json_safe(value), indent=1)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None,

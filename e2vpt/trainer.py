@@ -257,7 +257,7 @@ class Trainer:
             "importance": cfg.importance, "rewind": cfg.rewind, "num_layers": m.num_layers,
             "prompt_layers": m.tuned.token_mask.shape[0], "prompt_len": m.prompt_len, "segments": m.segments,
             "kv_len": m.kv_len, "backbone_params": self.backbone_params,
-            "selected_round": self._selected_round(), "rounds": self.rounds})
+            "selected_round": self._selected_round(), "rounds": self.rounds}, compact=True)
 
     def _selected_round(self) -> int:
         if not self.rounds:

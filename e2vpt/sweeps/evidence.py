@@ -158,9 +158,10 @@ def _write_trial(folder: Path, files: dict) -> None:
     atomic_write_json(folder / "status.json", status)
     metrics = [m for m in files.get("metrics") or [] if isinstance(m, dict)]
     atomic_write_bytes(folder / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics).encode())
-    for name in ("pruning", "summary"):
-        if isinstance(files.get(name), dict):
-            atomic_write_json(folder / f"{name}.json", files[name])
+    if isinstance(files.get("pruning"), dict):
+        atomic_write_json(folder / "pruning.json", files["pruning"], compact=True)  # as training writes it
+    if isinstance(files.get("summary"), dict):
+        atomic_write_json(folder / "summary.json", files["summary"])
 
 
 def open_evidence(path: str | Path, root: str | Path, name: str | None = None) -> SweepDir:
