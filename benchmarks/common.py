@@ -11,8 +11,10 @@ import csv
 import os
 import platform
 import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -191,6 +193,31 @@ def provenance(device: str = "cpu") -> dict:
 
     return {"commit": git_commit() or "unknown", "defaults": defaults_digest(), "date": time.strftime("%Y-%m-%d"),
             **machine_info(device)}
+
+
+def evidence_source(path: str | Path) -> dict:
+    """Columns that tie a table computed from an evidence file (`e2vpt sweep export`) to that file: its
+    path (relative to the repository when inside it) and sha256, which `stale.py` compares with the file."""
+    from e2vpt.sweeps import evidence
+
+    path = Path(path).resolve()
+    evidence.read(path)  # bounded and checked before anything else reads it
+    shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+    return {"evidence": str(shown), "evidence_sha256": evidence.digest(path)}
+
+
+@contextmanager
+def opened_sweep(source: str | Path) -> Iterator:
+    """The `SweepDir` of `source`: an evidence file, unpacked into a temporary folder for as long as the
+    block runs, or a sweep folder read where it is."""
+    from e2vpt.sweeps import SweepDir, evidence
+
+    source = Path(source)
+    if source.is_dir():
+        yield SweepDir(source)
+        return
+    with tempfile.TemporaryDirectory(prefix="e2vpt-evidence-") as root:
+        yield evidence.open_evidence(source, root)
 
 
 def _readme_parts(name: str, readme: Path) -> tuple[str, str, str] | None:

@@ -1,16 +1,19 @@
 """The demo's defaults, chosen from the search sweep on validation accuracy alone (issue 13).
 
-Reads the sweep folder of `benchmarks/specs/defaults_search.yaml` and applies the rule written in
-benchmarks/README.md ("Choosing the demo's defaults") before the sweep ran: for each configuration
+Reads the search sweep of `benchmarks/specs/defaults_search.yaml`, from its evidence file
+(`benchmarks/results/defaults-search.evidence.json.gz`) or a sweep folder, and applies the rule written
+in benchmarks/README.md ("Choosing the demo's defaults") before the sweep ran: for each configuration
 (retrain_epochs, prune_ratio, kv_len), the mean over the five built-in tasks of its mean validation
 accuracy over seeds; the highest wins; configurations within 0.1 point of it tie, and a tie goes to
 fewer tuned parameters, then to fewer epochs (a quicker demo). Only a configuration with every task
 and seed finished is a candidate. Test accuracy is not read.
 
-    python benchmarks/defaults_choice.py benchmarks/results/defaults-search
+    python benchmarks/defaults_choice.py [EVIDENCE_OR_SWEEP]
 
-Writes benchmarks/results/defaults_choice.csv. Last line: `defaults: <settings> (mean val X %; today's
-defaults Y %)`, or `defaults: not yet (N of M trials finished)`.
+Writes benchmarks/results/defaults_choice.csv (one row per configuration, with the evidence file's
+sha256 and this computation's commit) and, for the default evidence file, the block `defaults-choice`
+of benchmarks/README.md. Last line: `defaults: <settings> (mean val X %; the defaults before the search
+Y %)`, or `defaults: not yet (N of M trials finished)`.
 """
 
 from __future__ import annotations
@@ -21,62 +24,115 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, print_table, write_csv  # noqa: E402
+from common import (RESULTS, evidence_source, opened_sweep, provenance, read_csv, write_csv,  # noqa: E402
+                    write_readme_block)
 
 from e2vpt.config import TrainConfig  # noqa: E402
-from e2vpt.sweeps import SweepDir  # noqa: E402
 
 SWEPT = ("retrain_epochs", "prune_ratio", "kv_len")
+BEFORE_SEARCH = {"retrain_epochs": 2, "prune_ratio": 0.5, "kv_len": 4}  # the defaults the protocol started from
 TIE_POINTS = 0.1
+SOURCE = RESULTS / "defaults-search.evidence.json.gz"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep", help="the search sweep's folder")
-    p.add_argument("--out", default=None, help="CSV (default benchmarks/results/defaults_choice.csv)")
-    args = p.parse_args()
-    sweep = SweepDir(args.sweep)
-    record = sweep.read()
-    rows = sweep.rows(record)
+def table(sweep) -> tuple[list[dict], int, int]:
+    """(one row per configuration: its settings, epochs, mean tuned parameters, mean validation accuracy
+    per task and over tasks; trials done; trials in all)."""
+    rows = sweep.rows()
     tasks = sorted({r["dataset"] for r in rows})
     seeds = sorted({r["seed"] for r in rows})
     configs: dict[tuple, dict] = {}
     for row in rows:
-        key = tuple(row[name] for name in SWEPT)
-        entry = configs.setdefault(key, {"val": {}, "params": []})
+        entry = configs.setdefault(tuple(row[name] for name in SWEPT), {"val": {}, "params": []})
         if row["status"] == "done":
             entry["val"].setdefault(row["dataset"], []).append(row["val_acc"])
             entry["params"].append(row["tuned_params"])
-    table = []
+    out = []
     for key, entry in configs.items():
         complete = all(len(entry["val"].get(t, [])) == len(seeds) for t in tasks)
         per_task = {t: statistics.fmean(entry["val"][t]) for t in tasks if entry["val"].get(t)}
         settings = dict(zip(SWEPT, key))
-        epochs = TrainConfig(**settings).epochs + 2 * settings["retrain_epochs"]
-        table.append({**settings, "complete": complete, "epochs": epochs,
-                      "mean_val": statistics.fmean(per_task.values()) if complete else None,
-                      "tuned_params": round(statistics.fmean(entry["params"])) if entry["params"] else None,
-                      **{f"val_{t}": round(100 * v, 2) for t, v in per_task.items()}})
-    defaults = TrainConfig()
-    today = next((r for r in table if all(r[n] == getattr(defaults, n) for n in SWEPT)), None)
-    candidates = [r for r in table if r["complete"]]
-    table.sort(key=lambda r: -(r["mean_val"] or -1))
-    columns = [*SWEPT, "epochs", "tuned_params", "mean_val", *[f"val_{t}" for t in tasks]]
-    print_table("Validation accuracy % by configuration (mean over seeds; mean over tasks)", columns,
-                [[("-" if r.get(c) is None else f"{100 * r[c]:.2f}" if c == "mean_val" else r.get(c, "-"))
-                  for c in columns] for r in table])
-    write_csv(Path(args.out) if args.out else RESULTS / "defaults_choice.csv", table, ["complete", *columns])
-    finished = sum(r["status"] == "done" for r in rows)
-    if len(candidates) < len(table):
-        print(f"defaults: not yet ({finished} of {len(rows)} trials finished; {len(candidates)} of {len(table)} "
-              "configurations complete)")
+        out.append({**settings, "complete": complete,
+                    "epochs": TrainConfig(**settings).epochs + 2 * settings["retrain_epochs"],
+                    "tuned_params": round(statistics.fmean(entry["params"])) if entry["params"] else "",
+                    "mean_val": round(statistics.fmean(per_task.values()), 6) if complete else "",
+                    **{f"val_{t}": round(100 * per_task[t], 2) if t in per_task else "" for t in tasks}})
+    out.sort(key=lambda r: -(r["mean_val"] or -1))
+    return out, sum(r["status"] == "done" for r in rows), len(rows)
+
+
+def choose(rows: list[dict]) -> dict | None:
+    """The protocol's rule applied to the table's rows (strings or numbers); None until every
+    configuration is complete."""
+    if not rows or any(str(r["complete"]) != "True" for r in rows):
+        return None
+    best = max(float(r["mean_val"]) for r in rows)
+    tied = [r for r in rows if float(r["mean_val"]) >= best - TIE_POINTS / 100]
+    return min(tied, key=lambda r: (int(r["tuned_params"]), int(r["epochs"])))
+
+
+def _is(row: dict, settings: dict) -> bool:
+    return all(float(row[k]) == float(v) for k, v in settings.items())
+
+
+def render(rows: list[dict]) -> str:
+    """benchmarks/README.md's choice table and the numbers said about it, from the result file's rows."""
+    chosen = choose(rows)
+    if chosen is None:
+        return "No complete search yet: run `python benchmarks/defaults_choice.py`.\n"
+    tasks = [c[len("val_"):] for c in rows[0] if c.startswith("val_")]
+    head = [*SWEPT, "tuned params", "mean val %", *tasks]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        bold = (lambda v: f"**{v}**") if r is chosen else (lambda v: v)
+        cells = [bold(r[k]) for k in SWEPT] + [f"{int(r['tuned_params']):,}", bold(f"{100 * float(r['mean_val']):.2f}")]
+        lines.append("| " + " | ".join(cells + [r[f"val_{t}"] for t in tasks]) + " |")
+    before = next(r for r in rows if _is(r, BEFORE_SEARCH))
+    settings = ", ".join(f"{k} = {chosen[k]}" for k in SWEPT)
+    lines += ["", f"Chosen: **{settings}** ({100 * float(chosen['mean_val']):.2f} %; the defaults before the search, "
+                  f"{' / '.join(str(v) for v in BEFORE_SEARCH.values())}, {100 * float(before['mean_val']):.2f} %)."]
+    long, short = [r for r in rows if int(r["retrain_epochs"]) == 4], [r for r in rows if int(r["retrain_epochs"]) == 2]
+    if long and short:
+        gaps = [100 * (float(a["mean_val"]) - float(b["mean_val"])) for a in long for b in short]
+        paired = {t: [float(a[f"val_{t}"]) - float(b[f"val_{t}"]) for a in long for b in short
+                      if a["prune_ratio"] == b["prune_ratio"] and a["kv_len"] == b["kv_len"]] for t in tasks}
+        widest = max(tasks, key=lambda t: statistics.fmean(paired[t]))
+        lines.append(f"Every configuration with 4 retraining epochs against every one with 2: {min(gaps):+.2f} to "
+                     f"{max(gaps):+.2f} points on the mean; at the same prune_ratio and kv_len the largest gain is on "
+                     f"{widest} ({min(paired[widest]):+.2f} to {max(paired[widest]):+.2f}).")
+    spread = {k: [100 * float(r["mean_val"]) for r in long if _is(r, {k: chosen[k]})] for k in ("prune_ratio", "kv_len")}
+    others = {k: [100 * float(r["mean_val"]) for r in long if not _is(r, {k: chosen[k]})] for k in spread}
+    moves = [abs(a - b) for k in spread for a in spread[k] for b in others[k]]
+    if moves:
+        lines.append(f"Among those, prune_ratio and kv_len move the mean by at most {max(moves):.2f} points.")
+    first = rows[0]
+    lines += ["", f"Computed by `python benchmarks/defaults_choice.py` from `{first['evidence']}` (sha256 "
+                  f"`{first['evidence_sha256'][:12]}`); commit `{first['commit']}`, {first['date']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("source", nargs="?", default=str(SOURCE), help="the search's evidence file or sweep folder")
+    p.add_argument("--out", default=None, help="CSV (default benchmarks/results/defaults_choice.csv)")
+    args = p.parse_args()
+    stamp = {**provenance(), "defaults_used": False}  # every setting it compares is named in its spec
+    if not Path(args.source).is_dir():
+        stamp.update(evidence_source(args.source))
+    with opened_sweep(args.source) as sweep:
+        rows, done, total = table(sweep)
+    out = Path(args.out) if args.out else RESULTS / "defaults_choice.csv"
+    write_csv(out, [{**r, **stamp} for r in rows])
+    print(render(read_csv(out)), end="")
+    chosen = choose(read_csv(out))
+    if chosen is None:
+        print(f"defaults: not yet ({done} of {total} trials finished)")
         return 1
-    best = max(r["mean_val"] for r in candidates)
-    tied = [r for r in candidates if r["mean_val"] >= best - TIE_POINTS / 100]
-    chosen = min(tied, key=lambda r: (r["tuned_params"], r["epochs"]))
-    text = " ".join(f"{n}={chosen[n]}" for n in SWEPT)
-    print(f"defaults: {text} (mean val {100 * chosen['mean_val']:.2f} %; today's defaults "
-          f"{100 * today['mean_val']:.2f} %)" if today else f"defaults: {text} (mean val {100 * chosen['mean_val']:.2f} %)")
+    if not args.out and Path(args.source).resolve() == SOURCE.resolve():
+        write_readme_block("defaults-choice", render(read_csv(out)))
+    before = next(r for r in read_csv(out) if _is(r, BEFORE_SEARCH))
+    print(f"defaults: {' '.join(f'{k}={chosen[k]}' for k in SWEPT)} (mean val {100 * float(chosen['mean_val']):.2f} %; "
+          f"the defaults before the search {100 * float(before['mean_val']):.2f} %)")
     return 0
 
 

@@ -1,15 +1,19 @@
 """Step 3 of choosing the demo's defaults (issue 13): the chosen defaults on fresh seeds, on test.
 
-Reads the sweep folder of `benchmarks/specs/defaults_report.yaml` (E2VPT, VPT-deep and linear probing
+Reads the report sweep of `benchmarks/specs/defaults_report.yaml` (E2VPT, VPT-deep and linear probing
 at the defaults, seeds 10, 11, 12, the five built-in tasks; protocol in benchmarks/README.md, "Choosing
-the demo's defaults") and prints, per task and method, test accuracy mean ± std over the seeds and the
+the demo's defaults"), from its evidence file (shipped as `e2vpt/assets/evidence/defaults-report`) or
+from a sweep folder, and prints per task and method the test accuracy mean ± std over the seeds and the
 tuned parameters; then E2VPT against VPT-deep per task (difference of means, Welch's t-test p-value),
 and the mean over tasks. The seeds were not used by the search, and nothing here chooses anything.
 
-    python -m e2vpt sweep benchmarks/specs/defaults_report.yaml --out benchmarks/results/defaults-report
-    python benchmarks/defaults_report.py benchmarks/results/defaults-report
+    python -m e2vpt sweep benchmarks/specs/defaults_report.yaml --out DIR   # trains it (45 trials)
+    python -m e2vpt sweep export DIR --out e2vpt/assets/evidence/defaults-report.evidence.json.gz
+    python benchmarks/defaults_report.py [EVIDENCE_OR_SWEEP]                  # the table, from the file
 
-Writes benchmarks/results/defaults_report.csv. Last line: `report: e2vpt X %, vpt-deep Y %, linear Z %
+Writes benchmarks/results/defaults_report.csv (one row per task and method: every seed's numbers, the
+evidence file's sha256, the commit and machine of this computation) and, for the shipped evidence, the
+block `defaults-report` of benchmarks/README.md. Last line: `report: e2vpt X %, vpt-deep Y %, linear Z %
 (test, mean over tasks)`, or `report: not yet (N of M trials finished)`.
 """
 
@@ -21,13 +25,32 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, print_table, write_csv  # noqa: E402
-
-from scipy import stats  # noqa: E402
-
-from e2vpt.sweeps import SweepDir  # noqa: E402
+from common import (REPO, RESULTS, evidence_source, opened_sweep, provenance, read_csv, write_csv,  # noqa: E402
+                    write_readme_block)
 
 METHODS = ("e2vpt", "vpt-deep", "linear")
+LABELS = {"e2vpt": "E2VPT", "vpt-deep": "VPT-deep", "linear": "linear"}
+SOURCE = REPO / "e2vpt" / "assets" / "evidence" / "defaults-report.evidence.json.gz"
+PER_SEED = ("seed", "test_acc", "tuned_params", "tuned_pct", "wall_s", "selected_round")
+
+
+def table(sweep) -> tuple[list[dict], int, int]:
+    """(one row per task and method holding every finished seed's numbers joined by ';', trials done,
+    trials in all)."""
+    rows = sweep.rows()
+    done = sorted((r for r in rows if r["status"] == "done"), key=lambda r: r["seed"])
+    out = []
+    for task in sorted({r["dataset"] for r in rows}):
+        for method in METHODS:
+            runs = [r for r in done if r["method"] == method and r["dataset"] == task]
+            if runs:
+                out.append({"dataset": task, "method": method,
+                            **{k: ";".join(str(r[k]) for r in runs) for k in PER_SEED}})
+    return out, len(done), len(rows)
+
+
+def _values(row: dict, key: str) -> list[float]:
+    return [float(v) for v in str(row[key]).split(";")]
 
 
 def _mean_std(values: list[float]) -> str:
@@ -35,38 +58,88 @@ def _mean_std(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.1f}{spread}"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep", help="the report sweep's folder")
-    p.add_argument("--out", default=None, help="CSV (default benchmarks/results/defaults_report.csv)")
-    args = p.parse_args()
-    rows = SweepDir(args.sweep).rows()
-    done = [r for r in rows if r["status"] == "done"]
+def render(rows: list[dict]) -> str:
+    """benchmarks/README.md's report table and the numbers said about it, from the result file's rows."""
+    from scipy import stats
+
+    if not rows:
+        return "No result yet: run `python benchmarks/defaults_report.py`.\n"
+    by = {(r["dataset"], r["method"]): r for r in rows}
     tasks = sorted({r["dataset"] for r in rows})
     methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    acc = {(m, t): [r["test_acc"] for r in done if r["method"] == m and r["dataset"] == t] for m in methods for t in tasks}
-    params = {(m, t): [r["tuned_params"] for r in done if r["method"] == m and r["dataset"] == t]
-              for m in methods for t in tasks}
-    table = []
+    seeds = ", ".join(sorted({s for r in rows for s in r["seed"].split(";")}, key=int))
+    head = ["task"] + [c for m in methods for c in (LABELS[m], "params")]
+    compare = "e2vpt" in methods and "vpt-deep" in methods
+    head += ["E2VPT - VPT-deep", "Welch p"] if compare else []
+    lines = [f"Test accuracy %, mean ± std over seeds {seeds}; tuned parameters (head included):", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    welch = {}
     for t in tasks:
-        row = {"dataset": t}
+        cells = [t]
         for m in methods:
-            row[f"{m}_test"] = _mean_std(acc[m, t]) if acc[m, t] else "-"
-            row[f"{m}_params"] = round(statistics.fmean(params[m, t])) if params[m, t] else "-"
-        a, b = acc.get(("e2vpt", t), []), acc.get(("vpt-deep", t), [])
-        if len(a) > 1 and len(b) > 1:
-            row["e2vpt_minus_vpt"] = f"{100 * (statistics.fmean(a) - statistics.fmean(b)):+.1f}"
-            row["welch_p"] = f"{stats.ttest_ind(a, b, equal_var=False).pvalue:.2f}"
-        table.append(row)
-    columns = ["dataset", *[f"{m}_{k}" for m in methods for k in ("test", "params")], "e2vpt_minus_vpt", "welch_p"]
-    seeds = ", ".join(str(s) for s in sorted({r["seed"] for r in rows}))
-    print_table(f"Test accuracy %, mean ± std over seeds {seeds}; tuned parameters (head included)", columns,
-                [[r.get(c, "-") for c in columns] for r in table])
-    write_csv(Path(args.out) if args.out else RESULTS / "defaults_report.csv", table, columns)
-    if len(done) < len(rows):
-        print(f"report: not yet ({len(done)} of {len(rows)} trials finished)")
+            r = by.get((t, m))
+            cells += [_mean_std(_values(r, "test_acc")), f"{round(statistics.fmean(_values(r, 'tuned_params'))):,}"] \
+                if r else ["-", "-"]
+        if compare and (t, "e2vpt") in by and (t, "vpt-deep") in by:
+            a, b = _values(by[t, "e2vpt"], "test_acc"), _values(by[t, "vpt-deep"], "test_acc")
+            welch[t] = stats.ttest_ind(a, b, equal_var=False).pvalue if len(a) > 1 and len(b) > 1 else None
+            cells += [f"{100 * (statistics.fmean(a) - statistics.fmean(b)):+.1f}",
+                      "-" if welch[t] is None else f"{welch[t]:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    mean_acc = {m: statistics.fmean(statistics.fmean(_values(by[t, m], "test_acc")) for t in tasks if (t, m) in by)
+                for m in methods}
+    mean_params = {m: statistics.fmean(statistics.fmean(_values(by[t, m], "tuned_params")) for t in tasks
+                                       if (t, m) in by) for m in methods}
+    mean_pct = {m: statistics.fmean(statistics.fmean(_values(by[t, m], "tuned_pct")) for t in tasks if (t, m) in by)
+                for m in methods}
+    cells = ["**mean**"] + [c for m in methods for c in (f"**{100 * mean_acc[m]:.1f}**",
+                                                          f"{round(mean_params[m]):,} ({mean_pct[m]:.2f} %)")]
+    if compare:
+        cells += [f"{100 * (mean_acc['e2vpt'] - mean_acc['vpt-deep']):+.1f}", ""]
+    lines += ["| " + " | ".join(cells) + " |", ""]
+    if compare:
+        tested = {t: p for t, p in welch.items() if p is not None}
+        fewer = 100 * (1 - mean_params["e2vpt"] / mean_params["vpt-deep"])
+        lines.append(f"E2VPT minus VPT-deep, mean over tasks: {100 * (mean_acc['e2vpt'] - mean_acc['vpt-deep']):+.1f} "
+                     f"points, with {abs(fewer):.0f} % {'fewer' if fewer >= 0 else 'more'} tuned parameters"
+                     + (f"; the smallest per-task Welch p is {min(tested.values()):.2f} "
+                        f"({min(tested, key=tested.get)})." if tested else "."))
+    if "e2vpt" in methods:
+        kept = [int(v) for t in tasks if (t, "e2vpt") in by for v in _values(by[t, "e2vpt"], "selected_round")]
+        last = max(kept)
+        lines.append(f"E2VPT kept its last pruning round (round {last}) in {kept.count(last)} of {len(kept)} runs "
+                     "(the round each run keeps is chosen on validation).")
+    walls = {m: statistics.median(v for t in tasks if (t, m) in by for v in _values(by[t, m], "wall_s")) for m in methods}
+    lines.append("Median trial time: " + ", ".join(f"{m} {walls[m]:.0f} s" for m in methods)
+                 + " (two trials side by side on the machine that trained them).")
+    first = rows[0]
+    lines += ["", f"Computed by `python benchmarks/defaults_report.py` from `{first['evidence']}` (sha256 "
+                  f"`{first['evidence_sha256'][:12]}`); commit `{first['commit']}`, {first['date']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("source", nargs="?", default=str(SOURCE),
+                   help="the report's evidence file or sweep folder (default: the shipped evidence)")
+    p.add_argument("--out", default=None, help="CSV (default benchmarks/results/defaults_report.csv)")
+    args = p.parse_args()
+    stamp = {**provenance(), "defaults_used": True}  # its trials ran at the defaults: stale when they change
+    if not Path(args.source).is_dir():
+        stamp.update(evidence_source(args.source))
+    with opened_sweep(args.source) as sweep:
+        rows, done, total = table(sweep)
+    rows = [{**r, **stamp} for r in rows]
+    out = Path(args.out) if args.out else RESULTS / "defaults_report.csv"
+    write_csv(out, rows)
+    print(render(read_csv(out)), end="")
+    if done < total:
+        print(f"report: not yet ({done} of {total} trials finished)")
         return 1
-    means = {m: statistics.fmean(statistics.fmean(acc[m, t]) for t in tasks) for m in methods}
+    if not args.out and Path(args.source).resolve() == SOURCE.resolve():
+        write_readme_block("defaults-report", render(read_csv(out)))
+    means = {m: statistics.fmean(statistics.fmean(_values(r, "test_acc")) for r in rows if r["method"] == m)
+             for m in METHODS if any(r["method"] == m for r in rows)}
     print("report: " + ", ".join(f"{m} {100 * v:.1f} %" for m, v in means.items()) + " (test, mean over tasks)")
     return 0
 

@@ -1,7 +1,8 @@
 """Which published numbers are still current? Every result file in benchmarks/results/ that records
 provenance (a `defaults` digest and a `commit` column, `common.provenance`) is compared with today's
-defaults, and every generated block of benchmarks/README.md with what its script renders from its
-result file today.
+defaults; one computed from an evidence file (an `evidence_sha256` column, `common.evidence_source`)
+with that file as it is now; and every generated block of benchmarks/README.md with what its script
+renders from its result file today.
 
     python benchmarks/stale.py        # one line per result file; exit 1 when something is stale
 
@@ -15,10 +16,29 @@ from __future__ import annotations
 import importlib
 import sys
 
-from common import RESULTS, defaults_digest, read_csv, readme_block
+from common import REPO, RESULTS, defaults_digest, read_csv, readme_block
 
 # generated README blocks: block name -> (the script that writes it, its result file)
-BLOCKS = {"ablation": ("ablation_demo", "ablation_demo.csv")}
+BLOCKS = {"ablation": ("ablation_demo", "ablation_demo.csv"),
+          "defaults-choice": ("defaults_choice", "defaults_choice.csv"),
+          "defaults-report": ("defaults_report", "defaults_report.csv")}
+
+
+def _evidence_changed(rows: list[dict]) -> str | None:
+    """Why a table computed from an evidence file no longer matches that file, or None."""
+    from e2vpt.errors import RunDirError
+    from e2vpt.sweeps import evidence
+
+    recorded = {(r.get("evidence"), r.get("evidence_sha256")) for r in rows if r.get("evidence_sha256")}
+    for name, sha in recorded:
+        path = REPO / name
+        try:
+            evidence.read(path)
+        except RunDirError as exc:
+            return str(exc)
+        if evidence.digest(path) != sha:
+            return f"{name} changed since the table was computed from it"
+    return None
 
 
 def check() -> tuple[list[str], int, int, int]:
@@ -33,7 +53,11 @@ def check() -> tuple[list[str], int, int, int]:
             continue
         known += 1
         used = {r["defaults"] for r in rows if r.get("defaults_used", "True") != "False"}
-        if used - {today}:
+        changed = _evidence_changed(rows)
+        if changed:
+            stale += 1
+            lines.append(f"{path.name}: STALE, {changed}; rerun its script")
+        elif used - {today}:
             stale += 1
             lines.append(f"{path.name}: STALE, ran with defaults {', '.join(sorted(used))} (today {today}); "
                          f"rerun its script")

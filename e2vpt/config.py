@@ -135,7 +135,7 @@ class TrainConfig:
     prompt_len: int = setting(8, "visual prompt tokens per layer (p)", group="prompts",
                               label="Visual prompt tokens per layer (p)", ge=0, le=1024, basic=True)
     # kv_len, retrain_epochs, prune_ratio: chosen on validation accuracy over the five built-in tasks
-    # (benchmarks/README.md, "Choosing the demo's defaults"; records in benchmarks/results/defaults-search)
+    # (benchmarks/README.md, "Choosing the demo's defaults"; records in benchmarks/results/defaults-search.evidence.json.gz)
     kv_len: int = setting(2, "key-value prompts per layer (l); 0 disables them", group="prompts",
                           label="Key-value prompts per layer (l)", ge=0, le=1024, basic=True)
     kv_shared: bool = setting(False, "one tensor serves as both key and value prompt (the official code's default)",

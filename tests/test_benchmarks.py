@@ -55,19 +55,64 @@ def _benchmarks():
     return common, stale
 
 
-def test_the_published_ablation_table_is_what_its_script_renders_from_a_current_result():
-    """benchmarks/README.md's ablation block is exactly `ablation_demo.render` of results/ablation_demo.csv,
-    and that result ran with today's defaults: change a default and this fails until the script is rerun."""
-    common, stale = _benchmarks()
-    import ablation_demo
+@pytest.mark.parametrize("block", ["ablation", "defaults-choice", "defaults-report"])
+def test_each_published_table_is_what_its_script_renders_from_a_current_result(block):
+    """A generated block of benchmarks/README.md is exactly its script's `render` of its result file, and
+    that result is current: made by committed code, with today's defaults where it used them, from the
+    evidence file as it is now. Change a default, an evidence file or a table by hand and this fails."""
+    import importlib
 
-    rows = common.read_csv(common.RESULTS / "ablation_demo.csv")
-    assert rows and common.readme_block("ablation") == ablation_demo.render(rows)
-    assert {r["defaults"] for r in rows} == {common.defaults_digest()}, \
-        "the defaults changed since benchmarks/ablation_demo.py last ran: rerun it (python benchmarks/stale.py)"
+    common, stale = _benchmarks()
+    script, result = stale.BLOCKS[block]
+    rows = common.read_csv(common.RESULTS / result)
+    assert rows and common.readme_block(block) == importlib.import_module(script).render(rows)
     assert not rows[0]["commit"].endswith("+changes") and rows[0]["cpu"] and rows[0]["date"]
     lines, found, known, _ = stale.check()
-    assert not [line for line in lines if line.startswith("ablation_demo.csv") and "STALE" in line], lines
+    assert not [line for line in lines if line.startswith(result) and "STALE" in line], lines
+
+
+@pytest.mark.parametrize("script", ["defaults_choice", "defaults_report"])
+def test_the_defaults_tables_come_out_the_same_from_the_evidence_files(script):
+    """The search and the report are kept as evidence files, not as raw trial folders: each table's rows
+    are computed again here from its evidence file and equal the published result file's."""
+    import importlib
+
+    common, _ = _benchmarks()
+    module = importlib.import_module(script)
+    published = common.read_csv(common.RESULTS / f"{script}.csv")
+    assert published[0]["evidence_sha256"] == common.evidence_source(module.SOURCE)["evidence_sha256"]
+    with common.opened_sweep(module.SOURCE) as sweep:
+        rows, done, total = module.table(sweep)
+    assert done == total and len(rows) == len(published)
+    for again, row in zip(rows, published):
+        assert {k: str(v) for k, v in again.items()} == {k: row[k] for k in again}
+
+
+def test_a_table_computed_from_an_evidence_file_is_stale_once_that_file_changes(tmp_path, monkeypatch):
+    """A really altered evidence file (one trial's test accuracy rewritten, the file compressed again)."""
+    import gzip
+    import shutil
+
+    common, stale = _benchmarks()
+    import defaults_report
+
+    results = tmp_path / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    shutil.copy(common.RESULTS / "defaults_report.csv", results / "defaults_report.csv")
+    source = tmp_path / common.read_csv(results / "defaults_report.csv")[0]["evidence"]
+    source.parent.mkdir(parents=True)
+    shutil.copy(defaults_report.SOURCE, source)
+    monkeypatch.setattr(stale, "RESULTS", results)
+    monkeypatch.setattr(stale, "REPO", tmp_path)
+    monkeypatch.setattr(stale, "BLOCKS", {})
+    lines, found, known, _ = stale.check()
+    assert found == 0 and known == 1, lines
+    data = json.loads(gzip.decompress(source.read_bytes()))
+    trial = next(iter(data["trials"].values()))
+    trial["summary"]["test_acc"] = 0.999
+    source.write_bytes(gzip.compress(json.dumps(data).encode()))
+    lines, found, _, _ = stale.check()
+    assert found == 1 and "changed since the table was computed from it" in lines[0], lines
 
 
 def test_the_staleness_check_sees_a_changed_default_and_an_edited_table(tmp_path, monkeypatch):
