@@ -173,6 +173,7 @@ def append_csv_row(path: Path, row: dict, fieldnames: Sequence[str]) -> None:
 # --------------------------------------------------------------------------------------------------
 # provenance: every published number says which code, which defaults and which machine produced it
 README = REPO / "benchmarks" / "README.md"
+OUTPUTS = ("benchmarks/results", "benchmarks/README.md")  # what benchmarks write: never "changes" to the code
 
 
 def defaults_digest() -> str:
@@ -191,7 +192,7 @@ def provenance(device: str = "cpu") -> dict:
     """Columns every result row carries: the commit, the defaults' digest, the date and the machine."""
     import time
 
-    return {"commit": git_commit() or "unknown", "defaults": defaults_digest(), "date": time.strftime("%Y-%m-%d"),
+    return {"commit": git_commit(REPO, OUTPUTS) or "unknown", "defaults": defaults_digest(), "date": time.strftime("%Y-%m-%d"),
             **machine_info(device)}
 
 

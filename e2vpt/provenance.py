@@ -18,9 +18,10 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "ray")
 
 
-def git_commit(repo: Path = PACKAGE_ROOT) -> str | None:
+def git_commit(repo: Path = PACKAGE_ROOT, outputs: tuple[str, ...] = ()) -> str | None:
     """The checkout's commit (12 hex digits), `+changes` when tracked files differ from it; None
-    outside a git checkout (an installed package)."""
+    outside a git checkout (an installed package). Changes under `outputs` (paths relative to the
+    repository: what a benchmark itself writes) do not count: they are results, not code."""
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
@@ -33,7 +34,8 @@ def git_commit(repo: Path = PACKAGE_ROOT) -> str | None:
     commit = git("rev-parse", "--short=12", "HEAD")
     if not commit:
         return None
-    return commit + ("+changes" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in outputs))
+    return commit + ("+changes" if changed else "")
 
 
 def cpu_model() -> str:

@@ -124,6 +124,7 @@ def test_the_staleness_check_sees_a_changed_default_and_an_edited_table(tmp_path
     shutil.copy(common.RESULTS / "ablation_demo.csv", results / "ablation_demo.csv")
     shutil.copy(common.README, readme)
     monkeypatch.setattr(stale, "RESULTS", results)
+    monkeypatch.setattr(stale, "BLOCKS", {"ablation": stale.BLOCKS["ablation"]})
     monkeypatch.setattr(stale, "readme_block", lambda name: common.readme_block(name, readme))
     lines, found, known, _ = stale.check()
     assert found == 0 and known == 1, lines
@@ -132,7 +133,33 @@ def test_the_staleness_check_sees_a_changed_default_and_an_edited_table(tmp_path
     assert found == 1 and any(line.startswith("ablation_demo.csv: STALE") for line in lines), lines
     monkeypatch.undo()
     monkeypatch.setattr(stale, "RESULTS", results)
+    monkeypatch.setattr(stale, "BLOCKS", {"ablation": stale.BLOCKS["ablation"]})
     monkeypatch.setattr(stale, "readme_block", lambda name: common.readme_block(name, readme))
     readme.write_text(readme.read_text().replace("| round 1 |", "| round 1 (edited by hand) |"))
     lines, found, _, _ = stale.check()
     assert found == 1 and any("README block 'ablation': STALE" in line for line in lines), lines
+
+
+def test_a_result_names_its_commit_and_says_when_the_code_differed_from_it_but_not_its_own_outputs(tmp_path):
+    """In a real git checkout: a tracked code file changed gives `+changes`; a benchmark's own outputs
+    (its result file, the README block it rewrote) do not, so scripts run one after another stay clean."""
+    from e2vpt.provenance import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                       env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+                            "GIT_COMMITTER_EMAIL": "t@t"})
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "r.csv").write_text("a\n1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "one")
+    clean = git_commit(tmp_path, ("results",))
+    assert clean and len(clean) == 12
+    (tmp_path / "results" / "r.csv").write_text("a\n2\n")
+    assert git_commit(tmp_path, ("results",)) == clean
+    assert git_commit(tmp_path) == clean + "+changes"
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path, ("results",)) == clean + "+changes"
