@@ -221,6 +221,38 @@ def opened_sweep(source: str | Path) -> Iterator:
         yield evidence.open_evidence(source, root)
 
 
+def provenance_line(row: dict) -> str:
+    """Which code, defaults and machine a result row came from, for a README block; rows written
+    before results carried provenance say so (with whatever machine detail they did record)."""
+    machine = row.get("cpu") or "an unrecorded CPU"
+    if row.get("cores"):
+        machine += f" ({row['cores']} cores)"
+    if row.get("gpu"):
+        machine += f", {row['gpu']}"
+    if not row.get("commit"):
+        date = row.get("date") or (row.get("time") or "")[:10]
+        return (f"commit and defaults not recorded (measured before results carried them)"
+                f"{', ' + date if date else ''}, {machine}")
+    defaults = "defaults not used" if row.get("defaults_used") == "False" else f"defaults `{row['defaults']}`"
+    return f"commit `{row['commit']}`, {defaults}, {row['date']}, {machine}"
+
+
+def start_afresh_unless_current(path: Path) -> None:
+    """An append-style result file keeps only rows recorded with today's defaults: rows from before
+    results carried provenance, or from other defaults, are dropped (git keeps them), so that new rows
+    never sit beside numbers the staleness check (benchmarks/stale.py) cannot vouch for."""
+    rows = read_csv(path)
+    current = [r for r in rows if r.get("defaults") == defaults_digest()]
+    if len(current) == len(rows):
+        return
+    print(f"NOTE: dropped {len(rows) - len(current)} row(s) of {path.name} not recorded with today's defaults "
+          "(git keeps the old file)", file=sys.stderr)
+    if current:
+        write_csv(path, current, list(rows[0]))
+    else:
+        path.unlink()
+
+
 def _readme_parts(name: str, readme: Path) -> tuple[str, str, str] | None:
     """(before, block, after) of the generated block `name`: the text between `<!-- generated: NAME -->`
     and `<!-- end: NAME -->`, the markers kept in before and after; None when the markers are missing."""

@@ -12,7 +12,9 @@ pruning.json).
     python benchmarks/demo_time.py                 # once; --repeats 3 reports the median
     python benchmarks/demo_time.py --quick         # smoke test: 1 epoch, 1 round, 1 retrain epoch
 
-Writes benchmarks/results/demo_time.csv (one row per repeat). The last line is exactly `demo: X.X s`.
+Writes benchmarks/results/demo_time.csv (one row per repeat, each with the commit, the defaults'
+digest and the machine) and, for that default file, the README block `demo_time`: the latest
+invocation's runs (`render`). The last line is exactly `demo: X.X s`.
 """
 
 from __future__ import annotations
@@ -28,14 +30,66 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, append_csv_row, busy_warning, cpu_model, print_table  # noqa: E402
+from common import (REPO, RESULTS, append_csv_row, busy_warning, cpu_model, print_table, provenance,  # noqa: E402
+                    provenance_line, read_csv, start_afresh_unless_current, write_readme_block)
 
 COMMAND = ["-m", "e2vpt", "train", "--backbone", "demo", "--dataset", "digits", "--method", "e2vpt"]
 QUICK = ["--epochs", "1", "--retrain-epochs", "1", "--prune-rounds", "1"]
 TARGET_S = 90.0
-FIELDS = ["time", "wall_s", "in_fit_s", "train_s", "score_s", "startup_s", "test_acc", "val_acc", "tuned_pct",
-          "tuned_pct_no_head", "tuned_params", "selected_round", "torch_threads", "threads_env", "pretrained",
-          "quick", "cpu", "busy"]
+FIELDS = ["time", "invocation", "wall_s", "in_fit_s", "train_s", "score_s", "startup_s", "test_acc", "val_acc",
+          "tuned_pct", "tuned_pct_no_head", "tuned_params", "selected_round", "rounds_test_acc", "rounds_tuned_pct",
+          "torch_threads", "threads_env", "pretrained", "quick", "busy", "defaults_used",
+          "commit", "defaults", "date", "cpu", "cores", "torch", "threads", "device", "python"]
+
+
+# --------------------------------------------------------------------------------------------------
+def invocations(rows: list[dict]) -> list[list[dict]]:
+    """The rows grouped by the command that wrote them: by `invocation`, or for rows written before that
+    column existed, consecutive rows each finished within its own wall time (+30 s) of the previous."""
+    def finished(r):
+        return time.mktime(time.strptime(r["time"], "%Y-%m-%dT%H:%M:%S"))
+
+    groups: list[list[dict]] = []
+    for r in rows:
+        prev = groups[-1][-1] if groups else None
+        if prev is not None and (r.get("invocation") == prev.get("invocation") if r.get("invocation") else
+                                 finished(r) - finished(prev) <= float(r["wall_s"]) + 30):
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    return groups
+
+
+def render(rows: list[dict]) -> str:
+    """benchmarks/README.md's block `demo_time`: the latest invocation's runs, from demo_time.csv's rows."""
+    if not rows:
+        return "No result yet: run `python benchmarks/demo_time.py --repeats 3`.\n"
+    runs = invocations(rows)[-1]
+    last = runs[-1]
+    wall = statistics.median(float(r["wall_s"]) for r in runs)
+    quick = " (`--quick`: 1 epoch, 1 round of 1 retraining epoch)" if last["quick"] == "True" else ""
+    lines = [f"Latest measurement: {len(runs)} run(s) of the default demo command{quick}, "
+             f"`OMP_NUM_THREADS={last['threads_env']}`; {provenance_line(last)}.", "",
+             "| run | wall s | start + setup s | training s | scoring s | other s | test acc | tuned % |",
+             "|" + "---|" * 8]
+    for i, r in enumerate(runs, 1):
+        other = float(r["in_fit_s"]) - float(r["train_s"]) - float(r["score_s"])
+        lines.append(f"| {i} | {float(r['wall_s']):.1f} | {float(r['startup_s']):.1f} | {float(r['train_s']):.1f} "
+                     f"| {float(r['score_s']):.1f} | {other:.1f} | {float(r['test_acc']):.3f} "
+                     f"| {float(r['tuned_pct']):.3f} |")
+    lines += ["", f"Median **{wall:.1f} s** (target <= {TARGET_S:.0f} s on 2 cores: "
+              f"{'met' if wall <= TARGET_S else 'MISSED'}); test accuracy **{float(last['test_acc']):.3f}** with "
+              f"**{float(last['tuned_pct']):.3f} %** of the backbone tuned (head included; "
+              f"{float(last['tuned_pct_no_head']):.3f} % without), round {last['selected_round']} kept."]
+    if last.get("rounds_test_acc"):
+        accs, pcts = last["rounds_test_acc"].split(), last["rounds_tuned_pct"].split()
+        lines[-1] += (f" Rounds {'/'.join(map(str, range(len(accs))))}: test accuracy {' / '.join(accs)} "
+                      f"at {' / '.join(pcts)} % tuned.")
+    if last["pretrained"] == "False":
+        lines[-1] += " The demo weights were missing (random-init backbone): accuracy meaningless."
+    if any(r["busy"] == "True" for r in runs):
+        lines[-1] += " WARNING: the machine was busy during a run; timings not comparable."
+    return "\n".join(lines) + "\n"
 
 
 def run_once(threads: int, quick: bool, run_dir: Path, extra: tuple[str, ...] = ()) -> dict:
@@ -60,7 +114,9 @@ def run_once(threads: int, quick: bool, run_dir: Path, extra: tuple[str, ...] = 
             "tuned_pct": summary["tuned_pct"], "tuned_pct_no_head": summary["tuned_pct_no_head"],
             "tuned_params": summary["tuned_params"], "selected_round": summary["selected_round"],
             "torch_threads": summary["torch_threads"], "threads_env": threads, "pretrained": pretrained,
-            "quick": quick, "rounds": pruning["rounds"], "command": " ".join(["python", *cmd[1:]])}
+            "quick": quick, "rounds": pruning["rounds"], "command": " ".join(["python", *cmd[1:]]),
+            "rounds_test_acc": " ".join(f"{rd['test_acc']:.3f}" for rd in pruning["rounds"]),
+            "rounds_tuned_pct": " ".join(f"{rd['tuned_pct']:.3f}" for rd in pruning["rounds"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="CSV (default benchmarks/results/demo_time.csv)")
     args = p.parse_args(argv)
     out_csv = Path(args.out) if args.out else RESULTS / ("demo_time_quick.csv" if args.quick else "demo_time.csv")
+    start_afresh_unless_current(out_csv)
+    stamp = {**provenance("cpu"), "invocation": time.strftime("%Y-%m-%dT%H:%M:%S"), "defaults_used": True}
 
     warning = busy_warning()
     if warning:
@@ -83,9 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.repeats):
             run_dir = base / f"demo-{time.strftime('%Y%m%d-%H%M%S')}-{i}"
             r = run_once(args.threads, args.quick, run_dir)
-            r["busy"] = bool(warning or busy_warning())
-            r["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-            r["cpu"] = cpu_model()
+            r.update(stamp, busy=bool(warning or busy_warning()), time=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                     threads=r["torch_threads"])
             results.append(r)
             append_csv_row(out_csv, r, FIELDS)
             print(f"run {i + 1}/{args.repeats}: {r['wall_s']:.1f} s", file=sys.stderr, flush=True)
@@ -108,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = statistics.median(x["wall_s"] for x in results)
     print(f"target <= {TARGET_S:.0f} s on 2 cores: {'met' if wall <= TARGET_S else 'MISSED'}; "
           f"test acc {r['test_acc']:.3f}, tuned {r['tuned_pct']:.3f}% of the backbone (head included)")
+    if not args.out and not args.quick:  # the published numbers: the default file, by this script only
+        write_readme_block("demo_time", render(read_csv(out_csv)))
     print(f"demo: {wall:.1f} s")
     return 0
 

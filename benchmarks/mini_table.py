@@ -2,8 +2,8 @@
 
 Protocol (fixed before the table ran; the test split never chooses anything):
   - backbone `demo` (shipped weights), every method from the same engine (`e2vpt.trainer.train`,
-    in this process), `TrainConfig` defaults except those named here: p=8 visual prompts, l=4
-    key-value prompts (not shared), batch 64, AdamW, warm-up + cosine, 2 pruning rounds for e2vpt;
+    in this process), `TrainConfig` defaults except the epochs, rounds and lr named here (p, l,
+    batch, optimiser, schedule: today's defaults, whose digest every row records);
   - the same epochs for every training phase: `--epochs` (default 3) for every method, and for
     e2vpt also after each pruning round (`--retrain-epochs` defaults to `--epochs`, the paper's
     recipe of retraining the rewound survivors as long as the first training; the CLI's demo uses
@@ -23,16 +23,19 @@ Budget: on 2 idle cores one run takes about 8 s (linear), 17 s (full, VPT, e2vpt
 (e2vpt: 3 phases + 2 scoring passes) at 3 epochs; the default table is 5 tasks x 6 methods x
 (2 grid + 2 more seeds) = 120 runs, about 44 minutes.
 
-Resumable: every finished run is appended to `mini_table_runs.csv` at once, and configurations
-already there are skipped, so an interrupted table continues where it stopped (same flags).
+Resumable: every finished run is appended to `mini_table_runs.csv` at once (with the commit, the
+defaults' digest and the machine), and configurations already there with today's defaults are
+skipped, so an interrupted table continues where it stopped (same flags); rows from before results
+carried provenance, or from other defaults, are dropped from the file when a table starts.
 
     python benchmarks/mini_table.py                              # the full table
     python benchmarks/mini_table.py --tasks digits --methods linear e2vpt --seeds 0 1
     python benchmarks/mini_table.py --quick                      # smoke test, written to a temp folder
     python benchmarks/mini_table.py --plan                       # list what would run, with an estimate
 
-Writes benchmarks/results/mini_table_runs.csv (every run), mini_table.csv (aggregates) and
-mini_table.md. The last line is exactly `mean acc: e2vpt=X vpt-deep=X linear=X`.
+Writes benchmarks/results/mini_table_runs.csv (every run), mini_table.csv (aggregates, stamped with
+the runs' commits and CPUs) and mini_table.md; the default table (no option) also writes the README
+block `mini_table` (`render`). The last line is exactly `mean acc: e2vpt=X vpt-deep=X linear=X`.
 """
 
 from __future__ import annotations
@@ -47,8 +50,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, append_csv_row, busy_warning, cpu_model, markdown_table, print_table,  # noqa: E402
-                    read_csv, set_threads, write_csv, write_text)
+from common import (RESULTS, append_csv_row, busy_warning, cpu_model, defaults_digest, markdown_table,  # noqa: E402
+                    print_table, provenance, read_csv, set_threads, write_csv, write_readme_block, write_text)
+from common import provenance_line, start_afresh_unless_current  # noqa: E402
 
 METHODS = ("linear", "full", "vpt-shallow", "vpt-deep", "e2vpt-noprune", "e2vpt")
 TASKS = ("digits", "fashion-mnist", "dsprites-loc", "dsprites-ori", "clevr-count")
@@ -56,7 +60,9 @@ DEFAULT_EPOCHS = 3
 DEFAULT_GRID = (1.0, 3.0)
 RUN_FIELDS = ["task", "method", "seed", "lr", "lr_mult", "epochs", "retrain_epochs", "prune_rounds", "stage",
               "val_acc", "test_acc", "tuned_pct", "tuned_pct_no_head", "tuned_params", "selected_round",
-              "wall_s", "torch_threads", "error", "finished", "variant"]
+              "wall_s", "torch_threads", "error", "finished", "variant", "defaults_used", "commit", "defaults", "date",
+              "cpu", "cores", "torch", "threads", "device", "python"]
+STAMP = ["defaults_used", "commit", "defaults", "date", "cpu", "cores", "torch", "threads", "device", "python"]
 
 
 def key(task, method, seed, lr, epochs, retrain, rounds, variant="") -> tuple:
@@ -122,7 +128,7 @@ def aggregate(rows: list[dict], args) -> tuple[list[dict], dict]:
     """Per method x task at the chosen lr: mean/std over seeds; per method: means over tasks."""
 
     index = {row_key(r): r for r in rows}
-    per_cell, per_method = [], {}
+    per_cell = []
     for method in args.methods:
         for task in args.tasks:
             grid = [index.get(key(task, method, args.seeds[0], grid_lr(method, m), args.epochs,
@@ -143,44 +149,81 @@ def aggregate(rows: list[dict], args) -> tuple[list[dict], dict]:
                 "val_mean": statistics.mean(_f(r["val_acc"]) for r in runs),
                 "tuned_pct": statistics.mean(_f(r["tuned_pct"]) for r in runs),
                 "tuned_pct_no_head": statistics.mean(_f(r["tuned_pct_no_head"]) for r in runs),
-                "wall_s": statistics.mean(_f(r["wall_s"]) for r in runs)})
-    for method in args.methods:
-        cells = [c for c in per_cell if c["method"] == method and c["complete"]]
-        if cells:
-            per_method[method] = {
-                "tasks": len(cells), "mean": statistics.mean(c["test_mean"] for c in cells),
-                "tuned_pct": statistics.mean(c["tuned_pct"] for c in cells),
-                "tuned_pct_no_head": statistics.mean(c["tuned_pct_no_head"] for c in cells),
-                "wall_s": statistics.mean(c["wall_s"] for c in cells)}
-    return per_cell, per_method
+                "wall_s": statistics.mean(_f(r["wall_s"]) for r in runs),
+                "run_commits": " ".join(sorted({r.get("commit") or "?" for r in runs})),
+                "run_cpus": "; ".join(sorted({r.get("cpu") or "?" for r in runs}))})
+    return per_cell, method_means(per_cell)
+
+
+def method_means(cells: list[dict]) -> dict:
+    """Per method, over its complete tasks: mean test accuracy, tuned %, s/run (cells as numbers or strings)."""
+    means = {}
+    for method in dict.fromkeys(c["method"] for c in cells):
+        done = [c for c in cells if c["method"] == method and str(c["complete"]) == "True"]
+        if done:
+            means[method] = {k: statistics.mean(_f(c[k]) for c in done)
+                             for k in ("test_mean", "tuned_pct", "tuned_pct_no_head", "wall_s")}
+            means[method]["mean"] = means[method].pop("test_mean")
+    return means
+
+
+def table(cells: list[dict]) -> tuple[list[str], list[list[str]]]:
+    """(columns, rows) of the published table, from per-cell rows (numbers, or mini_table.csv's strings)."""
+    cell = {(c["method"], c["task"]): c for c in cells}
+    tasks, means = list(dict.fromkeys(c["task"] for c in cells)), method_means(cells)
+    rows = []
+    for m in dict.fromkeys(c["method"] for c in cells):
+        line = [m]
+        for t in tasks:
+            c = cell.get((m, t))
+            line.append("-" if c is None else f"{100 * _f(c['test_mean']):.1f} ± {100 * _f(c['test_std']):.1f}"
+                        + ("" if str(c["complete"]) == "True" else f" ({c['seeds']} seeds)"))
+        pm = means.get(m)
+        line += [f"{100 * pm['mean']:.1f}", f"{pm['tuned_pct']:.3f}", f"{pm['tuned_pct_no_head']:.3f}",
+                 f"{pm['wall_s']:.0f}"] if pm else ["-"] * 4
+        rows.append(line)
+    return ["method", *tasks, "mean", "tuned %", "tuned % no head", "s/run"], rows
+
+
+def render(rows: list[dict]) -> str:
+    """benchmarks/README.md's block `mini_table`, from mini_table.csv's rows: the table and the goals' answers."""
+    if not rows:
+        return "No result yet: run `python benchmarks/mini_table.py`.\n"
+    line = provenance_line(rows[0])
+    commits = sorted({c for r in rows for c in r.get("run_commits", "").split()})
+    cpus = sorted({c for r in rows for c in r.get("run_cpus", "").split("; ") if c})
+    if rows[0].get("commit") and (commits != [rows[0]["commit"]] or cpus != [rows[0]["cpu"]]):
+        line += f"; its runs at commit {', '.join(f'`{c}`' for c in commits)} on {'; '.join(cpus)}"
+    cols, body = table(rows)
+    text = [f"Table written from its runs: {line}.", "", markdown_table(cols, body).rstrip("\n")]
+    m = method_means(rows)
+    if all(k in m for k in ("e2vpt", "vpt-deep", "linear")):
+        e2, vd, lin = m["e2vpt"], m["vpt-deep"], m["linear"]
+        yes = lambda ok: "yes" if ok else "no"  # noqa: E731
+        text += ["", f"Goals, on the mean over tasks: E2VPT >= VPT-deep: {yes(e2['mean'] >= vd['mean'])} "
+                 f"({100 * e2['mean']:.1f} vs {100 * vd['mean']:.1f}); VPT-deep >= linear probing: "
+                 f"{yes(vd['mean'] >= lin['mean'])} ({100 * vd['mean']:.1f} vs {100 * lin['mean']:.1f}); E2VPT's "
+                 f"tuned parameters <= VPT-deep's (head excluded): "
+                 f"{yes(e2['tuned_pct_no_head'] <= vd['tuned_pct_no_head'])} ({e2['tuned_pct_no_head']:.3f} % vs "
+                 f"{vd['tuned_pct_no_head']:.3f} %)."]
+    return "\n".join(text) + "\n"
 
 
 def report(rows: list[dict], args, out_dir: Path, final: bool) -> dict:
     per_cell, per_method = aggregate(rows, args)
-    write_csv(out_dir / "mini_table.csv", per_cell,
+    write_csv(out_dir / "mini_table.csv", [{**c, **args.stamp} for c in per_cell],
               ["method", "task", "lr", "lr_mult", "seeds", "complete", "test_mean", "test_std", "val_mean",
-               "tuned_pct", "tuned_pct_no_head", "wall_s"])
+               "tuned_pct", "tuned_pct_no_head", "wall_s", "run_commits", "run_cpus", *STAMP])
     cell = {(c["method"], c["task"]): c for c in per_cell}
-    tasks = [t for t in args.tasks if any((m, t) in cell for m in args.methods)]
-    cols = ["method", *tasks, "mean", "tuned %", "tuned % no head", "s/run"]
-    table = []
-    for m in args.methods:
-        line = [m]
-        for t in tasks:
-            c = cell.get((m, t))
-            line.append("-" if c is None else f"{100 * c['test_mean']:.1f} ± {100 * c['test_std']:.1f}"
-                        + ("" if c["complete"] else f" ({c['seeds']}/{len(args.seeds)})"))
-        pm = per_method.get(m)
-        line += [f"{100 * pm['mean']:.1f}" if pm else "-", f"{pm['tuned_pct']:.3f}" if pm else "-",
-                 f"{pm['tuned_pct_no_head']:.3f}" if pm else "-", f"{pm['wall_s']:.0f}" if pm else "-"]
-        table.append(line)
+    cols, table_rows = table(per_cell)
+    tasks = cols[1:-4]
     lr_cols = ["method", *tasks]
     lr_table = [[m, *[("-" if (m, t) not in cell else f"{cell[(m, t)]['lr']:.3g} (x{cell[(m, t)]['lr_mult']:g})")
                       for t in tasks]] for m in args.methods]
     if final:
         print_table(f"test accuracy % (mean ± std over seeds {args.seeds}), demo backbone, {args.epochs} epochs"
                     + (f", {args.variant}" if args.variant else ""),
-                    cols, table)
+                    cols, table_rows)
         print_table("learning rate chosen on validation (seed %d)" % args.seeds[0], lr_cols, lr_table)
     md = [f"# Mini table (demo backbone)\n\nTest accuracy %, mean ± sample std over seeds {args.seeds}; "
           f"`--epochs {args.epochs}` for every method (e2vpt then {args.prune_rounds} pruning rounds x "
@@ -189,7 +232,7 @@ def report(rows: list[dict], args, out_dir: Path, final: bool) -> dict:
           f"per-task means over tasks; tuned % is of the backbone's {1.80:.2f} M parameters, averaged over "
           f"tasks. Machine: {cpu_model()}, `torch.set_num_threads({args.threads})`."
           + (f" Variant (TrainConfig overrides): `{args.variant}`." if args.variant else "") + "\n\n",
-          markdown_table(cols, table), "\nChosen learning rates:\n\n", markdown_table(lr_cols, lr_table)]
+          markdown_table(cols, table_rows), "\nChosen learning rates:\n\n", markdown_table(lr_cols, lr_table)]
     write_text(out_dir / "mini_table.md", "".join(md))
     return per_method
 
@@ -215,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--set prune_ratio=0.25: an investigation variant, kept apart in the CSV (`variant` column); "
                    "use with --out-dir")
     args = p.parse_args(argv)
+    published = vars(args) == vars(p.parse_args([]))  # the README's table: the default protocol, written here
     if args.quick:
         args.tasks = args.tasks or ["digits"]
         args.seeds, args.epochs, args.retrain_epochs, args.prune_rounds, args.lr_grid = [0], 1, 1, 1, [1.0]
@@ -242,7 +286,10 @@ def main(argv: list[str] | None = None) -> int:
     warning = busy_warning()
     if warning:
         print(warning)
-    rows = read_csv(runs_csv)
+    if not args.plan:
+        start_afresh_unless_current(runs_csv)
+    args.stamp = {**provenance(args.device), "defaults_used": True, "threads": threads}
+    rows = [r for r in read_csv(runs_csv) if r.get("defaults") == defaults_digest()]  # reused: today's defaults
     done = {row_key(r) for r in rows}
 
     # the plan: grid on the first seed per (task, method), then the other seeds at the chosen lr
@@ -274,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run_one(task, method, seed, lr, args, pretrained)
         row = {"task": task, "method": method, "seed": seed, "lr": f"{lr:.3g}", "lr_mult": mult,
                "epochs": args.epochs, "retrain_epochs": args.retrain_epochs, "prune_rounds": args.prune_rounds,
-               "stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "variant": args.variant, **result}
+               "stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "variant": args.variant, **result,
+               **args.stamp}
         append_csv_row(runs_csv, row, RUN_FIELDS)
         rows.append({k2: str(v) for k2, v in row.items()})
         done.add(k)
@@ -300,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             report(rows, args, out_dir, final=False)
 
     per_method = report(rows, args, out_dir, final=True)
+    if published:
+        write_readme_block("mini_table", render(read_csv(out_dir / "mini_table.csv")))
     print(f"wrote {runs_csv}, {out_dir / 'mini_table.csv'}, {out_dir / 'mini_table.md'}; "
           f"{n_done} runs this time in {(time.perf_counter() - started) / 60:.1f} min")
     if warning:

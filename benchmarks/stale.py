@@ -21,7 +21,14 @@ from common import REPO, RESULTS, defaults_digest, read_csv, readme_block
 # generated README blocks: block name -> (the script that writes it, its result file)
 BLOCKS = {"ablation": ("ablation_demo", "ablation_demo.csv"),
           "defaults-choice": ("defaults_choice", "defaults_choice.csv"),
-          "defaults-report": ("defaults_report", "defaults_report.csv")}
+          "defaults-report": ("defaults_report", "defaults_report.csv"),
+          "step_cost": ("step_cost", "step_cost.csv"),
+          "step_cost_pruned_tokens": ("step_cost", "step_cost_pruned_tokens.csv"),
+          "demo_time": ("demo_time", "demo_time.csv"),
+          "mini_table": ("mini_table", "mini_table.csv"),
+          "sweep_overhead": ("sweep_overhead", "sweep_overhead.csv"),
+          "input_pipeline": ("input_pipeline", "input_pipeline.csv"),
+          "precision": ("precision", "precision.csv")}
 
 
 def _evidence_changed(rows: list[dict]) -> str | None:

@@ -8,12 +8,14 @@ are trained twice on this machine:
 2. by `python -m e2vpt sweep ...`: a local Ray started by the sweep (its start-up counted), one trial
    per core at a time, one torch thread each.
 
-    python benchmarks/sweep_overhead.py            # --quick: 1 epoch
+    python benchmarks/sweep_overhead.py            # about 5 min; --quick: 1 epoch (sweep_overhead_quick.csv)
 
 Goal (issue 13): overhead <= 10 % on 2 cores. Overhead = sweep wall time / loop wall time - 1; a
 negative value means the sweep is faster (trials in parallel use the cores better than one run's
-threads). Also reported: Ray's start-up and the median trial time inside each. Writes
-benchmarks/results/sweep_overhead.csv. The last line is exactly `sweep overhead: X%`.
+threads). Also reported: Ray's start-up and the median trial time inside each. Appends a row (with the
+commit, the defaults' digest and the machine) to benchmarks/results/sweep_overhead.csv and, for that
+default file, writes the README block `sweep_overhead` from its latest row (`render`). The last line
+is exactly `sweep overhead: X%`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -30,13 +31,33 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, RESULTS, append_csv_row, busy_warning, cpu_model, print_table  # noqa: E402
+from common import (REPO, RESULTS, append_csv_row, busy_warning, print_table, provenance, read_csv,  # noqa: E402
+                    write_readme_block)
+from common import provenance_line, start_afresh_unless_current  # noqa: E402
 
 METHODS = ("linear", "vpt-deep")
 LRS = (0.01, 0.03)
 SEEDS = (0, 1)
+GOAL_PCT = 10.0
 FIELDS = ["time", "epochs", "trials", "loop_s", "sweep_s", "overhead_pct", "ray_start_s", "loop_trial_median_s",
-          "sweep_trial_median_s", "cores", "cpu", "busy"]
+          "sweep_trial_median_s", "busy", "defaults_used", "commit", "defaults", "date", "cpu", "cores", "torch",
+          "threads", "device", "python"]
+
+
+def render(rows: list[dict]) -> str:
+    """benchmarks/README.md's block `sweep_overhead`, from sweep_overhead.csv's latest row."""
+    if not rows:
+        return "No result yet: run `python benchmarks/sweep_overhead.py`.\n"
+    r = rows[-1]
+    overhead = float(r["overhead_pct"])
+    busy = " WARNING: the machine was busy; timings not comparable." if r["busy"] == "True" else ""
+    return (f"{r['trials']} trials of {r['epochs']} epoch(s); {provenance_line(r)}. One after another as "
+            f"`python -m e2vpt train` processes: **{float(r['loop_s']):.1f} s**. The same trials by "
+            f"`python -m e2vpt sweep` (Ray's start-up, {float(r['ray_start_s']):.1f} s, counted): "
+            f"**{float(r['sweep_s']):.1f} s**. Overhead **{overhead:+.1f} %** (goal <= {GOAL_PCT:.0f} %: "
+            f"{'met' if overhead <= GOAL_PCT else 'MISSED'}). Median trial: {float(r['loop_trial_median_s']):.1f} s "
+            f"in the loop (interpreter start included), {float(r['sweep_trial_median_s']):.1f} s inside the sweep."
+            f"{busy}\n")
 
 
 def run_loop(folder: Path, epochs: int) -> tuple[float, list[float]]:
@@ -73,8 +94,13 @@ def run_sweep(folder: Path, epochs: int) -> tuple[float, list[float], float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch per trial")
+    parser.add_argument("--out", default=None, help="CSV (default benchmarks/results/sweep_overhead.csv)")
     args = parser.parse_args()
     epochs = 1 if args.quick else 2
+    out_csv = Path(args.out) if args.out else RESULTS / ("sweep_overhead_quick.csv" if args.quick else
+                                                         "sweep_overhead.csv")
+    start_afresh_unless_current(out_csv)
+    stamp = provenance("cpu")
     warning = busy_warning()
     if warning:
         print(warning, file=sys.stderr)
@@ -86,10 +112,13 @@ def main() -> None:
     row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "epochs": epochs, "trials": 8, "loop_s": round(loop_s, 1),
            "sweep_s": round(sweep_s, 1), "overhead_pct": round(overhead, 1), "ray_start_s": round(ray_start, 1),
            "loop_trial_median_s": round(statistics.median(loop_each), 1),
-           "sweep_trial_median_s": round(statistics.median(sweep_each), 1), "cores": os.cpu_count(),
-           "cpu": cpu_model(), "busy": bool(warning)}
-    append_csv_row(RESULTS / "sweep_overhead.csv", row, FIELDS)
-    print_table("8 demo trials: one after another vs a sweep on Ray Tune", list(row), [list(row.values())])
+           "sweep_trial_median_s": round(statistics.median(sweep_each), 1), "busy": bool(warning),
+           "defaults_used": True, **stamp}
+    append_csv_row(out_csv, row, FIELDS)
+    shown = FIELDS[:10]
+    print_table("8 demo trials: one after another vs a sweep on Ray Tune", shown, [[row[k] for k in shown]])
+    if not args.out and not args.quick:  # the published numbers: the default file, by this script only
+        write_readme_block("sweep_overhead", render(read_csv(out_csv)))
     print(f"sweep overhead: {overhead:.1f}%")
 
 
