@@ -28,7 +28,8 @@ BLOCKS = {"ablation": ("ablation_demo", "ablation_demo.csv"),
           "mini_table": ("mini_table", "mini_table.csv"),
           "sweep_overhead": ("sweep_overhead", "sweep_overhead.csv"),
           "input_pipeline": ("input_pipeline", "input_pipeline.csv"),
-          "precision": ("precision", "precision.csv")}
+          "precision": ("precision", "precision.csv"),
+          "sweeps_page": ("sweeps_page", "sweeps_page.csv")}
 
 
 def _evidence_changed(rows: list[dict]) -> str | None:

@@ -157,7 +157,12 @@ def show(sweep_id: str) -> None:
                shown, f"{sweep_id}-{dataset}-frontier", key="frontier")
     st.info(frontier.verdicts(table).get(dataset, "No finished trials yet."), icon=":material/insights:")
     frame = pd.DataFrame(rows)
-    show_chart(charts.parallel_coordinates(frame, swept_settings(record)), frame, f"{sweep_id}-settings", key="parcoords")
+    # Plotly draws parallel coordinates with WebGL: in a browser without a graphics card that chart alone
+    # cost more than the rest of the page on every visit (benchmarks/README.md, "The Sweeps page")
+    if st.toggle("Settings against accuracy (parallel coordinates)", key="sweep_parcoords",
+                 help="One line per finished trial across the swept settings, coloured by test accuracy."):
+        show_chart(charts.parallel_coordinates(frame, swept_settings(record)), frame, f"{sweep_id}-settings",
+                   key="parcoords")
     if state not in ACTIVE:
         st.dataframe(trial_table(rows), hide_index=True)
     st.download_button("Leaderboard (CSV)", frame.to_csv(index=False), file_name=f"{sweep_id}-leaderboard.csv",

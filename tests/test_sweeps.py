@@ -606,8 +606,11 @@ def test_the_sweeps_page_shows_the_frontier_and_opens_a_trial_on_every_page(root
     no_exception(at)
     assert not at.error, texts(at, "error")
     assert at.query_params["sweep"] == "S"
-    assert charts_on(at) == 2  # the frontier and the parallel coordinates
+    assert charts_on(at) == 1  # the frontier; the parallel coordinates (WebGL, slow without a GPU) on request
     assert "digits: each method's final model" in texts(at, "info")
+    at.toggle(key="sweep_parcoords").set_value(True).run()
+    no_exception(at)
+    assert charts_on(at) == 2
     at.selectbox(key="sweep_trial").set_value("t000-linear-s0").run()
     next(b for b in at.button if b.label == "Open on every page").click().run()
     no_exception(at)
