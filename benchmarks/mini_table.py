@@ -60,7 +60,7 @@ DEFAULT_EPOCHS = 3
 DEFAULT_GRID = (1.0, 3.0)
 RUN_FIELDS = ["task", "method", "seed", "lr", "lr_mult", "epochs", "retrain_epochs", "prune_rounds", "stage",
               "val_acc", "test_acc", "tuned_pct", "tuned_pct_no_head", "tuned_params", "selected_round",
-              "wall_s", "torch_threads", "error", "finished", "variant", "defaults_used", "commit", "defaults", "date",
+              "wall_s", "busy", "torch_threads", "error", "finished", "variant", "defaults_used", "commit", "defaults", "date",
               "cpu", "cores", "torch", "threads", "device", "python"]
 STAMP = ["defaults_used", "commit", "defaults", "date", "cpu", "cores", "torch", "threads", "device", "python"]
 
@@ -150,6 +150,7 @@ def aggregate(rows: list[dict], args) -> tuple[list[dict], dict]:
                 "tuned_pct": statistics.mean(_f(r["tuned_pct"]) for r in runs),
                 "tuned_pct_no_head": statistics.mean(_f(r["tuned_pct_no_head"]) for r in runs),
                 "wall_s": statistics.mean(_f(r["wall_s"]) for r in runs),
+                "busy_runs": sum(r.get("busy") == "True" for r in runs),
                 "run_commits": " ".join(sorted({r.get("commit") or "?" for r in runs})),
                 "run_cpus": "; ".join(sorted({r.get("cpu") or "?" for r in runs}))})
     return per_cell, method_means(per_cell)
@@ -206,6 +207,10 @@ def render(rows: list[dict]) -> str:
                  f"tuned parameters <= VPT-deep's (head excluded): "
                  f"{yes(e2['tuned_pct_no_head'] <= vd['tuned_pct_no_head'])} ({e2['tuned_pct_no_head']:.3f} % vs "
                  f"{vd['tuned_pct_no_head']:.3f} %)."]
+    busy = sum(int(r.get("busy_runs") or 0) for r in rows)
+    if busy:
+        text += ["", f"s/run: {busy} of {sum(int(r['seeds']) for r in rows)} reported runs shared the machine with other "
+                 "work, so that column is not an idle machine's time; the accuracies do not depend on it."]
     return "\n".join(text) + "\n"
 
 
@@ -213,7 +218,7 @@ def report(rows: list[dict], args, out_dir: Path, final: bool) -> dict:
     per_cell, per_method = aggregate(rows, args)
     write_csv(out_dir / "mini_table.csv", [{**c, **args.stamp} for c in per_cell],
               ["method", "task", "lr", "lr_mult", "seeds", "complete", "test_mean", "test_std", "val_mean",
-               "tuned_pct", "tuned_pct_no_head", "wall_s", "run_commits", "run_cpus", *STAMP])
+               "tuned_pct", "tuned_pct_no_head", "wall_s", "busy_runs", "run_commits", "run_cpus", *STAMP])
     cell = {(c["method"], c["task"]): c for c in per_cell}
     cols, table_rows = table(per_cell)
     tasks = cols[1:-4]
@@ -322,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"task": task, "method": method, "seed": seed, "lr": f"{lr:.3g}", "lr_mult": mult,
                "epochs": args.epochs, "retrain_epochs": args.retrain_epochs, "prune_rounds": args.prune_rounds,
                "stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "variant": args.variant, **result,
-               **args.stamp}
+               "busy": busy_warning() is not None, **args.stamp}  # other work on the machine: its time is not idle
         append_csv_row(runs_csv, row, RUN_FIELDS)
         rows.append({k2: str(v) for k2, v in row.items()})
         done.add(k)
