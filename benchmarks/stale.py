@@ -22,6 +22,7 @@ from common import REPO, RESULTS, defaults_digest, read_csv, readme_block
 BLOCKS = {"ablation": ("ablation_demo", "ablation_demo.csv"),
           "defaults-choice": ("defaults_choice", "defaults_choice.csv"),
           "defaults-report": ("defaults_report", "defaults_report.csv"),
+          "class-comparison": ("class_comparison", "class_comparison.csv"),
           "step_cost": ("step_cost", "step_cost.csv"),
           "step_cost_pruned_tokens": ("step_cost", "step_cost_pruned_tokens.csv"),
           "demo_time": ("demo_time", "demo_time.csv"),

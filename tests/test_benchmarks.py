@@ -55,7 +55,7 @@ def _benchmarks():
     return common, stale
 
 
-@pytest.mark.parametrize("block", ["ablation", "defaults-choice", "defaults-report"])
+@pytest.mark.parametrize("block", ["ablation", "defaults-choice", "defaults-report", "class-comparison"])
 def test_each_published_table_is_what_its_script_renders_from_a_current_result(block):
     """A generated block of benchmarks/README.md is exactly its script's `render` of its result file, and
     that result is current: made by committed code, with today's defaults where it used them, from the
@@ -71,10 +71,11 @@ def test_each_published_table_is_what_its_script_renders_from_a_current_result(b
     assert not [line for line in lines if line.startswith(result) and "STALE" in line], lines
 
 
-@pytest.mark.parametrize("script", ["defaults_choice", "defaults_report"])
-def test_the_defaults_tables_come_out_the_same_from_the_evidence_files(script):
-    """The search and the report are kept as evidence files, not as raw trial folders: each table's rows
-    are computed again here from its evidence file and equal the published result file's."""
+@pytest.mark.parametrize("script", ["defaults_choice", "defaults_report", "class_comparison"])
+def test_the_tables_of_sweeps_come_out_the_same_from_their_evidence_files(script):
+    """The defaults search and report and the class comparison are kept as evidence files, not as raw
+    trial folders: each table's rows are computed again here from its evidence file and equal the
+    published result file's."""
     import importlib
 
     common, _ = _benchmarks()
