@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from e2vpt import charts, launch
+from e2vpt.config import TrainConfig
 from e2vpt.data import list_datasets
 from e2vpt.runs import runs_root
 from e2vpt.sweeps import evidence, frontier
@@ -89,8 +90,21 @@ def provenance_note(sweep) -> None:
                    f"{source['stale'][0]}): these numbers are not what this version would measure.")
 
 
-def trial_table(rows: list[dict], live: bool = False) -> pd.DataFrame:
+def trial_labels(record: dict) -> dict[str, str]:
+    """Each trial's configuration and dataset (`e2vpt p=8 l=4 · digits`): trial ids name only the method
+    and seed, so neighbours in a grid look alike."""
+    out = {}
+    for trial_id, trial in record["trials"].items():
+        values = trial.get("values") or {}
+        dataset = values.get("dataset") or (record["spec"].get("base") or {}).get("dataset") or TrainConfig().dataset
+        out[trial_id] = f"{frontier.config_label(trial['method'], values)} · {dataset}"
+    return out
+
+
+def trial_table(rows: list[dict], labels: dict[str, str], live: bool = False) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame.insert(1, "configuration", frame["trial"].map(labels))
     if not frame.empty and frame["phase0_from"].isna().all():  # only the pruning search's levels share a phase 0
         frame = frame.drop(columns=["chosen", "phase0_from"])
     for column in ("val_acc", "test_acc", "progress"):
@@ -121,7 +135,7 @@ def live(sweep_id: str, shown_state: str) -> None:
                      help="Stops every trial; each keeps what it trained and continues when you resume the sweep."):
             launch.cancel_sweep(sweep_id)
             st.toast("Cancel requested: the trials stop at their next step")
-        st.dataframe(trial_table(rows, live=True), hide_index=True)
+        st.dataframe(trial_table(rows, trial_labels(record), live=True), hide_index=True)
 
 
 def show(sweep_id: str) -> None:
@@ -163,14 +177,15 @@ def show(sweep_id: str) -> None:
                  help="One line per finished trial across the swept settings, coloured by test accuracy."):
         show_chart(charts.parallel_coordinates(frame, swept_settings(record)), frame, f"{sweep_id}-settings",
                    key="parcoords")
+    labels = trial_labels(record)
     if state not in ACTIVE:
-        st.dataframe(trial_table(rows), hide_index=True)
+        st.dataframe(trial_table(rows, labels), hide_index=True)
     st.download_button("Leaderboard (CSV)", frame.to_csv(index=False), file_name=f"{sweep_id}-leaderboard.csv",
                        mime="text/csv", on_click="ignore", icon=":material/table:")
     finished = [r["trial"] for r in rows if r["status"] in ("done", "stopped", "failed")]
     if finished:
         a, b = st.columns([3, 1])
-        trial = a.selectbox("Trial", finished, key="sweep_trial")
+        trial = a.selectbox("Trial", finished, key="sweep_trial", format_func=lambda t: f"{t} · {labels.get(t, '')}")
         if b.button("Open on every page", icon=":material/open_in_new:"):
             set_current_run(f"{sweep_id}/{trial}")
             st.rerun()

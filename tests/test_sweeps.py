@@ -611,6 +611,10 @@ def test_the_sweeps_page_shows_the_frontier_and_opens_a_trial_on_every_page(root
     at.toggle(key="sweep_parcoords").set_value(True).run()
     no_exception(at)
     assert charts_on(at) == 2
+    # trial ids name only method and seed: the table and the picker add each trial's configuration
+    assert {"t002-vpt-deep-s0 · vpt-deep p=2 · digits", "t004-vpt-deep-s0 · vpt-deep p=8 · digits",
+            "t006-e2vpt-s0 · e2vpt · digits"} <= set(at.selectbox(key="sweep_trial").options)
+    assert "vpt-deep p=8 · digits" in set(at.dataframe[-1].value["configuration"])
     at.selectbox(key="sweep_trial").set_value("t000-linear-s0").run()
     next(b for b in at.button if b.label == "Open on every page").click().run()
     no_exception(at)

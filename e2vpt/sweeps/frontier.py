@@ -35,7 +35,8 @@ def _settings_text(values: dict, names: dict | None = None) -> list[str]:
     return [f"{names.get(k, k)}={v:g}" if isinstance(v, float) else f"{names.get(k, k)}={v}" for k, v in values.items()]
 
 
-def _label(method: str, values: dict) -> str:
+def config_label(method: str, values: dict) -> str:
+    """A configuration as the frontier and the Sweeps page name it: `e2vpt p=8 l=4` (the dataset apart)."""
     settings = {k: v for k, v in values.items() if k not in NOT_A_SETTING}
     return " ".join([method, *_settings_text(settings, SHORT_NAMES)])
 
@@ -76,7 +77,7 @@ def points(sweep: SweepDir, every_round: bool = True) -> pd.DataFrame:
             values = {k: v for k, v in values.items() if k not in ("prune_ratio", "segment_ratio")}
             method = SEARCH_METHOD
         base = {"trial": row["trial"], "dataset": _dataset(sweep, row["trial"], record, values), "method": method,
-                "config": _label(method, values), "seed": row["seed"]}
+                "config": config_label(method, values), "seed": row["seed"]}
         rows.append({**base, "round": row["selected_round"], "final": True, "val_acc": row["val_acc"],
                      "test_acc": row["test_acc"], "tuned_params": row["tuned_params"], "tuned_pct": row["tuned_pct"]})
         if every_round and method == "e2vpt":
