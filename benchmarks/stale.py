@@ -30,7 +30,9 @@ BLOCKS = {"ablation": ("ablation_demo", "ablation_demo.csv"),
           "sweep_overhead": ("sweep_overhead", "sweep_overhead.csv"),
           "input_pipeline": ("input_pipeline", "input_pipeline.csv"),
           "precision": ("precision", "precision.csv"),
-          "sweeps_page": ("sweeps_page", "sweeps_page.csv")}
+          "sweeps_page": ("sweeps_page", "sweeps_page.csv"),
+          "embeddings_open": ("embeddings_open", "embeddings_open.csv"),
+          "embeddings_compare": ("embeddings_open", "embeddings_compare.csv")}
 
 
 def _evidence_changed(rows: list[dict]) -> str | None:
