@@ -17,13 +17,11 @@ verdict, the evidence file's sha256 and this computation's commit) and, for the 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, RESULTS, evidence_source, opened_sweep, provenance, read_csv, write_csv,  # noqa: E402
-                    write_readme_block)
+from common import REPO, evidence_footer, evidence_table_main  # noqa: E402
 
 SOURCE = REPO / "e2vpt" / "assets" / "evidence" / "class-comparison.evidence.json.gz"
 
@@ -66,31 +64,19 @@ def render(rows: list[dict]) -> str:
                          f"{100 * float(r['test_acc']):.1f}{ci} | {int(r['tuned_params']):,} | "
                          f"{'yes' if r['pareto'] == 'True' else ''} | {'yes' if r['chosen'] == 'True' else ''} |")
         lines.append("")
-    first = rows[0]
-    lines.append(f"Computed by `python benchmarks/class_comparison.py` from `{first['evidence']}` (sha256 "
-                 f"`{first['evidence_sha256'][:12]}`); commit `{first['commit']}`, {first['date']}.")
+    lines.append(evidence_footer("class_comparison.py", rows[0]))
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("source", nargs="?", default=str(SOURCE), help="an evidence file or sweep folder")
-    p.add_argument("--out", default=None, help="CSV (default benchmarks/results/class_comparison.csv)")
-    args = p.parse_args()
-    stamp = {**provenance(), "defaults_used": True}  # the prepared sweep trains at the defaults
-    if not Path(args.source).is_dir():
-        stamp.update(evidence_source(args.source))
-    with opened_sweep(args.source) as sweep:
-        rows, done, total = table(sweep)
-    rows = [{**r, **stamp} for r in rows]
-    out = Path(args.out) if args.out else RESULTS / "class_comparison.csv"
-    write_csv(out, rows)
+def main(argv: list[str] | None = None) -> int:
+    # the prepared sweep trains at the defaults: stale when they change
+    result = evidence_table_main(__doc__, "class_comparison", SOURCE, table, render, defaults_used=True, argv=argv)
+    if result is None:
+        return 2
+    rows, done, total = result
     if done < total:
         print(f"class comparison: not yet ({done} of {total} trials finished)")
         return 1
-    if not args.out and Path(args.source).resolve() == SOURCE.resolve():
-        write_readme_block("class-comparison", render(read_csv(out)))
-    print(render(read_csv(out)), end="")
     for verdict in dict.fromkeys(r["verdict"] for r in rows):
         print(verdict)
     return 0

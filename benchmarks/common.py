@@ -98,6 +98,11 @@ def busy_warning() -> str | None:
     return None
 
 
+def met(ok: bool) -> str:
+    """A goal's answer as every published table writes it."""
+    return "met" if ok else "MISSED"
+
+
 def fmt(value, digits: int = 2) -> str:
     if value is None or value == "":
         return "-"
@@ -173,7 +178,8 @@ def append_csv_row(path: Path, row: dict, fieldnames: Sequence[str]) -> None:
 # --------------------------------------------------------------------------------------------------
 # provenance: every published number says which code, which defaults and which machine produced it
 README = REPO / "benchmarks" / "README.md"
-OUTPUTS = ("benchmarks/results", "benchmarks/README.md")  # what benchmarks write: never "changes" to the code
+# what benchmarks write (never "changes" to the code); evidence files under results/ are inputs and count
+OUTPUTS = ("benchmarks/results/*.csv", "benchmarks/results/*.md", "benchmarks/results/*/**", "benchmarks/README.md")
 
 
 def defaults_digest() -> str:
@@ -251,6 +257,61 @@ def start_afresh_unless_current(path: Path) -> None:
         write_csv(path, current, list(rows[0]))
     else:
         path.unlink()
+
+
+def evidence_table_main(doc: str, name: str, source: Path, table, render, defaults_used: bool,
+                        argv: list[str] | None = None) -> tuple[list[dict], int, int] | None:
+    """The command line the scripts that compute a table from a sweep share (defaults_choice,
+    defaults_report, class_comparison): `SCRIPT [EVIDENCE_OR_SWEEP] [--out CSV]`.
+
+    `table(sweep)` gives (rows, trials done, trials in all). Each row gets this computation's provenance,
+    the evidence file's path and sha256 and the commits its trials were trained at; the published
+    result file (`results/NAME.csv`) and README block `NAME` are written only from the published source
+    `source`; another source prints its table, and writes a CSV only where `--out` says. Returns
+    (rows, done, total), or None when the source cannot be read (one line said why)."""
+    import argparse
+
+    from e2vpt.errors import RunDirError
+    from e2vpt.sweeps import evidence
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("source", nargs="?", default=str(source), help="an evidence file or a sweep folder "
+                   f"(default: {source.relative_to(REPO) if source.is_relative_to(REPO) else source})")
+    p.add_argument("--out", default=None, help=f"CSV (default for the published source: results/{name}.csv)")
+    args = p.parse_args(argv)
+    published = Path(args.source).resolve() == source.resolve()
+    stamp = {**provenance(), "defaults_used": defaults_used}
+    try:
+        if not Path(args.source).is_dir():
+            stamp.update(evidence_source(args.source))
+        with opened_sweep(args.source) as sweep:
+            rows, done, total = table(sweep)
+            trained = (evidence.opened_from(sweep) or {}).get("trained_at")
+    except RunDirError as exc:
+        print(f"{name}: {exc}")
+        return None
+    stamp["trained_at"] = " ".join(trained or [])
+    rows = [{**r, **stamp} for r in rows]
+    out = Path(args.out) if args.out else RESULTS / f"{name}.csv" if published else None
+    if out is not None:
+        write_csv(out, rows)
+        rows = read_csv(out)  # what render reads from the published file: strings
+    else:
+        rows = [{k: str(v) for k, v in r.items()} for r in rows]
+    print(render(rows), end="")
+    if published and args.out is None and done == total:
+        write_readme_block(name.replace("_", "-"), render(rows))
+    return rows, done, total
+
+
+def evidence_footer(script: str, row: dict) -> str:
+    """The last line of a table computed from a sweep: where its numbers come from and when."""
+    source = (f"`{row['evidence']}` (sha256 `{row['evidence_sha256'][:12]}`)" if row.get("evidence")
+              else "a sweep folder (no evidence file)")
+    trained = (f"its trials trained at commit {', '.join(f'`{c}`' for c in row['trained_at'].split())}"
+               if row.get("trained_at") else "its trials trained before runs recorded their commit")
+    return (f"Computed by `python benchmarks/{script}` from {source}, {trained}; computed at commit "
+            f"`{row.get('commit', 'unknown')}`, {row.get('date', '')}.")
 
 
 def _readme_parts(name: str, readme: Path) -> tuple[str, str, str] | None:

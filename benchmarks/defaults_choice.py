@@ -18,16 +18,12 @@ Y %)`, or `defaults: not yet (N of M trials finished)`.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (RESULTS, evidence_source, opened_sweep, provenance, read_csv, write_csv,  # noqa: E402
-                    write_readme_block)
-
-from e2vpt.config import TrainConfig  # noqa: E402
+from common import RESULTS, evidence_footer, evidence_table_main  # noqa: E402
 
 SWEPT = ("retrain_epochs", "prune_ratio", "kv_len")
 BEFORE_SEARCH = {"retrain_epochs": 2, "prune_ratio": 0.5, "kv_len": 4}  # the defaults the protocol started from
@@ -43,17 +39,18 @@ def table(sweep) -> tuple[list[dict], int, int]:
     seeds = sorted({r["seed"] for r in rows})
     configs: dict[tuple, dict] = {}
     for row in rows:
-        entry = configs.setdefault(tuple(row[name] for name in SWEPT), {"val": {}, "params": []})
+        entry = configs.setdefault(tuple(row[name] for name in SWEPT), {"val": {}, "params": [], "epochs": set()})
         if row["status"] == "done":
             entry["val"].setdefault(row["dataset"], []).append(row["val_acc"])
             entry["params"].append(row["tuned_params"])
+            config = sweep.trial_run(row["trial"]).config()  # what the trial trained, not today's defaults
+            entry["epochs"].add(config["epochs"] + config["prune_rounds"] * config["retrain_epochs"])
     out = []
     for key, entry in configs.items():
         complete = all(len(entry["val"].get(t, [])) == len(seeds) for t in tasks)
         per_task = {t: statistics.fmean(entry["val"][t]) for t in tasks if entry["val"].get(t)}
         settings = dict(zip(SWEPT, key))
-        out.append({**settings, "complete": complete,
-                    "epochs": TrainConfig(**settings).epochs + 2 * settings["retrain_epochs"],
+        out.append({**settings, "complete": complete, "epochs": max(entry["epochs"], default=""),
                     "tuned_params": round(statistics.fmean(entry["params"])) if entry["params"] else "",
                     "mean_val": round(statistics.fmean(per_task.values()), 6) if complete else "",
                     **{f"val_{t}": round(100 * per_task[t], 2) if t in per_task else "" for t in tasks}})
@@ -87,15 +84,16 @@ def render(rows: list[dict]) -> str:
         bold = (lambda v: f"**{v}**") if r is chosen else (lambda v: v)
         cells = [bold(r[k]) for k in SWEPT] + [f"{int(r['tuned_params']):,}", bold(f"{100 * float(r['mean_val']):.2f}")]
         lines.append("| " + " | ".join(cells + [r[f"val_{t}"] for t in tasks]) + " |")
-    before = next(r for r in rows if _is(r, BEFORE_SEARCH))
+    before = next((r for r in rows if _is(r, BEFORE_SEARCH)), None)
     settings = ", ".join(f"{k} = {chosen[k]}" for k in SWEPT)
-    lines += ["", f"Chosen: **{settings}** ({100 * float(chosen['mean_val']):.2f} %; the defaults before the search, "
-                  f"{' / '.join(str(v) for v in BEFORE_SEARCH.values())}, {100 * float(before['mean_val']):.2f} %)."]
+    lines += ["", f"Chosen: **{settings}** ({100 * float(chosen['mean_val']):.2f} %"
+                  + (f"; the defaults before the search, {' / '.join(str(v) for v in BEFORE_SEARCH.values())}, "
+                     f"{100 * float(before['mean_val']):.2f} %)." if before else ").")]
     long, short = [r for r in rows if int(r["retrain_epochs"]) == 4], [r for r in rows if int(r["retrain_epochs"]) == 2]
-    if long and short:
+    pairs = [(a, b) for a in long for b in short if a["prune_ratio"] == b["prune_ratio"] and a["kv_len"] == b["kv_len"]]
+    if pairs:
         gaps = [100 * (float(a["mean_val"]) - float(b["mean_val"])) for a in long for b in short]
-        paired = {t: [float(a[f"val_{t}"]) - float(b[f"val_{t}"]) for a in long for b in short
-                      if a["prune_ratio"] == b["prune_ratio"] and a["kv_len"] == b["kv_len"]] for t in tasks}
+        paired = {t: [float(a[f"val_{t}"]) - float(b[f"val_{t}"]) for a, b in pairs] for t in tasks}
         widest = max(tasks, key=lambda t: statistics.fmean(paired[t]))
         lines.append(f"Every configuration with 4 retraining epochs against every one with 2: {min(gaps):+.2f} to "
                      f"{max(gaps):+.2f} points on the mean; at the same prune_ratio and kv_len the largest gain is on "
@@ -105,34 +103,23 @@ def render(rows: list[dict]) -> str:
     moves = [abs(a - b) for k in spread for a in spread[k] for b in others[k]]
     if moves:
         lines.append(f"Among those, prune_ratio and kv_len move the mean by at most {max(moves):.2f} points.")
-    first = rows[0]
-    lines += ["", f"Computed by `python benchmarks/defaults_choice.py` from `{first['evidence']}` (sha256 "
-                  f"`{first['evidence_sha256'][:12]}`); commit `{first['commit']}`, {first['date']}."]
+    lines += ["", evidence_footer("defaults_choice.py", rows[0])]
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("source", nargs="?", default=str(SOURCE), help="the search's evidence file or sweep folder")
-    p.add_argument("--out", default=None, help="CSV (default benchmarks/results/defaults_choice.csv)")
-    args = p.parse_args()
-    stamp = {**provenance(), "defaults_used": False}  # every setting it compares is named in its spec
-    if not Path(args.source).is_dir():
-        stamp.update(evidence_source(args.source))
-    with opened_sweep(args.source) as sweep:
-        rows, done, total = table(sweep)
-    out = Path(args.out) if args.out else RESULTS / "defaults_choice.csv"
-    write_csv(out, [{**r, **stamp} for r in rows])
-    print(render(read_csv(out)), end="")
-    chosen = choose(read_csv(out))
+def main(argv: list[str] | None = None) -> int:
+    # every setting it compares is named in its spec: the table does not depend on today's defaults
+    result = evidence_table_main(__doc__, "defaults_choice", SOURCE, table, render, defaults_used=False, argv=argv)
+    if result is None:
+        return 2
+    rows, done, total = result
+    chosen = choose(rows)
     if chosen is None:
         print(f"defaults: not yet ({done} of {total} trials finished)")
         return 1
-    if not args.out and Path(args.source).resolve() == SOURCE.resolve():
-        write_readme_block("defaults-choice", render(read_csv(out)))
-    before = next(r for r in read_csv(out) if _is(r, BEFORE_SEARCH))
-    print(f"defaults: {' '.join(f'{k}={chosen[k]}' for k in SWEPT)} (mean val {100 * float(chosen['mean_val']):.2f} %; "
-          f"the defaults before the search {100 * float(before['mean_val']):.2f} %)")
+    before = next((r for r in rows if _is(r, BEFORE_SEARCH)), None)
+    print(f"defaults: {' '.join(f'{k}={chosen[k]}' for k in SWEPT)} (mean val {100 * float(chosen['mean_val']):.2f} %"
+          + (f"; the defaults before the search {100 * float(before['mean_val']):.2f} %)" if before else ")"))
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Reads the report sweep of `benchmarks/specs/defaults_report.yaml` (E2VPT, VPT-deep and linear probing
 at the defaults, seeds 10, 11, 12, the five built-in tasks; protocol in benchmarks/README.md, "Choosing
-the demo's defaults"), from its evidence file (shipped as `e2vpt/assets/evidence/defaults-report`) or
+the demo's defaults"), from its evidence file (shipped as
+`e2vpt/assets/evidence/defaults-report.evidence.json.gz`) or
 from a sweep folder, and prints per task and method the test accuracy mean ± std over the seeds and the
 tuned parameters; then E2VPT against VPT-deep per task (difference of means, Welch's t-test p-value),
 and the mean over tasks. The seeds were not used by the search, and nothing here chooses anything.
@@ -19,19 +20,17 @@ block `defaults-report` of benchmarks/README.md. Last line: `report: e2vpt X %, 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, RESULTS, evidence_source, opened_sweep, provenance, read_csv, write_csv,  # noqa: E402
-                    write_readme_block)
+from common import REPO, evidence_footer, evidence_table_main  # noqa: E402
 
 METHODS = ("e2vpt", "vpt-deep", "linear")
 LABELS = {"e2vpt": "E2VPT", "vpt-deep": "VPT-deep", "linear": "linear"}
 SOURCE = REPO / "e2vpt" / "assets" / "evidence" / "defaults-report.evidence.json.gz"
-PER_SEED = ("seed", "test_acc", "tuned_params", "tuned_pct", "wall_s", "selected_round")
+PER_SEED = ("seed", "test_acc", "tuned_params", "tuned_pct", "wall_s", "selected_round", "prune_rounds")
 
 
 def table(sweep) -> tuple[list[dict], int, int]:
@@ -42,7 +41,8 @@ def table(sweep) -> tuple[list[dict], int, int]:
     out = []
     for task in sorted({r["dataset"] for r in rows}):
         for method in METHODS:
-            runs = [r for r in done if r["method"] == method and r["dataset"] == task]
+            runs = [{**r, "prune_rounds": sweep.trial_run(r["trial"]).config()["prune_rounds"]}  # as trained
+                    for r in done if r["method"] == method and r["dataset"] == task]
             if runs:
                 out.append({"dataset": task, "method": method,
                             **{k: ";".join(str(r[k]) for r in runs) for k in PER_SEED}})
@@ -105,39 +105,27 @@ def render(rows: list[dict]) -> str:
                      + (f"; the smallest per-task Welch p is {min(tested.values()):.2f} "
                         f"({min(tested, key=tested.get)})." if tested else "."))
     if "e2vpt" in methods:
-        kept = [int(v) for t in tasks if (t, "e2vpt") in by for v in _values(by[t, "e2vpt"], "selected_round")]
-        last = max(kept)
-        lines.append(f"E2VPT kept its last pruning round (round {last}) in {kept.count(last)} of {len(kept)} runs "
-                     "(the round each run keeps is chosen on validation).")
+        runs = [(int(kept), int(rounds)) for t in tasks if (t, "e2vpt") in by
+                for kept, rounds in zip(_values(by[t, "e2vpt"], "selected_round"), _values(by[t, "e2vpt"], "prune_rounds"))]
+        last = sum(kept == rounds for kept, rounds in runs)
+        lines.append(f"E2VPT kept its last pruning round in {last} of {len(runs)} runs (the round each run keeps is "
+                     "chosen on validation).")
     walls = {m: statistics.median(v for t in tasks if (t, m) in by for v in _values(by[t, m], "wall_s")) for m in methods}
-    lines.append("Median trial time: " + ", ".join(f"{m} {walls[m]:.0f} s" for m in methods)
-                 + " (two trials side by side on the machine that trained them).")
-    first = rows[0]
-    lines += ["", f"Computed by `python benchmarks/defaults_report.py` from `{first['evidence']}` (sha256 "
-                  f"`{first['evidence_sha256'][:12]}`); commit `{first['commit']}`, {first['date']}."]
+    lines.append("Median trial wall time, as each trial recorded it: " + ", ".join(f"{m} {walls[m]:.0f} s" for m in methods)
+                 + ".")
+    lines += ["", evidence_footer("defaults_report.py", rows[0])]
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("source", nargs="?", default=str(SOURCE),
-                   help="the report's evidence file or sweep folder (default: the shipped evidence)")
-    p.add_argument("--out", default=None, help="CSV (default benchmarks/results/defaults_report.csv)")
-    args = p.parse_args()
-    stamp = {**provenance(), "defaults_used": True}  # its trials ran at the defaults: stale when they change
-    if not Path(args.source).is_dir():
-        stamp.update(evidence_source(args.source))
-    with opened_sweep(args.source) as sweep:
-        rows, done, total = table(sweep)
-    rows = [{**r, **stamp} for r in rows]
-    out = Path(args.out) if args.out else RESULTS / "defaults_report.csv"
-    write_csv(out, rows)
-    print(render(read_csv(out)), end="")
+def main(argv: list[str] | None = None) -> int:
+    # its trials ran at the defaults: stale when they change (stale.py also asks the evidence file itself)
+    result = evidence_table_main(__doc__, "defaults_report", SOURCE, table, render, defaults_used=True, argv=argv)
+    if result is None:
+        return 2
+    rows, done, total = result
     if done < total:
         print(f"report: not yet ({done} of {total} trials finished)")
         return 1
-    if not args.out and Path(args.source).resolve() == SOURCE.resolve():
-        write_readme_block("defaults-report", render(read_csv(out)))
     means = {m: statistics.fmean(statistics.fmean(_values(r, "test_acc")) for r in rows if r["method"] == m)
              for m in METHODS if any(r["method"] == m for r in rows)}
     print("report: " + ", ".join(f"{m} {100 * v:.1f} %" for m, v in means.items()) + " (test, mean over tasks)")

@@ -36,6 +36,7 @@ from common import (REPO, RESULTS, busy_warning, provenance, provenance_line, re
                     write_readme_block)
 
 FROZEN = "__frozen__"  # the page's option for the run's own frozen backbone
+RESAMPLES = 1000  # the page's paired bootstrap
 MEASURES = {"open": "first open, as training left the run (target <= 3 s)",
             "open_cold": "first open, `analysis/` moved aside (everything computed on demand)",
             "side_frozen": "side by side with the frozen backbone (its features computed on request)",
@@ -121,7 +122,7 @@ def comparisons(e2vpt: Path, vpt: Path) -> list[dict]:
     rows = []
     for against, other in (("vpt-deep", vpt), ("frozen backbone", None)):
         start = time.perf_counter()
-        result = compare_run_embeddings(e2vpt, other)
+        result = compare_run_embeddings(e2vpt, other, resamples=RESAMPLES)
         seconds = time.perf_counter() - start
         first, second = result["names"]
         for r in result["rows"]:
@@ -129,7 +130,7 @@ def comparisons(e2vpt: Path, vpt: Path) -> list[dict]:
             rows.append({"against": against, "metric": METRIC_NAMES.get(r["name"], r["name"]),
                          "e2vpt": r[first], "other": r[second], "other_minus_e2vpt": r["difference"],
                          "low": low, "high": high, "verdict": r["verdict"].replace(first, "e2vpt"),
-                         "seconds": round(seconds, 3)})
+                         "resamples": RESAMPLES, "seconds": round(seconds, 3)})
     return rows
 
 
@@ -159,8 +160,9 @@ def render(rows: list[dict]) -> str:
     lines = [head]
     for against in dict.fromkeys(r["against"] for r in rows):
         part = [r for r in rows if r["against"] == against]
-        lines += ["", f"E2VPT against {against} on the same test images (`compare_run_embeddings`, 1,000 paired "
-                      f"bootstrap resamples, {float(part[0]['seconds']):.1f} s):", "",
+        lines += ["", f"E2VPT against {against} on the same test images (`compare_run_embeddings`, "
+                      f"{int(part[0]['resamples']):,} paired bootstrap resamples, {float(part[0]['seconds']):.1f} s):",
+                  "",
                   f"| metric | E2VPT | {against} | {against} - E2VPT | 95 % interval | verdict |",
                   "|---|---|---|---|---|---|"]
         for r in part:
@@ -215,7 +217,8 @@ def main() -> int:
                 st.cache_resource.clear()  # measure starts as a server that never showed these runs
                 opens.append({"measure": measure, "repeat": i + 1, "seconds": round(timing(), 3), **stamp})
                 print(f"{MEASURES[measure]}: {opens[-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
-        compared = [{**r, **stamp} for r in comparisons(sources["e2vpt"], sources["vpt"])]
+        fresh_copy(sources, root)  # the copies: a given run is never written to
+        compared = [{**r, **stamp} for r in comparisons(root / "e2vpt", root / "vpt")]
     out_dir = args.out_dir or RESULTS
     write_csv(out_dir / "embeddings_open.csv", opens)
     write_csv(out_dir / "embeddings_compare.csv", compared)

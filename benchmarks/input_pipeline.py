@@ -35,7 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import RESULTS, jpeg_folder, provenance, provenance_line, read_csv, write_csv, write_readme_block
+from common import (RESULTS, jpeg_folder, met, provenance, provenance_line, read_csv, write_csv,
+                    write_readme_block)
 
 SIZE = 224
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -61,7 +62,7 @@ def render(rows: list[dict]) -> str:
         f"| **the pipeline after its first epoch** (fastest of {len(epochs)} epochs: {r['pipeline_epochs']}) "
         f"| **{rate:,.0f}** |", "",
         f"Speed-up **{float(r['speedup']):.1f}x**; target >= {TARGET:,} img/s after the first epoch: "
-        f"{'met' if rate >= TARGET else 'MISSED'}. The cache is **{float(r['cache_mb']):.0f} MB** (uint8, "
+        f"{met(rate >= TARGET)}. The cache is **{float(r['cache_mb']):.0f} MB** (uint8, "
         f"{r['size']}x{r['size']}x3 per image, {where}), built in **{float(r['cache_build_s']):.1f} s**; the "
         f"process's peak memory grew by {float(r['build_peak_rss_growth_mb']):.0f} MB while building it. The "
         f"pipeline's epochs ranged from {min(epochs):,.0f} to {max(epochs):,.0f} img/s "

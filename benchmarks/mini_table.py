@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import sys
 import tempfile
@@ -63,6 +64,12 @@ RUN_FIELDS = ["task", "method", "seed", "lr", "lr_mult", "epochs", "retrain_epoc
               "wall_s", "busy", "torch_threads", "error", "finished", "variant", "defaults_used", "commit", "defaults", "date",
               "cpu", "cores", "torch", "threads", "device", "python"]
 STAMP = ["defaults_used", "commit", "defaults", "date", "cpu", "cores", "torch", "threads", "device", "python"]
+
+
+def shared_machine(threads: int) -> bool:
+    """Whether other work shared the machine during the run just ended: the load over the last minute
+    (which covers most runs) above this run's own threads, or another heavy process right now."""
+    return os.getloadavg()[0] > threads + 1 or busy_warning() is not None
 
 
 def key(task, method, seed, lr, epochs, retrain, rounds, variant="") -> tuple:
@@ -327,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"task": task, "method": method, "seed": seed, "lr": f"{lr:.3g}", "lr_mult": mult,
                "epochs": args.epochs, "retrain_epochs": args.retrain_epochs, "prune_rounds": args.prune_rounds,
                "stage": stage, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "variant": args.variant, **result,
-               "busy": busy_warning() is not None, **args.stamp}  # other work on the machine: its time is not idle
+               "busy": shared_machine(args.threads), **args.stamp}
         append_csv_row(runs_csv, row, RUN_FIELDS)
         rows.append({k2: str(v) for k2, v in row.items()})
         done.add(k)

@@ -23,8 +23,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, busy_warning, print_table, provenance, read_csv, write_csv, write_readme_block  # noqa: E402
-from common import provenance_line  # noqa: E402
+from common import (RESULTS, busy_warning, met, print_table, provenance, provenance_line, read_csv,  # noqa: E402
+                    write_csv, write_readme_block)
 from demo_time import run_once  # noqa: E402
 
 GOAL_POINTS = 1.0  # issue 17: bf16 within 1 point of fp32's test accuracy
@@ -50,7 +50,7 @@ def render(rows: list[dict]) -> str:
     wall = {k: median(k, "wall_s") for k in ("fp32", "bf16")}
     points = acc["bf16"] - acc["fp32"]
     lines += ["", f"Test accuracy (medians): fp32 **{acc['fp32']:.2f} %**, bf16 **{acc['bf16']:.2f} %** ({points:+.2f} "
-              f"points; goal: within {GOAL_POINTS:g} point, {'met' if abs(points) <= GOAL_POINTS else 'MISSED'}); "
+              f"points; goal: within {GOAL_POINTS:g} point, {met(abs(points) <= GOAL_POINTS)}); "
               f"validation {val['fp32']:.1f} % vs {val['bf16']:.1f} %. Wall time (medians) {wall['fp32']:.1f} s in "
               f"fp32, {wall['bf16']:.1f} s in bf16: bf16 takes **{wall['bf16'] / wall['fp32']:.2f}x** the fp32 time."]
     if any(r["busy"] for r in rows):

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (REPO, RESULTS, append_csv_row, busy_warning, print_table, provenance, read_csv,  # noqa: E402
+from common import (REPO, RESULTS, met, append_csv_row, busy_warning, print_table, provenance, read_csv,  # noqa: E402
                     write_readme_block)
 from common import provenance_line, start_afresh_unless_current  # noqa: E402
 
@@ -55,7 +55,7 @@ def render(rows: list[dict]) -> str:
             f"`python -m e2vpt train` processes: **{float(r['loop_s']):.1f} s**. The same trials by "
             f"`python -m e2vpt sweep` (Ray's start-up, {float(r['ray_start_s']):.1f} s, counted): "
             f"**{float(r['sweep_s']):.1f} s**. Overhead **{overhead:+.1f} %** (goal <= {GOAL_PCT:.0f} %: "
-            f"{'met' if overhead <= GOAL_PCT else 'MISSED'}). Median trial: {float(r['loop_trial_median_s']):.1f} s "
+            f"{met(overhead <= GOAL_PCT)}). Median trial: {float(r['loop_trial_median_s']):.1f} s "
             f"in the loop (interpreter start included), {float(r['sweep_trial_median_s']):.1f} s inside the sweep."
             f"{busy}\n")
 

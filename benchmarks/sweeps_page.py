@@ -120,8 +120,8 @@ def render(rows: list[dict]) -> str:
     return (f"{len(rows)} visits in headless Chromium ({provenance_line(rows[0])}), medians: a visit to the Sweeps "
             f"page with the shipped class comparison, until its verdict and frontier are drawn and the app is idle, "
             f"**{med['sweeps_page_s']:.2f} s** (a visit to the Runs page: {med['runs_page_s']:.2f} s); switching on "
-            f"the parallel coordinates adds **{med['parcoords_s']:.2f} s**, which every visit paid before they were "
-            f"drawn on request.{busy}\n")
+            f"the parallel coordinates adds **{med['parcoords_s']:.2f} s** (the page drew them on every visit "
+            f"before they were made a choice).{busy}\n")
 
 
 def main() -> int:

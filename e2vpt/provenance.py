@@ -20,8 +20,9 @@ PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "ray")
 
 def git_commit(repo: Path = PACKAGE_ROOT, outputs: tuple[str, ...] = ()) -> str | None:
     """The checkout's commit (12 hex digits), `+changes` when tracked files differ from it; None
-    outside a git checkout (an installed package). Changes under `outputs` (paths relative to the
-    repository: what a benchmark itself writes) do not count: they are results, not code."""
+    outside a git checkout (an installed package). With `outputs` (glob patterns relative to the
+    repository: what a benchmark itself writes), changes there do not count, they are results, not
+    code, and untracked files elsewhere do: a new module the benchmark imports is a change too."""
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
@@ -34,7 +35,8 @@ def git_commit(repo: Path = PACKAGE_ROOT, outputs: tuple[str, ...] = ()) -> str 
     commit = git("rev-parse", "--short=12", "HEAD")
     if not commit:
         return None
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *(f":(exclude){p}" for p in outputs))
+    changed = git("status", "--porcelain", "--untracked-files=all" if outputs else "--untracked-files=no", "--", ".",
+                  *(f":(exclude,glob){p}" for p in outputs))
     return commit + ("+changes" if changed else "")
 
 

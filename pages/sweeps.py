@@ -6,7 +6,6 @@ import pandas as pd
 import streamlit as st
 
 from e2vpt import charts, launch
-from e2vpt.config import TrainConfig
 from e2vpt.data import list_datasets
 from e2vpt.runs import runs_root
 from e2vpt.sweeps import evidence, frontier
@@ -90,14 +89,14 @@ def provenance_note(sweep) -> None:
                    f"{source['stale'][0]}): these numbers are not what this version would measure.")
 
 
-def trial_labels(record: dict) -> dict[str, str]:
-    """Each trial's configuration and dataset (`e2vpt p=8 l=4 · digits`): trial ids name only the method
-    and seed, so neighbours in a grid look alike."""
+def trial_labels(sweep, record: dict) -> dict[str, str]:
+    """Each trial's configuration and dataset as the frontier names them (`e2vpt p=8 l=4 · digits`):
+    trial ids name only the method and seed, so neighbours in a grid look alike."""
     out = {}
     for trial_id, trial in record["trials"].items():
         values = trial.get("values") or {}
-        dataset = values.get("dataset") or (record["spec"].get("base") or {}).get("dataset") or TrainConfig().dataset
-        out[trial_id] = f"{frontier.config_label(trial['method'], values)} · {dataset}"
+        out[trial_id] = (f"{frontier.config_label(trial.get('method') or '?', values)} · "
+                         f"{frontier.trial_dataset(sweep, trial_id, record, values)}")
     return out
 
 
@@ -135,7 +134,7 @@ def live(sweep_id: str, shown_state: str) -> None:
                      help="Stops every trial; each keeps what it trained and continues when you resume the sweep."):
             launch.cancel_sweep(sweep_id)
             st.toast("Cancel requested: the trials stop at their next step")
-        st.dataframe(trial_table(rows, trial_labels(record), live=True), hide_index=True)
+        st.dataframe(trial_table(rows, trial_labels(sweep, record), live=True), hide_index=True)
 
 
 def show(sweep_id: str) -> None:
@@ -177,7 +176,7 @@ def show(sweep_id: str) -> None:
                  help="One line per finished trial across the swept settings, coloured by test accuracy."):
         show_chart(charts.parallel_coordinates(frame, swept_settings(record)), frame, f"{sweep_id}-settings",
                    key="parcoords")
-    labels = trial_labels(record)
+    labels = trial_labels(sweep, record)
     if state not in ACTIVE:
         st.dataframe(trial_table(rows, labels), hide_index=True)
     st.download_button("Leaderboard (CSV)", frame.to_csv(index=False), file_name=f"{sweep_id}-leaderboard.csv",

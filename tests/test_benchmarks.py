@@ -55,20 +55,40 @@ def _benchmarks():
     return common, stale
 
 
-@pytest.mark.parametrize("block", ["ablation", "defaults-choice", "defaults-report", "class-comparison"])
-def test_each_published_table_is_what_its_script_renders_from_a_current_result(block):
+def _blocks():
+    common, stale = _benchmarks()
+    return list(stale.BLOCKS)
+
+
+@pytest.mark.parametrize("block", _blocks())
+def test_each_published_table_is_what_its_script_renders_from_its_result_file(block):
     """A generated block of benchmarks/README.md is exactly its script's `render` of its result file, and
-    that result is current: made by committed code, with today's defaults where it used them, from the
-    evidence file as it is now. Change a default, an evidence file or a table by hand and this fails."""
+    a result that records provenance is current: made by committed code, with today's defaults where it
+    used them, from the evidence file as it is now. Change a default, an evidence file or a table by hand
+    and this fails."""
     import importlib
 
     common, stale = _benchmarks()
     script, result = stale.BLOCKS[block]
     rows = common.read_csv(common.RESULTS / result)
-    assert rows and common.readme_block(block) == importlib.import_module(script).render(rows)
-    assert not rows[0]["commit"].endswith("+changes") and rows[0]["cpu"] and rows[0]["date"]
+    assert common.readme_block(block) == importlib.import_module(script).render(rows)
     lines, found, known, _ = stale.check()
-    assert not [line for line in lines if line.startswith(result) and "STALE" in line], lines
+    assert not [line for line in lines if (line.startswith(result) or f"'{block}'" in line) and "STALE" in line], lines
+
+
+def test_every_generated_block_of_the_readme_has_a_script_and_each_script_a_block():
+    import re
+
+    common, stale = _benchmarks()
+    assert set(re.findall(r"<!-- generated: (\S+) -->", common.README.read_text())) == set(stale.BLOCKS)
+
+
+def test_the_tables_computed_from_evidence_files_record_it_and_ran_from_committed_code():
+    common, stale = _benchmarks()
+    for block in ("ablation", "defaults-choice", "defaults-report", "class-comparison"):
+        rows = common.read_csv(common.RESULTS / stale.BLOCKS[block][1])
+        assert rows and rows[0]["commit"] and not rows[0]["commit"].endswith("+changes"), block
+        assert rows[0]["cpu"] and rows[0]["date"], block
 
 
 @pytest.mark.parametrize("script", ["defaults_choice", "defaults_report", "class_comparison"])
@@ -89,56 +109,67 @@ def test_the_tables_of_sweeps_come_out_the_same_from_their_evidence_files(script
         assert {k: str(v) for k, v in again.items()} == {k: row[k] for k in again}
 
 
-def test_a_table_computed_from_an_evidence_file_is_stale_once_that_file_changes(tmp_path, monkeypatch):
-    """A really altered evidence file (one trial's test accuracy rewritten, the file compressed again)."""
-    import gzip
-    import shutil
-
-    common, stale = _benchmarks()
-    import defaults_report
-
-    results = tmp_path / "benchmarks" / "results"
-    results.mkdir(parents=True)
-    shutil.copy(common.RESULTS / "defaults_report.csv", results / "defaults_report.csv")
-    source = tmp_path / common.read_csv(results / "defaults_report.csv")[0]["evidence"]
-    source.parent.mkdir(parents=True)
-    shutil.copy(defaults_report.SOURCE, source)
-    monkeypatch.setattr(stale, "RESULTS", results)
-    monkeypatch.setattr(stale, "REPO", tmp_path)
-    monkeypatch.setattr(stale, "BLOCKS", {})
-    lines, found, known, _ = stale.check()
-    assert found == 0 and known == 1, lines
-    data = json.loads(gzip.decompress(source.read_bytes()))
-    trial = next(iter(data["trials"].values()))
-    trial["summary"]["test_acc"] = 0.999
-    source.write_bytes(gzip.compress(json.dumps(data).encode()))
-    lines, found, _, _ = stale.check()
-    assert found == 1 and "changed since the table was computed from it" in lines[0], lines
-
-
-def test_the_staleness_check_sees_a_changed_default_and_an_edited_table(tmp_path, monkeypatch):
-    common, stale = _benchmarks()
+def _isolated(stale, common, monkeypatch, tmp_path):
+    """stale.py pointed at copies of every result file and of benchmarks/README.md."""
     import shutil
 
     results, readme = tmp_path / "results", tmp_path / "README.md"
     results.mkdir()
-    shutil.copy(common.RESULTS / "ablation_demo.csv", results / "ablation_demo.csv")
+    for path in common.RESULTS.glob("*.csv"):
+        shutil.copy(path, results / path.name)
     shutil.copy(common.README, readme)
     monkeypatch.setattr(stale, "RESULTS", results)
-    monkeypatch.setattr(stale, "BLOCKS", {"ablation": stale.BLOCKS["ablation"]})
-    monkeypatch.setattr(stale, "readme_block", lambda name: common.readme_block(name, readme))
+    monkeypatch.setattr(stale, "README", readme)
+    return results, readme
+
+
+def test_a_table_computed_from_an_evidence_file_is_stale_once_that_file_changes(tmp_path, monkeypatch):
+    """Any change to the file's bytes counts; here a real one: one trial's test accuracy rewritten."""
+    import gzip
+    import shutil
+
+    common, stale = _benchmarks()
+    results, _ = _isolated(stale, common, monkeypatch, tmp_path)
+    name = common.read_csv(results / "defaults_report.csv")[0]["evidence"]
+    repo = tmp_path / "repo"
+    for row_file in ("defaults_report.csv", "defaults_choice.csv", "class_comparison.csv"):
+        source = repo / common.read_csv(results / row_file)[0]["evidence"]
+        source.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(common.REPO / common.read_csv(results / row_file)[0]["evidence"], source)
+    monkeypatch.setattr(stale, "REPO", repo)
+    lines, found, _, _ = stale.check()
+    assert found == 0, lines
+    source = repo / name
+    data = json.loads(gzip.decompress(source.read_bytes()))
+    next(iter(data["trials"].values()))["summary"]["test_acc"] = 0.999
+    source.write_bytes(gzip.compress(json.dumps(data, separators=(",", ":")).encode(), mtime=0))
+    lines, found, _, _ = stale.check()
+    assert found == 1 and any(line.startswith("defaults_report.csv: STALE") and "changed since" in line
+                              for line in lines), lines
+
+
+def test_the_staleness_check_sees_a_changed_default_an_uncommitted_run_and_an_edited_table(tmp_path, monkeypatch):
+    common, stale = _benchmarks()
+    results, readme = _isolated(stale, common, monkeypatch, tmp_path)
     lines, found, known, _ = stale.check()
-    assert found == 0 and known == 1, lines
+    assert found == 0 and known >= 4, lines
     monkeypatch.setattr(stale, "defaults_digest", lambda: "a-new-default")  # a default changed since the run
     lines, found, _, _ = stale.check()
-    assert found == 1 and any(line.startswith("ablation_demo.csv: STALE") for line in lines), lines
+    assert any(line.startswith("ablation_demo.csv: STALE") for line in lines), lines
+    assert not any(line.startswith("defaults_choice.csv: STALE") for line in lines), lines  # names its settings
     monkeypatch.undo()
-    monkeypatch.setattr(stale, "RESULTS", results)
-    monkeypatch.setattr(stale, "BLOCKS", {"ablation": stale.BLOCKS["ablation"]})
-    monkeypatch.setattr(stale, "readme_block", lambda name: common.readme_block(name, readme))
+    results, readme = _isolated(stale, common, monkeypatch, tmp_path / "again")
+    rows = common.read_csv(results / "ablation_demo.csv")
+    common.write_csv(results / "ablation_demo.csv", [{**r, "commit": r["commit"] + "+changes"} for r in rows])
+    lines, found, _, _ = stale.check()
+    assert found == 1 and "made by code no commit holds" in next(l for l in lines if l.startswith("ablation_demo")), lines
+    common.write_csv(results / "ablation_demo.csv", rows)
     readme.write_text(readme.read_text().replace("| round 1 |", "| round 1 (edited by hand) |"))
     lines, found, _, _ = stale.check()
     assert found == 1 and any("README block 'ablation': STALE" in line for line in lines), lines
+    readme.write_text(readme.read_text() + "\n<!-- generated: orphan -->\n<!-- end: orphan -->\n")
+    lines, found, _, _ = stale.check()
+    assert any("'orphan': STALE, no script is registered" in line for line in lines), lines
 
 
 def test_a_result_names_its_commit_and_says_when_the_code_differed_from_it_but_not_its_own_outputs(tmp_path):
@@ -157,10 +188,16 @@ def test_a_result_names_its_commit_and_says_when_the_code_differed_from_it_but_n
     git("init", "-q")
     git("add", ".")
     git("commit", "-q", "-m", "one")
-    clean = git_commit(tmp_path, ("results",))
+    clean = git_commit(tmp_path, ("results/*.csv",))
     assert clean and len(clean) == 12
     (tmp_path / "results" / "r.csv").write_text("a\n2\n")
-    assert git_commit(tmp_path, ("results",)) == clean
+    assert git_commit(tmp_path, ("results/*.csv",)) == clean
     assert git_commit(tmp_path) == clean + "+changes"
+    (tmp_path / "new_module.py").write_text("y = 1\n")  # untracked code a benchmark could import
+    assert git_commit(tmp_path, ("results/*.csv",)) == clean + "+changes"
+    (tmp_path / "new_module.py").unlink()
+    (tmp_path / "results" / "input.evidence.json.gz").write_bytes(b"not an output")  # an input, not an output
+    assert git_commit(tmp_path, ("results/*.csv",)) == clean + "+changes"
+    (tmp_path / "results" / "input.evidence.json.gz").unlink()
     (tmp_path / "code.py").write_text("x = 2\n")
-    assert git_commit(tmp_path, ("results",)) == clean + "+changes"
+    assert git_commit(tmp_path, ("results/*.csv",)) == clean + "+changes"

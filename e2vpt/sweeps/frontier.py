@@ -47,7 +47,7 @@ POINT_COLUMNS = ["trial", "dataset", "method", "config", "seed", "round", "final
                  "tuned_params", "tuned_pct"]
 
 
-def _dataset(sweep: SweepDir, trial_id: str, record: dict, values: dict) -> str:
+def trial_dataset(sweep: SweepDir, trial_id: str, record: dict, values: dict) -> str:
     """The trial's dataset: its run's config.json (the truth), else the spec's."""
     try:
         return str(sweep.trial_run(trial_id).config().get("dataset"))
@@ -76,7 +76,7 @@ def points(sweep: SweepDir, every_round: bool = True) -> pd.DataFrame:
         if row["stage"] == "levels":
             values = {k: v for k, v in values.items() if k not in ("prune_ratio", "segment_ratio")}
             method = SEARCH_METHOD
-        base = {"trial": row["trial"], "dataset": _dataset(sweep, row["trial"], record, values), "method": method,
+        base = {"trial": row["trial"], "dataset": trial_dataset(sweep, row["trial"], record, values), "method": method,
                 "config": config_label(method, values), "seed": row["seed"]}
         rows.append({**base, "round": row["selected_round"], "final": True, "val_acc": row["val_acc"],
                      "test_acc": row["test_acc"], "tuned_params": row["tuned_params"], "tuned_pct": row["tuned_pct"]})
