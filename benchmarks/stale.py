@@ -87,7 +87,7 @@ def check() -> tuple[list[str], int, int, int]:
         is_stale, line = _result_line(path, rows, today)
         stale += is_stale
         lines.append(line)
-    markers = set(re.findall(r"<!-- generated: (\S+) -->", README.read_text()))
+    markers = set(re.findall(r"^<!-- generated: (\S+) -->$", README.read_text(), re.M))
     for name in sorted(markers ^ set(BLOCKS)):
         stale += 1
         lines.append(f"README block '{name}': STALE, " + ("no script is registered for it in stale.py" if name in markers
