@@ -54,7 +54,7 @@ def main() -> None:
     from e2vpt.analysis.pruning_views import load_pruning
     from e2vpt.config import TrainConfig
     from e2vpt.runs import RunDir
-    from e2vpt.trainer import train
+    from e2vpt import train
 
     stamp = provenance("cpu")  # the code and defaults this run starts with
     if args.run:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from e2vpt.backbones import DEMO_MEAN, DEMO_STD, DEMO_WEIGHTS, build_demo_vit, create_backbone  # noqa: E402
+from e2vpt.models.backbones import DEMO_MEAN, DEMO_STD, DEMO_WEIGHTS, build_demo_vit, create_backbone  # noqa: E402
 
 ALL_TASKS = ("digits", "fashion-mnist", "dsprites-loc", "dsprites-ori", "clevr-count")
 

@@ -58,7 +58,7 @@ def other_heavy_processes(min_cpu_s: float = 30.0) -> list[str]:
         except OSError:
             continue
         state, cpu_s = fields[0], (int(fields[11]) + int(fields[12])) / tick
-        if "e2vpt.pretrain" in cmd or "e2vpt pretrain" in cmd:
+        if "e2vpt.demo_backbone.pretrain" in cmd or "e2vpt pretrain" in cmd:
             found.append(f"pid {proc.name}: {cmd[:100]}")
         elif state == "R" and "python" in cmd and cpu_s > min_cpu_s:
             found.append(f"pid {proc.name} (running, {cpu_s:.0f} CPU s): {cmd[:100]}")

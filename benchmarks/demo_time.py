@@ -93,7 +93,7 @@ def render(rows: list[dict]) -> str:
 
 
 def run_once(threads: int, quick: bool, run_dir: Path, extra: tuple[str, ...] = ()) -> dict:
-    from e2vpt.backbones import DEMO_WEIGHTS
+    from e2vpt.models.backbones import DEMO_WEIGHTS
 
     cmd = [sys.executable, *COMMAND, *extra, "--run-dir", str(run_dir), "--quiet"]
     pretrained = DEMO_WEIGHTS.is_file()

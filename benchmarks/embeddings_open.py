@@ -62,7 +62,7 @@ def _page(run_id: str):
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=600)
     at.query_params["run"] = run_id
     at.run()
-    at.switch_page("pages/embeddings.py")
+    at.switch_page("app_pages/embeddings.py")
     return at
 
 
@@ -107,7 +107,7 @@ def fresh_copy(sources: dict[str, Path], root: Path, cold: bool = False) -> Path
 
 def train_runs(root: Path) -> dict[str, Path]:
     from e2vpt.config import TrainConfig
-    from e2vpt.trainer import train
+    from e2vpt import train
 
     out = {"e2vpt": root / "e2vpt", "vpt": root / "vpt"}
     train(TrainConfig(), out["e2vpt"], quiet=True)

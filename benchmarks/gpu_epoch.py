@@ -77,7 +77,7 @@ def main() -> None:
     import torch
 
     from e2vpt.config import TrainConfig
-    from e2vpt.trainer import Phase, Trainer
+    from e2vpt.training.trainer import Phase, Trainer
 
     folder = Path(args.folder) if args.folder else RESULTS / f"jpeg-{args.images}"
     jpeg_folder(folder, args.images)

@@ -78,7 +78,7 @@ def todays_loader_rate(samples, batch: int) -> float:
     from timm.data import create_transform
     from torch.utils.data import DataLoader, Dataset
 
-    from e2vpt.data.folders import load_image
+    from e2vpt.data.images import load_image
 
     class PerImage(Dataset):  # what ImageFileDataset was: its transform, as `train_transform` built it
         transform = create_transform(input_size=SIZE, is_training=True, interpolation="bicubic", mean=MEAN, std=STD)
@@ -99,7 +99,7 @@ def pipeline_epoch(dataset, batch: int, seed: int, workers: str) -> float:
     import torch
 
     from e2vpt.data.pipeline import DeviceBatches
-    from e2vpt.distributed import global_batches
+    from e2vpt.training.distributed import global_batches
 
     batches = DeviceBatches(dataset, global_batches(len(dataset), batch, True, seed), torch.device("cpu"),
                             seed=seed, workers=workers)

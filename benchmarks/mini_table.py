@@ -1,7 +1,7 @@
 """The paper's table in miniature: every method x the built-in tasks on the demo backbone, offline.
 
 Protocol (fixed before the table ran; the test split never chooses anything):
-  - backbone `demo` (shipped weights), every method from the same engine (`e2vpt.trainer.train`,
+  - backbone `demo` (shipped weights), every method from the same engine (`e2vpt.training.trainer.train`,
     in this process), `TrainConfig` defaults except the epochs, rounds and lr named here (p, l,
     batch, optimiser, schedule: today's defaults, whose digest every row records);
   - the same epochs for every training phase: `--epochs` (default 3) for every method, and for
@@ -97,7 +97,7 @@ def available_tasks() -> list[str]:
 def run_one(task, method, seed, lr, args, pretrained) -> dict:
     from e2vpt.config import TrainConfig
     from e2vpt.errors import UserError
-    from e2vpt.trainer import train
+    from e2vpt import train
 
     cfg = TrainConfig(method=method, backbone="demo", pretrained=pretrained, dataset=task, epochs=args.epochs,
                       retrain_epochs=args.retrain_epochs, prune_rounds=args.prune_rounds, lr=lr, seed=seed,
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(tempfile.gettempdir()) / "e2vpt_mini_table_quick" if args.quick else RESULTS)
     runs_csv = out_dir / "mini_table_runs.csv"
 
-    from e2vpt.backbones import DEMO_WEIGHTS
+    from e2vpt.models.backbones import DEMO_WEIGHTS
 
     threads = set_threads(args.threads)
     pretrained = DEMO_WEIGHTS.is_file()

@@ -7,7 +7,7 @@ does not depend on the weights), and timed *interleaved*: `--warmup` rounds, the
 (default 10 for ViT-B/16; `--demo-steps`, default 30, for the demo's cheaper and noisier steps) of
 one step of each model in a rotating order; the median per configuration is reported. Interleaving matters here: the same configuration measured in two fresh processes
 differs by up to 8% on this VM, which would swamp the 3% the issue asks about. A step is exactly the
-trainer's step (`e2vpt/trainer.py: Trainer._train_epoch`): forward (bf16 autocast on CUDA, as
+trainer's step (`e2vpt/training/trainer.py: Trainer._train_epoch`): forward (bf16 autocast on CUDA, as
 `--precision auto` does), cross-entropy, `zero_grad`, backward, AdamW step, `zero_pruned()`, and the
 `.item()` reads the trainer does. Images are one fixed random batch (no data loading in the
 timing), and on the CPU `torch.use_deterministic_algorithms(True, warn_only=True)` is on, as the
@@ -136,9 +136,9 @@ def build(spec: dict, device, backbone=None):
     """
     import torch
 
-    from e2vpt.backbones import create_backbone
+    from e2vpt.models.backbones import create_backbone
     from e2vpt.config import DEFAULT_LR, TrainConfig
-    from e2vpt.methods import build_model
+    from e2vpt.models.methods import build_model
 
     name, size = BACKBONES[spec["backbone"]]
     torch.manual_seed(0)
@@ -200,8 +200,8 @@ def _summary(times: list[float]) -> dict:
 def run_child(spec: dict) -> dict:
     import torch
 
-    import e2vpt.backbones  # noqa: F401  (imports counted in the baseline, not in the peak)
-    import e2vpt.methods  # noqa: F401
+    import e2vpt.models.backbones  # noqa: F401  (imports counted in the baseline, not in the peak)
+    import e2vpt.models.methods  # noqa: F401
 
     threads = set_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -245,7 +245,7 @@ def run_group(spec: dict, device) -> list[dict]:
     """
     import torch
 
-    from e2vpt.backbones import create_backbone
+    from e2vpt.models.backbones import create_backbone
 
     name, size = BACKBONES[spec["backbone"]]
     torch.manual_seed(0)
@@ -284,10 +284,10 @@ def run_layer(spec: dict, device) -> list[dict]:
     """Forward + backward of one block: frozen timm block vs PromptedViT's fully pruned / prompted layer."""
     import torch
 
-    from e2vpt.backbones import create_backbone
+    from e2vpt.models.backbones import create_backbone
     from e2vpt.config import TrainConfig
-    from e2vpt.methods import build_model
-    from e2vpt.prompts import prompted_block
+    from e2vpt.models.methods import build_model
+    from e2vpt.models.vit import prompted_block
 
     name, size = BACKBONES[spec["backbone"]]
     torch.manual_seed(0)

@@ -82,7 +82,7 @@ def run_argument(value: str) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from .launch import start_warnings
     from .runs import RunDir, new_run_id, runs_root, with_data_root
-    from .trainer import train
+    from .workflow import train
 
     if args.resume:
         run = RunDir(run_argument(args.resume))
@@ -103,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .build import evaluate_run
+    from .training.build import evaluate_run
 
     print(json.dumps(evaluate_run(run_argument(args.run_dir), device=args.device), indent=1))
     return 0
@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("settings", help="print every training setting as a markdown table (docs/SETTINGS.md)")
     p.set_defaults(func=lambda args: print(settings_markdown()))
-    from .pretrain import add_pretrain_arguments, run_pretrain
+    from .demo_backbone import add_pretrain_arguments, run_pretrain
 
     p = sub.add_parser("pretrain", help="pretrain the shipped demo backbone")
     add_pretrain_arguments(p)

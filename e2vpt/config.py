@@ -3,7 +3,7 @@
 Each field carries its own description in `field(metadata=...)`: help text, bounds, the group it
 belongs to and how the Train form shows it; choices come from its `Literal` type. Everything else is
 generated from that one declaration: the `python -m e2vpt train` flags (`cli.py`), the validation in
-`__post_init__` (one-line errors naming the field), the app's Train form (`pages/train.py`) and the
+`__post_init__` (one-line errors naming the field), the app's Train form (`app_pages/train.py`) and the
 settings table in `docs/SETTINGS.md` (`python -m e2vpt settings`). Adding a hyper-parameter is one
 edit here.
 

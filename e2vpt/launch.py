@@ -116,7 +116,7 @@ def check_run_data(run: RunDir, data: str | Path | None = None) -> TrainConfig:
 
 def _check_backbone(config: TrainConfig) -> None:
     """The mistakes a backbone choice can make, caught before a run folder exists."""
-    from .backbones import DEMO_NAME, DEMO_WEIGHTS
+    from .models.backbones import DEMO_NAME, DEMO_WEIGHTS
 
     if config.backbone == DEMO_NAME:
         if config.pretrained and not config.weights and not DEMO_WEIGHTS.is_file():
@@ -142,7 +142,7 @@ def _bf16_is_emulated(config: TrainConfig) -> bool:
         return False
     import torch
 
-    from .build import resolve_device
+    from .training.build import resolve_device
     from .errors import UserError
 
     try:
@@ -159,7 +159,7 @@ def start_warnings(config: TrainConfig) -> list[str]:
     to count its patches; a backbone that cannot be built gets no warning here (starting it says why)."""
     import torch
 
-    from .backbones import create_backbone
+    from .models.backbones import create_backbone
 
     warnings = [_EMULATED_BF16] if _bf16_is_emulated(config) else []
     prompts = [(n, what) for n, what in zip(config.prompts_trained, ("visual prompt tokens", "key-value prompts")) if n]

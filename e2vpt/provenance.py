@@ -12,7 +12,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("torch", "torchvision", "timm", "numpy", "scikit-learn", "ray")

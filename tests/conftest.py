@@ -117,33 +117,6 @@ def fake_run():
     return write_fake_run
 
 
-# --------------------------------------------------------------------------------------------------
-# the app under AppTest (test_app.py, test_sweeps.py)
-@_pytest.fixture
-def served_app(request, monkeypatch):
-    """Run pages as a server does after its first request: past Streamlit's old `pages/`-folder mode.
-
-    AppTest starts every run in that mode (a fresh server only does so once); the pages then leave
-    it with a rerun (`through_app`), which would swallow a button click made in the test.
-    """
-    if "fresh_server" in request.fixturenames:
-        return
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
-@_pytest.fixture
-def fresh_server():
-    """Requested by a test that wants Streamlit exactly as a just-started server runs the first page."""
-
-
 @_pytest.fixture
 def roots(tmp_path, monkeypatch):
     """Empty runs and data roots, configured the way the app reads them (environment variables)."""

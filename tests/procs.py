@@ -34,7 +34,7 @@ def _context():
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))
         _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["e2vpt.cli", "e2vpt.trainer", "e2vpt.build", "e2vpt.data"])
+        _CONTEXT.set_forkserver_preload(["e2vpt.cli", "e2vpt.training.trainer", "e2vpt.training.build", "e2vpt.data"])
     return _CONTEXT
 
 

@@ -28,10 +28,9 @@ from e2vpt.runs import RunDir
 
 ROOT = Path(__file__).resolve().parent.parent
 APP = str(ROOT / "app.py")
-PAGES = ["pages/train.py", "pages/runs.py", "pages/prompts.py", "pages/pruning.py", "pages/embeddings.py",
-         "pages/compare.py", "pages/sweeps.py"]
+PAGES = ["app_pages/train.py", "app_pages/runs.py", "app_pages/prompts.py", "app_pages/pruning.py", "app_pages/embeddings.py",
+         "app_pages/compare.py", "app_pages/sweeps.py"]
 TIMEOUT = 300  # the first script run imports torch and timm; this machine may be busy
-pytestmark = pytest.mark.usefixtures("served_app")  # conftest.py: pages run as a served app runs them
 
 
 def open_page(page: str, run: str | None = None) -> AppTest:
@@ -39,7 +38,7 @@ def open_page(page: str, run: str | None = None) -> AppTest:
     if run is not None:
         at.query_params["run"] = run
     at.run()
-    if page != "pages/train.py":
+    if page != "app_pages/train.py":
         at.switch_page(page)
         at.run()
     return at
@@ -68,12 +67,12 @@ def test_every_page_opens_without_runs(roots, page):
     at = open_page(page)
     no_exception(at)
     assert at.title[0].value == page.split("/")[1][:-3].capitalize()
-    if page == "pages/train.py":
+    if page == "app_pages/train.py":
         assert any(b.label == "Start training" for b in at.button)
         assert at.selectbox(key="cfg_backbone").value == "demo"
         assert at.selectbox(key="cfg_dataset").value == "digits"
         assert at.selectbox(key="cfg_method").value == "e2vpt"
-    elif page in ("pages/prompts.py", "pages/pruning.py", "pages/embeddings.py"):
+    elif page in ("app_pages/prompts.py", "app_pages/pruning.py", "app_pages/embeddings.py"):
         assert "No run picked" in texts(at, "info")
     else:
         assert "No" in texts(at, "info")
@@ -87,29 +86,29 @@ def test_every_page_opens_for_a_finished_run(roots, fake_run, page):
     at = open_page(page, run="20260101-000000-e2vpt-digits")
     no_exception(at)
     assert not at.error, texts(at, "error")
-    expected = {"pages/train.py": 1, "pages/prompts.py": 2, "pages/pruning.py": 3, "pages/compare.py": 1,
-                "pages/sweeps.py": 0}
+    expected = {"app_pages/train.py": 1, "app_pages/prompts.py": 2, "app_pages/pruning.py": 3, "app_pages/compare.py": 1,
+                "app_pages/sweeps.py": 0}
     if page in expected:
         assert charts_on(at) == expected[page]
-    if page == "pages/runs.py":
+    if page == "app_pages/runs.py":
         assert len(at.dataframe[0].value) == 2
-    if page == "pages/embeddings.py":  # a fake run has no weights: nothing to embed, said plainly
+    if page == "app_pages/embeddings.py":  # a fake run has no weights: nothing to embed, said plainly
         assert "no final weights" in texts(at, "info")
-    if page == "pages/train.py":
+    if page == "app_pages/train.py":
         assert any(m.label == "Test accuracy" for m in at.metric)
 
 
 def test_the_newest_run_is_current_when_the_url_names_none(roots, fake_run):
     runs, _ = roots
     fake_run(runs, "20260101-000000-e2vpt-digits")
-    at = open_page("pages/pruning.py")
+    at = open_page("app_pages/pruning.py")
     no_exception(at)
     assert at.query_params["run"] == "20260101-000000-e2vpt-digits"
     assert charts_on(at) == 3
 
 
-@pytest.mark.parametrize("page", ["pages/prompts.py", "pages/compare.py"])
-def test_a_page_url_on_a_fresh_server_still_runs_inside_the_frame(fresh_server, roots, fake_run, page):
+@pytest.mark.parametrize("page", ["app_pages/prompts.py", "app_pages/compare.py"])
+def test_a_page_url_on_a_fresh_server_still_runs_inside_the_frame(roots, fake_run, page):
     """A refresh of /prompts?run=... right after a server start: the page gets the sidebar and its run."""
     runs, _ = roots
     fake_run(runs, "20260101-000000-e2vpt-digits")
@@ -129,9 +128,9 @@ def test_a_running_run_shows_what_exists_so_far(roots, fake_run, page):
     fake_run(runs, "20260101-000000-e2vpt-digits", state="running", summary=False)
     at = open_page(page, run="20260101-000000-e2vpt-digits")
     no_exception(at)
-    if page in ("pages/prompts.py", "pages/pruning.py", "pages/embeddings.py"):
+    if page in ("app_pages/prompts.py", "app_pages/pruning.py", "app_pages/embeddings.py"):
         assert "running" in texts(at, "info")
-    if page == "pages/train.py":  # live: progress, the curves so far and a Cancel button
+    if page == "app_pages/train.py":  # live: progress, the curves so far and a Cancel button
         assert any(b.label == "Cancel run" for b in at.button)
         assert charts_on(at) == 1
 
@@ -142,10 +141,10 @@ def test_a_failed_run_says_so_and_shows_what_it_wrote(roots, fake_run, page):
     fake_run(runs, "20260101-000000-e2vpt-digits", state="failed", pruning=False, summary=False)
     at = open_page(page, run="20260101-000000-e2vpt-digits")
     no_exception(at)
-    if page in ("pages/prompts.py", "pages/pruning.py"):
+    if page in ("app_pages/prompts.py", "app_pages/pruning.py"):
         errors = texts(at, "error")
         assert "failed" in errors and "no pruning record yet" in errors
-    if page == "pages/train.py":  # the trainer's advice, in the form's words
+    if page == "app_pages/train.py":  # the trainer's advice, in the form's words
         assert "lower “Learning rate”" in texts(at, "error") and "--lr" not in texts(at, "error")
         assert any(b.label == "Resume" for b in at.button)
         assert charts_on(at) == 1  # the curves it wrote before failing
@@ -154,7 +153,7 @@ def test_a_failed_run_says_so_and_shows_what_it_wrote(roots, fake_run, page):
 def test_a_run_deleted_while_open_gives_a_clear_message(roots, fake_run):
     runs, _ = roots
     path = fake_run(runs, "20260101-000000-e2vpt-digits")
-    at = open_page("pages/prompts.py", run=path.name)
+    at = open_page("app_pages/prompts.py", run=path.name)
     assert charts_on(at) == 2
     import shutil
 
@@ -177,7 +176,7 @@ def test_the_prompts_page_names_the_score_each_recipe_pruned_by(roots, fake_run,
     config = json.loads((path / "config.json").read_text())
     resolved = TrainConfig.from_dict({k: v for k, v in config.items() if k not in RECIPES[recipe]} | {"recipe": recipe})
     (path / "config.json").write_text(json.dumps(resolved.to_dict()))
-    at = open_page("pages/prompts.py", run=path.name)
+    at = open_page("app_pages/prompts.py", run=path.name)
     no_exception(at)
     page = texts(at, "markdown")
     assert words in page and f"recipe `{recipe}`" in page, page
@@ -187,13 +186,13 @@ def test_the_prompts_page_names_the_score_each_recipe_pruned_by(roots, fake_run,
 
 
 def test_the_train_page_prices_the_next_run_from_epochs_measured_here(roots, fake_run):
-    from e2vpt.estimates import priced_epochs
+    from e2vpt.training.estimates import priced_epochs
 
     runs, _ = roots
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     assert "No estimate yet: no finished demo run on digits here yet" in texts(at, "caption")
     fake_run(runs, "20260101-000000-e2vpt-digits")  # every epoch took 1.0 s
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     epochs = priced_epochs(TrainConfig())
     assert f"({epochs} epochs at 1.0 s, the median epoch of earlier demo runs on digits (e2vpt) here)" \
         in texts(at, "caption")
@@ -203,7 +202,7 @@ def test_the_train_page_prices_the_next_run_from_epochs_measured_here(roots, fak
 def test_a_bad_run_id_in_the_url_reads_nothing_and_explains(roots, fake_run, bad):
     runs, _ = roots
     good = fake_run(runs, "20260101-000000-e2vpt-digits")
-    at = open_page("pages/pruning.py", run=bad)
+    at = open_page("app_pages/pruning.py", run=bad)
     no_exception(at)
     warning = texts(at, "warning")
     assert "There is no run" in warning and "check the address" in warning  # a typo, not a deletion
@@ -217,7 +216,7 @@ def test_a_bad_run_id_in_the_url_reads_nothing_and_explains(roots, fake_run, bad
 # --------------------------------------------------------------------------------------------------
 # bad input on Train: no run created, a clear message
 def test_the_form_shows_only_the_settings_the_method_uses(roots):
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     keys = lambda: {w.key for kind in ("number_input", "slider", "checkbox", "selectbox", "radio")  # noqa: E731
                     for w in getattr(at, kind)}
     assert {"cfg_prompt_len", "cfg_kv_len", "cfg_prune_ratio"} <= keys()  # e2vpt, the default, uses them all
@@ -234,7 +233,7 @@ def test_a_run_in_training_comes_before_the_form(roots, fake_run):
     runs, _ = roots
     path = fake_run(runs, "20260101-000000-e2vpt-digits", state="running", summary=False)
     RunDir(path).write_status("running", 0.27, "train round 0: epoch 1/2", progress_in_epoch=0.54, remaining_s=130.0)
-    at = open_page("pages/train.py", run="20260101-000000-e2vpt-digits")
+    at = open_page("app_pages/train.py", run="20260101-000000-e2vpt-digits")
     no_exception(at)
     bar = at.get("progress")[0].proto
     assert bar.value == 27 and "54% of this epoch" in bar.text and "about 2 min left" in bar.text
@@ -247,7 +246,7 @@ def test_a_run_in_training_comes_before_the_form(roots, fake_run):
 def test_a_run_started_here_stays_above_the_form_when_it_ends(roots, fake_spawn, fake_run):
     """A live class: the result of the run just started must not drop below the fold when it finishes."""
     runs, _ = roots
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     at.checkbox(key="cfg_pretrained").set_value(False)
     submit(at)
     (started,) = list(runs.iterdir())
@@ -263,7 +262,7 @@ def test_a_run_started_here_stays_above_the_form_when_it_ends(roots, fake_spawn,
     heads = [h.value for h in at.subheader]
     assert heads[:2] == [f"Run `{started.name}`", "Start another run"]
     assert "Test accuracy" in [m.label for m in at.metric]
-    at = open_page("pages/train.py", run=started.name)  # opened later, in a new session: the form first
+    at = open_page("app_pages/train.py", run=started.name)  # opened later, in a new session: the form first
     assert "Start another run" not in [h.value for h in at.subheader]
 
 
@@ -272,11 +271,11 @@ def test_compare_opens_on_the_current_runs_dataset_and_says_why_an_unfinished_ru
     fake_run(runs, "20260101-000000-linear-digits", method="linear")
     fake_run(runs, "20260102-000000-e2vpt-dsprites-loc", dataset="dsprites-loc")
     fake_run(runs, "20260103-000000-e2vpt-digits", state="running", summary=False)
-    at = open_page("pages/compare.py", run="20260102-000000-e2vpt-dsprites-loc")
+    at = open_page("app_pages/compare.py", run="20260102-000000-e2vpt-dsprites-loc")
     no_exception(at)
     dataset = lambda: next(s for s in at.selectbox if s.label == "Dataset").value  # noqa: E731
     assert dataset() == "dsprites-loc" and not at.info
-    at = open_page("pages/compare.py", run="20260103-000000-e2vpt-digits")
+    at = open_page("app_pages/compare.py", run="20260103-000000-e2vpt-digits")
     no_exception(at)
     assert dataset() == "digits"
     assert "`20260103-000000-e2vpt-digits` is not on the chart: it is running" in texts(at, "info")
@@ -292,14 +291,14 @@ def test_embeddings_offers_side_by_side_only_finished_runs_on_the_same_data_with
         path = fake_run(runs, run_id, dataset=dataset)
         if weights:
             save_file({"x": torch.zeros(1)}, str(path / "weights.safetensors"))
-    at = open_page("pages/embeddings.py", run="d-digits")
+    at = open_page("app_pages/embeddings.py", run="d-digits")
     picker = next(s for s in at.selectbox if s.label == "Side by side with")
     assert [o.split(" · ")[-1] for o in picker.options[2:]] == ["a-digits"]
 
 
 def test_an_impossible_setting_is_refused_before_a_run_exists(roots):
     runs, _ = roots
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     at.selectbox(key="cfg_method").set_value("vpt-deep")
     at.number_input(key="cfg_prompt_len").set_value(0)
     submit(at)
@@ -312,7 +311,7 @@ def test_an_impossible_setting_is_refused_before_a_run_exists(roots):
 def test_a_data_folder_that_does_not_exist_is_refused_and_no_run_is_lost(roots, fake_run, fake_spawn):
     runs, _ = roots
     fake_run(runs, "20260101-000000-e2vpt-digits")
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     at.selectbox(key="cfg_dataset").set_value("imagefolder")
     at.text_input(key="cfg_data_root").input("no-such-folder")
     submit(at)
@@ -327,7 +326,7 @@ def test_fashion_mnist_says_what_it_needs_on_a_machine_without_its_files(roots, 
 
     runs, _ = roots
     monkeypatch.setattr(builtin, "FASHION_MNIST_SYSTEM_DIRS", [str(tmp_path / "not-installed")])  # a pip-only machine
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     box = at.selectbox(key="cfg_dataset")
     assert any(o.startswith("fashion-mnist (needs its files") for o in box.options), box.options
     assert all("no files needed" in o for o in box.options if o.startswith(("digits (", "dsprites-", "clevr-count")))
@@ -341,7 +340,7 @@ def test_fashion_mnist_says_what_it_needs_on_a_machine_without_its_files(roots, 
 
 def test_more_prompts_than_patches_asks_before_starting_then_starts_on_a_second_press(roots, fake_spawn):
     runs, _ = roots
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     at.checkbox(key="cfg_pretrained").set_value(False)
     at.number_input(key="cfg_prompt_len").set_value(200)
     at.number_input(key="cfg_kv_len").set_value(200)
@@ -358,7 +357,7 @@ def test_more_prompts_than_patches_asks_before_starting_then_starts_on_a_second_
 
 def test_start_pressed_twice_starts_one_run(roots, fake_spawn):
     runs, _ = roots
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     at.checkbox(key="cfg_pretrained").set_value(False)
     submit(at)
     no_exception(at)
@@ -393,7 +392,7 @@ def _zip(entries: dict[str, bytes]) -> bytes:
 def test_an_uploaded_zip_lands_in_a_new_folder_under_the_data_root(roots, tmp_path):
     _, data = roots
     png = bytes.fromhex("89504e470d0a1a0a")  # contents do not matter to extraction
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     at.file_uploader(key="upload_zip").upload("pets.zip", _zip({"cat/1.png": png, "dog/2.png": png,
                                                                   "notes.txt": b"hi"}), "application/zip")
     at.run()
@@ -413,7 +412,7 @@ def test_an_uploaded_zip_lands_in_a_new_folder_under_the_data_root(roots, tmp_pa
 
 
 def test_the_paper_preset_fills_the_vit_b_setting(roots):
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     at.radio(key="preset").set_value("Paper: ViT-B/16 on a GPU").run()
     no_exception(at)
     assert at.selectbox(key="cfg_backbone").value == "vit_base_patch16_224.augreg_in21k"
@@ -429,7 +428,7 @@ def test_the_paper_preset_fills_the_vit_b_setting(roots):
 
 
 def test_picking_a_recipe_sets_its_choices_and_keeps_the_rest_of_the_form(roots):
-    at = open_page("pages/train.py")
+    at = open_page("app_pages/train.py")
     at.radio(key="preset").set_value("Paper: ViT-B/16 on a GPU").run()
     at.radio(key="cfg_recipe").set_value("official").run()
     no_exception(at)
@@ -443,7 +442,7 @@ def test_runs_page_deletes_only_after_confirmation_and_then_selects_nothing(root
     runs, _ = roots
     fake_run(runs, "20260102-000000-e2vpt-digits")
     fake_run(runs, "20260101-000000-e2vpt-digits")
-    at = open_page("pages/runs.py")
+    at = open_page("app_pages/runs.py")
     no_exception(at)
     # select the first row (the newest run) the way a click does, then ask to delete
     at.session_state["runs_table-0"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
@@ -723,8 +722,8 @@ def test_every_page_shows_the_real_run(real_run, monkeypatch, page):
     no_exception(at)
     assert not at.error, texts(at, "error")
     # Prompts: importance, segments, [CLS]'s attention to the prompts, the prompts' attention over an image
-    expected = {"pages/train.py": 1, "pages/prompts.py": 4, "pages/pruning.py": 3, "pages/embeddings.py": 1,
-                "pages/compare.py": 1}
+    expected = {"app_pages/train.py": 1, "app_pages/prompts.py": 4, "app_pages/pruning.py": 3, "app_pages/embeddings.py": 1,
+                "app_pages/compare.py": 1}
     assert charts_on(at) == expected.get(page, 0)
 
 
@@ -732,14 +731,14 @@ def test_every_page_shows_the_real_run(real_run, monkeypatch, page):
 def test_the_prompts_page_measures_a_pruning_decision_against_reality_on_request(real_run, monkeypatch):
     runs, run, events = real_run
     monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
-    at = open_page("pages/prompts.py", run=run.id)
+    at = open_page("app_pages/prompts.py", run=run.id)
     button = next(b for b in at.button if b.label.startswith("Measure round 1's decision"))
     assert charts_on(at) == 4  # measured only when asked: one validation pass per token
     button.click().run()
     no_exception(at)
     assert not at.error, texts(at, "error")
     assert charts_on(at) == 5 and "Spearman" in texts(at, "caption")
-    at = open_page("pages/prompts.py", run=run.id)  # cached in the run's analysis/: shown at once
+    at = open_page("app_pages/prompts.py", run=run.id)  # cached in the run's analysis/: shown at once
     assert charts_on(at) == 5 and not any(b.label.startswith("Measure") for b in at.button)
     (run.analysis_dir / "ablation-round-1.json").unlink()  # the shared run as the other tests expect it
 
@@ -814,7 +813,7 @@ def test_embeddings_refuse_a_run_whose_data_folder_was_edited_to_leave_the_data_
     config.update(dataset="imagefolder", data_root=str(tmp_path / "private"))
     (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "weights.safetensors").write_bytes(b"not read")
-    at = open_page("pages/embeddings.py", run="20260101-000000-e2vpt-mine")
+    at = open_page("app_pages/embeddings.py", run="20260101-000000-e2vpt-mine")
     no_exception(at)
     assert "outside" in texts(at, "error") and not (run_dir / "analysis").exists()
 
@@ -832,7 +831,7 @@ def test_the_pruning_page_states_the_rule_that_kept_a_round_and_what_round_0_sco
     record["rounds"][0]["val_acc"] = 0.97  # the unpruned model was better: the page says what pruning cost
     (path / "pruning.json").write_text(json.dumps(record))
     assert "pruning cost 17.0 points here" in selection_note(path)
-    at = open_page("pages/pruning.py", run=path.name)
+    at = open_page("app_pages/pruning.py", run=path.name)
     no_exception(at)
     assert "Round 0 scored higher on validation (0.970 against 0.800)" in texts(at, "caption")
 

@@ -9,10 +9,10 @@ from e2vpt import charts
 from e2vpt import runs as run_store
 from e2vpt.analysis import attention
 from e2vpt.analysis.embeddings import split_images
-from e2vpt.build import load_run_model, load_run_splits
+from e2vpt.training.build import load_run_model, load_run_splits
 from e2vpt.config import TrainConfig
 from e2vpt.fileio import read_json
-from e2vpt.trainer import train
+from e2vpt import train
 
 from small_data import digits_folder
 from test_app import open_page
@@ -88,7 +88,7 @@ def test_tokens_are_marked_by_the_decision_that_followed_and_the_result_is_cache
     def refuse(*args, **kwargs):
         raise AssertionError("recomputed what the run's analysis/ holds")
 
-    monkeypatch.setattr("e2vpt.build.load_run_model", refuse)
+    monkeypatch.setattr("e2vpt.training.build.load_run_model", refuse)
     assert attention.prompt_attention(run_dir, 0, index=2) == result
 
 
@@ -102,7 +102,7 @@ def test_the_prompts_page_shows_what_each_prompt_looks_at(pruned_run, monkeypatc
     runs, run_dir = pruned_run
     monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
     monkeypatch.setenv(run_store.DATA_ROOT_ENV, str(digits_folder().parent))
-    at = open_page("pages/prompts.py", run=run_dir.name)
+    at = open_page("app_pages/prompts.py", run=run_dir.name)
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
     assert "What a prompt looks at" in [s.value for s in at.subheader]
     charts_before = len(at.get("plotly_chart"))
@@ -137,7 +137,7 @@ def test_a_method_without_prompts_is_told_so_whatever_its_unused_settings_say(tm
     train(TrainConfig(method="linear", **config), runs / "20260101-000000-linear-imagefolder", quiet=True)
     monkeypatch.setenv(run_store.RUNS_ROOT_ENV, str(runs))
     monkeypatch.setenv(run_store.DATA_ROOT_ENV, str(digits_folder().parent))
-    at = open_page("pages/prompts.py", run="20260101-000000-linear-imagefolder")
+    at = open_page("app_pages/prompts.py", run="20260101-000000-linear-imagefolder")
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
     assert "This run has no prompts to look at." in [c.value for c in at.caption]
     assert not [n for n in at.number_input if n.label == "Test image"]

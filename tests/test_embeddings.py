@@ -11,10 +11,10 @@ import torch
 from e2vpt import charts
 from e2vpt import runs as run_store
 from e2vpt.analysis import embeddings
-from e2vpt.build import load_run_splits
+from e2vpt.training.build import load_run_splits
 from e2vpt.config import TrainConfig
 from e2vpt.runs import RunDir
-from e2vpt.trainer import train
+from e2vpt import train
 
 from small_data import digits_folder
 from test_app import open_page
@@ -40,7 +40,7 @@ def test_training_leaves_the_test_features_and_the_default_report_behind(finishe
     assert len(reports) == 1
     # what was written while the model was in memory is what a reload of the saved run computes
     saved, labels, _ = embeddings.run_features(run_dir)
-    from e2vpt.build import load_run_model
+    from e2vpt.training.build import load_run_model
 
     model, _, splits = load_run_model(run_dir)
     again, labels_again = embeddings.compute_features(model, splits.test)
@@ -59,7 +59,7 @@ def test_the_embeddings_page_of_a_finished_run_evaluates_nothing(finished, monke
     monkeypatch.setattr(embeddings, "compute_features", refuse)
     monkeypatch.setattr(embeddings, "analyze_embeddings", refuse)
     st.cache_data.clear()
-    at = open_page("pages/embeddings.py", run=run_dir.name)
+    at = open_page("app_pages/embeddings.py", run=run_dir.name)
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
     assert len(at.get("plotly_chart")) == 1
     caption = " ".join(c.value for c in at.caption)

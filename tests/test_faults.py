@@ -25,10 +25,10 @@ from safetensors.torch import load_file, save_file
 from e2vpt.config import TrainConfig
 from e2vpt.data import load_splits
 from e2vpt.errors import BackboneError, DataError, NumericsError, RunDirError, UserError
-from e2vpt.checkpoints import read_checkpoints
+from e2vpt.training.checkpoints import read_checkpoints
 from e2vpt.fileio import append_jsonl, atomic_write_json, read_jsonl
 from e2vpt.runs import RunDir
-from e2vpt.trainer import train
+from e2vpt import train
 from e2vpt.uploads import safe_extract_zip
 
 from small_data import digits_folder
@@ -285,7 +285,7 @@ def test_nan_loss_stops_as_failed_with_step_and_hint_and_keeps_checkpoint(tmp_pa
         # an epoch is 3 training steps and 1 validation batch: call 6 is the second step of the second epoch
         return loss * float("nan") if calls["n"] == 6 else loss
 
-    import e2vpt.trainer as trainer_module
+    import e2vpt.training.trainer as trainer_module
 
     monkeypatch.setattr(trainer_module.F, "cross_entropy", poisoned)
     with pytest.raises(NumericsError, match="lower --lr"):
@@ -600,7 +600,7 @@ def refit_with_a_missing_tensor(path: Path) -> None:
         metadata = f.metadata()
     tensors = load_file(str(path))
     tensors.pop(next(k for k in tensors if k.startswith("model.")))
-    from e2vpt.checkpoints import _digest
+    from e2vpt.training.checkpoints import _digest
 
     metadata["sha256"] = _digest(tensors)
     save_file(tensors, str(path), metadata=metadata)

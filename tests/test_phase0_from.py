@@ -9,7 +9,8 @@ from e2vpt.config import TrainConfig
 from e2vpt.errors import RunDirError
 from e2vpt.fileio import read_jsonl
 from e2vpt.runs import RunDir
-from e2vpt.trainer import Trainer, train
+from e2vpt import train
+from e2vpt.training.trainer import Trainer
 
 from small_data import digits_folder
 

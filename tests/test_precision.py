@@ -8,11 +8,11 @@ import torch
 from scipy import stats
 from torch.utils.data import DataLoader, Subset
 
-from e2vpt.build import autocast_for, build_model_and_splits, evaluate, evaluate_run
+from e2vpt.training.build import autocast_for, build_model_and_splits, evaluate, evaluate_run
 from e2vpt.config import TrainConfig
-from e2vpt.pruning import score_importance
+from e2vpt.models.pruning import score_importance
 from e2vpt.runs import RunDir
-from e2vpt.trainer import train
+from e2vpt import train
 
 from small_data import digits_folder
 

@@ -10,10 +10,11 @@ from timm.models.vision_transformer import VisionTransformer
 
 from e2vpt.config import METHODS, TrainConfig
 from e2vpt.errors import BackboneError, ConfigError
-from e2vpt.methods import build_model
-from e2vpt.prompts import PromptedViT, PromptTuned, segment_of_channel
-from e2vpt.pruning import prune_segments, prune_tokens, rewind, score_importance
-from e2vpt.swin import PromptedSwin
+from e2vpt.models.methods import build_model
+from e2vpt.models.base import PromptTuned, segment_of_channel
+from e2vpt.models.vit import PromptedViT
+from e2vpt.models.pruning import prune_segments, prune_tokens, rewind, score_importance
+from e2vpt.models.swin import PromptedSwin
 
 DIM, DEPTH, HEADS, CLASSES = 32, 2, 4, 5
 

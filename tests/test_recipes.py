@@ -13,10 +13,10 @@ from timm.models.vision_transformer import VisionTransformer
 
 from e2vpt.cli import build_parser, config_from_args
 from e2vpt.config import PRESETS, RECIPES, TrainConfig, preset
-from e2vpt.methods import build_model
-from e2vpt.prompts import PromptedViT
-from e2vpt.pruning import score_importance
-from e2vpt.swin import PromptedSwin
+from e2vpt.models.methods import build_model
+from e2vpt.models.vit import PromptedViT
+from e2vpt.models.pruning import score_importance
+from e2vpt.models.swin import PromptedSwin
 
 import procs  # tests/procs.py: `python -m e2vpt` forked from a preloaded server
 
@@ -164,7 +164,7 @@ def official_count(n: int, pct: int) -> int:
 
 @pytest.mark.parametrize("prompts", [5, 8, 10, 32, 50])
 def test_the_official_recipe_prunes_as_many_tokens_and_segments_as_the_official_code(prompts):
-    from e2vpt.pruning import prune_segments, prune_tokens
+    from e2vpt.models.pruning import prune_segments, prune_tokens
 
     config = TrainConfig.from_dict({"recipe": "official"})
     differs = 0
@@ -216,8 +216,8 @@ def test_the_cli_recipe_flag_resolves_every_setting_of_the_recipe_and_flags_stil
 
 @pytest.mark.slow  # a real (short) official run, about 40 s
 def test_an_official_run_trains_its_masks_first_then_fixes_them_and_keeps_pruned_tokens_zeroed(tmp_path):
-    from e2vpt.build import load_run_model
-    from e2vpt.trainer import train
+    from e2vpt.training.build import load_run_model
+    from e2vpt import train
 
     config = TrainConfig.from_dict({"recipe": "official", "backbone": "demo", "dataset": "digits", "epochs": 1,
                                     "retrain_epochs": 1, "prune_rounds": 1, "prompt_len": 4, "kv_len": 2})
@@ -278,7 +278,7 @@ def test_the_token_mask_gradient_is_layernorms_epsilon_and_not_small_when_prompt
 
 
 def test_official_schedule_steps_per_epoch_and_trains_its_first_epoch_at_rate_zero():
-    from e2vpt.trainer import warmup_cosine
+    from e2vpt.training.trainer import warmup_cosine
 
     official = warmup_cosine(4, 2, first=0)
     assert [official(e) for e in range(4)] == pytest.approx([0.0, 0.5, 1.0, 0.5])
@@ -287,7 +287,7 @@ def test_official_schedule_steps_per_epoch_and_trains_its_first_epoch_at_rate_ze
 
 
 def test_official_segment_pruning_takes_the_same_share_of_every_token():
-    from e2vpt.pruning import prune_segments
+    from e2vpt.models.pruning import prune_segments
 
     token_mask = torch.ones(2, 3)
     token_mask[1, 0] = 0

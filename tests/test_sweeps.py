@@ -566,13 +566,12 @@ def test_a_running_sweep_shows_each_trials_progress_and_an_eta_from_measured_tim
     assert eta([dict(waiting)])["seconds"] is None  # nothing measured: no number made up
 
 
-@pytest.mark.usefixtures("served_app")
 def test_the_sweeps_page_shows_a_running_sweeps_progress_and_eta(roots, fake_run):
     runs, _ = roots
     sweep = running_sweep(runs, fake_run)
     holder = _hold_lock(sweep)
     try:
-        at = open_page("pages/sweeps.py")
+        at = open_page("app_pages/sweeps.py")
         no_exception(at)
         assert "running · 1 of 3 trials done" in texts(at, "caption")
         bar = at.get("progress")[0].proto
@@ -584,12 +583,11 @@ def test_the_sweeps_page_shows_a_running_sweeps_progress_and_eta(roots, fake_run
         holder.wait()
 
 
-@pytest.mark.usefixtures("served_app")
 def test_a_fresh_tab_opens_the_newest_run_not_a_sweep_trial_and_the_sidebar_tells_trials_apart(roots, fake_run):
     runs, _ = roots
     fake_run(runs, "20250101-000000-e2vpt-digits")
     finished_sweep(runs, fake_run)  # its trials are newer than the run
-    at = open_page("pages/runs.py")
+    at = open_page("app_pages/runs.py")
     no_exception(at)
     picker = at.sidebar.selectbox[0]
     assert picker.value == "20250101-000000-e2vpt-digits"
@@ -598,11 +596,10 @@ def test_a_fresh_tab_opens_the_newest_run_not_a_sweep_trial_and_the_sidebar_tell
             "S/t006-e2vpt-s0 · p=4 l=1 · digits"} <= set(shown)
 
 
-@pytest.mark.usefixtures("served_app")
 def test_the_sweeps_page_shows_the_frontier_and_opens_a_trial_on_every_page(roots, fake_run):
     runs, _ = roots
     finished_sweep(runs, fake_run)
-    at = open_page("pages/sweeps.py")
+    at = open_page("app_pages/sweeps.py")
     no_exception(at)
     assert not at.error, texts(at, "error")
     assert at.query_params["sweep"] == "S"
@@ -619,17 +616,16 @@ def test_the_sweeps_page_shows_the_frontier_and_opens_a_trial_on_every_page(root
     next(b for b in at.button if b.label == "Open on every page").click().run()
     no_exception(at)
     assert at.query_params["run"] == "S/t000-linear-s0"
-    at.switch_page("pages/pruning.py").run()
+    at.switch_page("app_pages/pruning.py").run()
     no_exception(at)
     assert at.sidebar.selectbox[0].value == "S/t000-linear-s0"
 
 
-@pytest.mark.usefixtures("served_app")
 def test_starting_a_prepared_sweep_from_the_page_queues_one_driver(roots, fake_spawn):
     runs, _ = roots
     started = fake_spawn
     try:
-        at = open_page("pages/sweeps.py")
+        at = open_page("app_pages/sweeps.py")
         no_exception(at)
         assert "No sweeps yet" in texts(at, "info")
         assert "21 trials" in texts(at, "caption")  # class comparison: 3 linear + 12 VPT-deep + 6 E2VPT
@@ -647,12 +643,11 @@ def test_starting_a_prepared_sweep_from_the_page_queues_one_driver(roots, fake_s
     assert SweepDir(started[0][1][2]).state() == "interrupted"  # its driver is gone: resumable, not "queued"
 
 
-@pytest.mark.usefixtures("served_app")
 def test_compare_can_pick_one_sweeps_trials(roots, fake_run):
     runs, _ = roots
     sweep = finished_sweep(runs, fake_run, seeds=(0,))
     fake_run(runs, "20260101-000000-e2vpt-digits")
-    at = open_page("pages/compare.py")
+    at = open_page("app_pages/compare.py")
     no_exception(at)
     assert len(at.multiselect[0].value) == 1 + len(sweep.read()["trials"])
     at.selectbox(key="compare_sweep").set_value("S").run()
@@ -661,11 +656,10 @@ def test_compare_can_pick_one_sweeps_trials(roots, fake_run):
     assert charts_on(at) == 1
 
 
-@pytest.mark.usefixtures("served_app")
 def test_the_page_starts_the_pruning_search_and_prices_every_level_it_may_train(roots, fake_spawn):
     started = fake_spawn
     try:
-        at = open_page("pages/sweeps.py")
+        at = open_page("app_pages/sweeps.py")
         at.radio(key="sweep_kind").set_value("pruning search against pruning rounds").run()
         no_exception(at)
         # 3 seeds: the E2VPT trial pruned in rounds, its scout and 3 x 2 levels each (identical ones are trained once)

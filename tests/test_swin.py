@@ -11,9 +11,9 @@ from timm.models.swin_transformer import SwinTransformer
 
 from e2vpt.config import TrainConfig
 from e2vpt.errors import BackboneError, ConfigError
-from e2vpt.methods import build_model
-from e2vpt.pruning import prune_segments, prune_tokens, rewind, score_importance
-from e2vpt.swin import PromptedSwin, prompted_swin_block
+from e2vpt.models.methods import build_model
+from e2vpt.models.pruning import prune_segments, prune_tokens, rewind, score_importance
+from e2vpt.models.swin import PromptedSwin, prompted_swin_block
 
 CLASSES = 5
 DIMS = (16, 32, 64)  # stage widths of the tiny Swin below: 32x32 input, 4x4 patches, 8x8 -> 4x4 -> 2x2
@@ -258,10 +258,10 @@ def test_too_many_segments_for_the_narrowest_stage_is_a_clear_error():
 
 def test_a_swin_run_trains_prunes_records_and_reloads(tmp_path, monkeypatch):
     """The whole engine (trainer, pruning record, saved weights, reload, analysis) on a Swin backbone."""
-    import e2vpt.build as build_module
+    import e2vpt.training.build as build_module
     from e2vpt.analysis.pruning_views import importance_maps, pruning_trajectory
-    from e2vpt.build import evaluate_run
-    from e2vpt.trainer import train
+    from e2vpt.training.build import evaluate_run
+    from e2vpt import train
 
     monkeypatch.setattr(build_module, "create_backbone", lambda *args, **kwargs: tiny_swin())
     config = TrainConfig(method="e2vpt", backbone="tiny-swin", pretrained=False, dataset="digits", epochs=1,

@@ -11,12 +11,13 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from e2vpt.backbones import create_backbone
-from e2vpt.build import evaluate, evaluate_run, load_run_model
+from e2vpt.models.backbones import create_backbone
+from e2vpt.training.build import evaluate, evaluate_run, load_run_model
 from e2vpt.config import TrainConfig
 from e2vpt.fileio import read_jsonl
 from e2vpt.runs import RunDir
-from e2vpt.trainer import Trainer, train
+from e2vpt import train
+from e2vpt.training.trainer import Trainer
 
 from small_data import digits_folder
 
@@ -63,7 +64,7 @@ def test_short_run_beats_chance_and_reloads_to_the_same_accuracy(e2vpt_run):
 
 @pytest.mark.slow
 def test_every_pruning_round_reloads_to_the_test_accuracy_it_recorded(e2vpt_run):
-    """Training and reloading build the model in one place (`e2vpt/build.py`), so each round's saved
+    """Training and reloading build the model in one place (`e2vpt/training/build.py`), so each round's saved
     state, rebuilt from the run directory alone, scores exactly what the trainer recorded for it."""
     run_dir, _, _ = e2vpt_run
     rounds = json.loads((run_dir / "pruning.json").read_text())["rounds"]
@@ -266,7 +267,7 @@ _RUNS_IN_LIVE_THREADS = """
 import os, sys, tempfile, threading
 import torch
 from e2vpt.config import TrainConfig
-from e2vpt.trainer import train
+from e2vpt import train
 torch.set_num_threads(1)
 def rss_mb():
     return int(open(f"/proc/{os.getpid()}/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

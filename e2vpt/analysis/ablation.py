@@ -64,9 +64,9 @@ def prompt_ablation(run_dir: str | Path, decision_round: int = 1, device: str = 
     """
     from scipy.stats import spearmanr
 
-    from ..build import autocast_for, evaluate, load_run_model, resolve_device
+    from ..training.build import autocast_for, evaluate, load_run_model, resolve_device
     from ..data.pipeline import DeviceBatches
-    from ..distributed import global_batches
+    from ..training.distributed import global_batches
     from .pruning_views import load_pruning
 
     run = RunDir(run_dir)

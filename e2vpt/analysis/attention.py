@@ -52,7 +52,7 @@ def prompt_attention(run_dir: str | Path, round_index: int, index: int = 0, spli
     of each patch's attention it receives, flattened)}]}; every share is a fraction of one query's
     attention (each query's shares over all keys sum to 1).
     """
-    from ..build import load_run_model
+    from ..training.build import load_run_model
 
     if split not in SPLITS:
         raise RunDirError(f"split must be one of {', '.join(SPLITS)}, got '{split}'")

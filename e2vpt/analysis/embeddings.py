@@ -77,7 +77,7 @@ def run_features(run_dir: str | Path, split: str = "test", frozen: bool = False,
     if cache.is_file() and names_file.is_file():
         saved = load_file(str(cache))
         return saved["features"], saved["labels"], read_json(names_file, [])
-    from ..build import load_run_model
+    from ..training.build import load_run_model
 
     model, _, splits = load_run_model(run_dir, device=device, round_index=round_index)
     features, labels = compute_features(model, getattr(splits, split), device, frozen)

@@ -20,7 +20,8 @@ from typing import Sequence
 
 from e2vpt.data.builtin import BUILTIN_DESCRIPTIONS, clear_cache, fashion_mnist_available, load_builtin
 from e2vpt.data.common import DATA_SEED, DatasetSplits, MemoryDataset, check_normalisation, with_val_in_train
-from e2vpt.data.folders import ImageFileDataset, build_folder_splits, verify_images
+from e2vpt.data.folders import ImageFileDataset, build_folder_splits
+from e2vpt.data.images import verify_images
 from e2vpt.data.torchvision_sets import TORCHVISION_DATASETS, build_torchvision_splits
 from e2vpt.errors import DataError
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from e2vpt.data.images import image_problem, open_file, refuse_unreadable
 from e2vpt.errors import DataError
 from e2vpt.fileio import _fsync_folder, is_disk_full
 
@@ -46,13 +47,6 @@ def cache_dir() -> Path | None:
     return Path(base) / "e2vpt" / "decoded"
 
 
-def open_file(path: str) -> Image.Image:
-    """An image file, fully read (a truncated file fails here, not later)."""
-    with Image.open(path) as im:
-        im.load()
-        return im.convert("RGB")
-
-
 def _decode(item, size: int, read: Callable[[Any], Image.Image]) -> np.ndarray | str:
     """`(size, size, 3)` uint8 pixels of `read(item)` (RGB, resized whole with PIL's bicubic filter,
     which is what torchvision's `Resize((size, size), BICUBIC)` does to a PIL image), or why it
@@ -62,9 +56,7 @@ def _decode(item, size: int, read: Callable[[Any], Image.Image]) -> np.ndarray |
         rgb = rgb.convert("RGB") if rgb.mode != "RGB" else rgb
     except Exception as exc:  # PIL and torchvision raise many kinds for a bad image
         if read is open_file:
-            from e2vpt.data.folders import _image_problem
-
-            return _image_problem(item) or "cannot be decoded"
+            return image_problem(item) or "cannot be decoded"
         return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.BICUBIC)
@@ -121,14 +113,6 @@ def _decode_into(out, items: Sequence, size: int, start: int, pool: ThreadPoolEx
             problems.append((_name(item), pixels))
         else:
             out[start + i] = pixels
-
-
-def refuse_unreadable(problems: list[tuple[str, str]], where: str) -> None:
-    """A `DataError` naming the first five unreadable images and counting the rest, if there are any."""
-    if problems:
-        shown = "; ".join(f"{p} ({r})" for p, r in problems[:5])
-        more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
-        raise DataError(f"{len(problems)} unreadable image(s) in {where}: {shown}{more}; delete or replace them")
 
 
 def _remove_stale(folder: Path, stem: str, keep: str) -> None:

@@ -27,12 +27,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
-
-from PIL import Image
+from typing import Sequence
 
 from e2vpt.data.common import DatasetSplits, split_train_val, split_train_val_test
-from e2vpt.data.decoded import open_file, refuse_unreadable
+from e2vpt.data.images import refuse_unreadable, verify_images
 from e2vpt.data.square_images import SquareImages, cached_splits
 from e2vpt.errors import DataError
 
@@ -44,34 +42,6 @@ VTAB_LISTS = {"vtab": ("train800.txt", "val200.txt", "test.txt"),
               "vtab-train800val200": ("train800val200.txt", "val200.txt", "test.txt")}
 
 Sample = tuple[str, int]
-
-
-def _image_problem(path: str) -> str | None:
-    """Why an image cannot be used, or None. Decodes it fully (JPEG at reduced size: fast)."""
-    try:
-        size = os.path.getsize(path)
-    except OSError:
-        return "missing"
-    if size == 0:
-        return "empty file (0 bytes)"
-    try:
-        with Image.open(path) as im:
-            if im.format == "JPEG":
-                im.draft("RGB", (64, 64))  # decode at 1/8 scale: still reads every byte
-            im.load()
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, ... for bad files
-        return str(exc).replace(str(path), "").strip(" '\"") or type(exc).__name__
-    return None
-
-
-def verify_images(paths: Iterable[str]) -> list[tuple[str, str]]:
-    """Decode each image; return `(path, reason)` for every one that is missing, empty or corrupt."""
-    problems = []
-    for path in paths:
-        reason = _image_problem(str(path))
-        if reason is not None:
-            problems.append((str(path), reason))
-    return problems
 
 
 def _check_inside(splits: Sequence[list[Sample]], folder: Path) -> None:
@@ -94,15 +64,6 @@ def _eager_verify(splits: Sequence[list[Sample]], where: str) -> None:
         refuse_unreadable(verify_images(everything), where)
     elif len(train_val) <= EAGER_VERIFY_MAX:
         refuse_unreadable(verify_images(train_val), where)
-
-
-def load_image(path: str) -> Image.Image:
-    """Open an image as RGB, or raise a `DataError` that names the file and what is wrong with it."""
-    try:
-        return open_file(path)
-    except Exception:
-        reason = _image_problem(path) or "cannot be decoded"
-        raise DataError(f"cannot read image {path}: {reason}; delete or replace it") from None
 
 
 class ImageFileDataset(SquareImages):

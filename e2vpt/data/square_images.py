@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from e2vpt.data.decoded import DecodedImages, decode_square, open_file
+from e2vpt.data.decoded import DecodedImages, decode_square
+from e2vpt.data.images import open_file
 
 
 class SquareImages(Dataset):

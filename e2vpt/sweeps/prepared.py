@@ -1,6 +1,6 @@
 """Prepared sweeps (the Sweeps page's starting points) and the time estimate shown before one starts.
 
-The estimate is measured, not guessed (`e2vpt.estimates`): each trial's epochs are priced at the median
+The estimate is measured, not guessed (`e2vpt.training.estimates`): each trial's epochs are priced at the median
 epoch time of finished runs of the same backbone and dataset on this machine (per method when there
 are some), plus one epoch per pruning round for scoring. With nothing measured yet it says so.
 """
@@ -8,7 +8,7 @@ are some), plus one epoch per pruning round for scoring. With nothing measured y
 from __future__ import annotations
 
 from ..config import TrainConfig
-from ..estimates import epoch_costs, priced_epochs
+from ..training.estimates import epoch_costs, priced_epochs
 from .spec import SweepSpec
 
 PREPARED = {

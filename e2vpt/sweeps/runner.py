@@ -2,7 +2,7 @@
 
 The driver (this module, in the `python -m e2vpt sweep` process) expands the spec, skips the trials
 whose run directories already finished, and hands the rest to `ray.tune.Tuner` as a grid over trial
-ids. Each trial runs `e2vpt.trainer.train` into its own run directory inside the sweep folder and
+ids. Each trial runs `e2vpt.training.trainer.train` into its own run directory inside the sweep folder and
 reports validation accuracy after every epoch, so an ASHA scheduler can stop the trials that are
 behind. A trial that fails records its error and the sweep goes on, also when Ray itself stops its
 worker (its memory monitor kills it); a trial whose process dies (a killed driver, a lost node)
@@ -46,7 +46,7 @@ def run_trial(params: dict, configs: dict, sweep_path: str, threads: int, phase0
     import torch
     from ray import tune
 
-    from ..trainer import train
+    from ..workflow import train
 
     torch.set_num_threads(max(1, threads))
     trial_id = params["trial"]

@@ -410,7 +410,7 @@ class SweepSpec:
         phase 0, for a prompt of `token_shape` (prompt layers, p) with `segments` per token (the scout's
         model). Pairs that would keep the same number of tokens and segments as an earlier pair, or prune
         nothing, are left out. Ids `<scout>-t<token %>-g<segment %>`."""
-        from ..pruning import kept_after  # torch: only the driver of such a sweep needs it
+        from ..models.pruning import kept_after  # torch: only the driver of such a sweep needs it
 
         config = TrainConfig.from_dict(scout.config)
         seen = {(token_shape[0] * token_shape[1], token_shape[0] * token_shape[1] * segments)}  # nothing pruned

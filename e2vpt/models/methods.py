@@ -1,0 +1,38 @@
+"""One engine, six methods: which parameters each trains (see `config.METHOD_SPECS`).
+
+linear: head only. full: everything. vpt-shallow / vpt-deep: visual prompts in the first / every
+layer + head. e2vpt-noprune: deep visual + key-value prompts + head. e2vpt: the same, then pruning
+and rewinding. All share the model class (`PromptedViT`, or `PromptedSwin` on a Swin backbone), data,
+loop and logging, so comparisons are fair.
+"""
+
+from __future__ import annotations
+
+from timm.models.swin_transformer import SwinTransformer
+
+from ..config import TrainConfig
+from .base import PromptTuned
+from .vit import PromptedViT
+from .swin import PromptedSwin
+
+
+def build_model(config: TrainConfig, backbone, num_classes: int) -> PromptTuned:
+    """The prompted model for this backbone (ViT or Swin) with the parameters `config.method` trains."""
+    spec = config.spec
+    swin = isinstance(backbone, SwinTransformer)
+    prompt_len, kv_len = config.prompts_trained
+    return (PromptedSwin if swin else PromptedViT)(
+        backbone,
+        num_classes=num_classes,
+        prompt_len=prompt_len,
+        visual=spec.visual,
+        kv_len=kv_len,
+        kv_shared=config.kv_shared,
+        segments=config.segments,
+        segment_layout=config.segment_layout,
+        prompt_dropout=config.prompt_dropout,
+        train_backbone=spec.train_backbone,
+        pruned_tokens=config.pruned_tokens,
+        mask_values=config.mask_scope if config.train_masks and spec.prune else "none",
+        **({} if swin else {"avg_pool": config.avg_pool}),
+    )
