@@ -7,7 +7,8 @@ from e2vpt.analysis.ablation import cached_ablation, estimate_seconds, prompt_ab
 from e2vpt.analysis.attention import prompt_attention
 from e2vpt.analysis.embeddings import split_images
 from e2vpt.analysis.pruning_views import importance_maps, score_criterion
-from e2vpt.config import METHOD_SPECS, prompts_trained
+from e2vpt.config import prompts_trained
+from e2vpt.methods import METHODS
 from e2vpt.errors import RunDirError
 from ui.current_run import current_run, run_banner, run_splits
 from ui.errors import user_errors
@@ -100,7 +101,7 @@ with user_errors():
                 "image each prompt token looks. Key-value prompts are only looked at: the maps show which patches "
                 f"read from them. Tokens marked **pruned next** were removed by round {state + 1}'s decision.")
     method = settings.get("method")  # the prompts the method trains, not the settings it ignores
-    if method not in METHOD_SPECS or not any(prompts_trained(method, settings.get("prompt_len") or 0,
+    if method not in METHODS or not any(prompts_trained(method, settings.get("prompt_len") or 0,
                                                              settings.get("kv_len") or 0)):
         st.caption("This run has no prompts to look at.")
     elif not run.round_file(state).is_file():

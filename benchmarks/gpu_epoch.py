@@ -77,7 +77,8 @@ def main() -> None:
     import torch
 
     from e2vpt.config import TrainConfig
-    from e2vpt.training.trainer import Phase, Trainer
+    from e2vpt.training.schedule import Phase, make_optimizer
+    from e2vpt.training.trainer import Trainer
 
     folder = Path(args.folder) if args.folder else RESULTS / f"jpeg-{args.images}"
     jpeg_folder(folder, args.images)
@@ -89,7 +90,7 @@ def main() -> None:
     trainer.setup()
     if args.compile:
         trainer.train_model = torch.compile(trainer.model, backend=args.compile_backend)
-    optimizer, scheduler = trainer._make_optimizer(2)
+    optimizer, scheduler = make_optimizer(trainer.model, config, len(trainer.splits.train), 2)
     sync = torch.cuda.synchronize if trainer.device.type == "cuda" else (lambda: None)
     images = len(trainer.splits.train)
 

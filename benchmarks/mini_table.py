@@ -8,7 +8,7 @@ Protocol (fixed before the table ran; the test split never chooses anything):
     e2vpt also after each pruning round (`--retrain-epochs` defaults to `--epochs`, the paper's
     recipe of retraining the rewound survivors as long as the first training; the CLI's demo uses
     2 to stay fast). E2VPT's extra phases are part of the method and of its cost (s/run column);
-  - learning rate: `DEFAULT_LR[method]` times each `--lr-grid` multiplier (default 1 and 3), run on
+  - learning rate: the method's default rate (`e2vpt.methods`) times each `--lr-grid` multiplier (default 1 and 3), run on
     the first seed; the lr with the best *validation* accuracy (the run's selected round for
     e2vpt) is kept per method x task (ties: the multiplier closest to 1, then the smaller lr);
     the other seeds then run at that lr and the first seed's run at that lr is reused. Why {1, 3}:
@@ -55,7 +55,7 @@ from common import (RESULTS, append_csv_row, busy_warning, cpu_model, defaults_d
                     print_table, provenance, read_csv, set_threads, write_csv, write_readme_block, write_text)
 from common import provenance_line, start_afresh_unless_current  # noqa: E402
 
-METHODS = ("linear", "full", "vpt-shallow", "vpt-deep", "e2vpt-noprune", "e2vpt")
+from e2vpt.methods import METHODS  # noqa: E402  (the registry: every method, in its order)
 TASKS = ("digits", "fashion-mnist", "dsprites-loc", "dsprites-ori", "clevr-count")
 DEFAULT_EPOCHS = 3
 DEFAULT_GRID = (1.0, 3.0)
@@ -77,10 +77,10 @@ def key(task, method, seed, lr, epochs, retrain, rounds, variant="") -> tuple:
 
 
 def grid_lr(method: str, mult: float) -> float:
-    """DEFAULT_LR[method] x mult, rounded to 3 significant digits (the value the run uses and the CSV keeps)."""
-    from e2vpt.config import DEFAULT_LR
+    """The method's default rate x mult, rounded to 3 significant digits (the value the run uses and the CSV keeps)."""
+    from e2vpt.methods import method_named
 
-    return float(f"{DEFAULT_LR[method] * mult:.3g}")
+    return float(f"{method_named(method).lr * mult:.3g}")
 
 
 def row_key(r: dict) -> tuple:
@@ -239,7 +239,7 @@ def report(rows: list[dict], args, out_dir: Path, final: bool) -> dict:
         print_table("learning rate chosen on validation (seed %d)" % args.seeds[0], lr_cols, lr_table)
     md = [f"# Mini table (demo backbone)\n\nTest accuracy %, mean ± sample std over seeds {args.seeds}; "
           f"`--epochs {args.epochs}` for every method (e2vpt then {args.prune_rounds} pruning rounds x "
-          f"{args.retrain_epochs} retraining epochs); lr = DEFAULT_LR[method] x one of {list(args.lr_grid)}, "
+          f"{args.retrain_epochs} retraining epochs); lr = the method's default rate x one of {list(args.lr_grid)}, "
           f"chosen per method x task by validation accuracy on seed {args.seeds[0]}. 'mean' averages the "
           f"per-task means over tasks; tuned % is of the backbone's {1.80:.2f} M parameters, averaged over "
           f"tasks. Machine: {cpu_model()}, `torch.set_num_threads({args.threads})`."
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="e2vpt: epochs after each pruning round (default: --epochs, every phase equally long)")
     p.add_argument("--prune-rounds", type=int, default=2, help="e2vpt: pruning rounds")
     p.add_argument("--lr-grid", nargs="+", type=float, default=list(DEFAULT_GRID),
-                   help="multipliers of DEFAULT_LR[method] tried on the first seed")
+                   help="multipliers of the method's default rate tried on the first seed")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out-dir", default=None, help="default benchmarks/results (--quick: a temp folder)")

@@ -137,8 +137,9 @@ def build(spec: dict, device, backbone=None):
     import torch
 
     from e2vpt.models.backbones import create_backbone
-    from e2vpt.config import DEFAULT_LR, TrainConfig
-    from e2vpt.models.methods import build_model
+    from e2vpt.config import TrainConfig
+    from e2vpt.methods import method_named
+    from e2vpt.models.prompted import build_model
 
     name, size = BACKBONES[spec["backbone"]]
     torch.manual_seed(0)
@@ -150,7 +151,7 @@ def build(spec: dict, device, backbone=None):
         method = spec["method"]
         cfg = TrainConfig(method=method, backbone=name, pretrained=False, prompt_len=max(spec.get("p", 8), 1),
                           kv_len=spec.get("l", 4), pruned_tokens=spec.get("pruned", "remove"))
-        model, lr = build_model(cfg, backbone, 10), DEFAULT_LR[method]
+        model, lr = build_model(cfg, backbone, 10), method_named(method).lr
         if spec.get("keep") is not None:
             t = model.tuned
             keep = max(1, round(model.prompt_len * spec["keep"]))
@@ -201,7 +202,7 @@ def run_child(spec: dict) -> dict:
     import torch
 
     import e2vpt.models.backbones  # noqa: F401  (imports counted in the baseline, not in the peak)
-    import e2vpt.models.methods  # noqa: F401
+    import e2vpt.models.prompted  # noqa: F401
 
     threads = set_threads(spec["threads"])
     device = torch.device(spec["device"])
@@ -286,7 +287,7 @@ def run_layer(spec: dict, device) -> list[dict]:
 
     from e2vpt.models.backbones import create_backbone
     from e2vpt.config import TrainConfig
-    from e2vpt.models.methods import build_model
+    from e2vpt.models.prompted import build_model
     from e2vpt.models.vit import prompted_block
 
     name, size = BACKBONES[spec["backbone"]]

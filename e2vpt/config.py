@@ -25,18 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
-
-METHODS = ("linear", "full", "vpt-shallow", "vpt-deep", "e2vpt-noprune", "e2vpt")
-Method = Literal["linear", "full", "vpt-shallow", "vpt-deep", "e2vpt-noprune", "e2vpt"]
-
-# Learning rates that work for each family on the demo backbone with AdamW; a user's --lr wins.
-DEFAULT_LR = {"linear": 1e-2, "full": 3e-4, "vpt-shallow": 1e-2, "vpt-deep": 1e-2,
-              "e2vpt-noprune": 1e-2, "e2vpt": 1e-2}
-# With SGD (the official recipe): base rates (x batch / 256), chosen on validation accuracy on the demo
-# (digits, 4 epochs; docs/RECIPES.md): e2vpt under the official recipe 0.01/0.5/2.5/10 -> val 0.855/0.955/
-# 0.94/0.90, used for every prompt method and the linear probe; full 0.015/0.05/0.15 -> 0.945/0.93/0.195.
-DEFAULT_SGD_LR = {"linear": 0.5, "full": 0.015, "vpt-shallow": 0.5, "vpt-deep": 0.5, "e2vpt-noprune": 0.5,
-                  "e2vpt": 0.5}
+from .methods import METHODS, Method, method_named, method_words, methods_help
+from .recipes import RECIPES
 
 # Section titles of the CLI help, the docs table and the Train form, in display order.
 GROUPS = {"model": "model", "prompts": "prompts", "data": "data", "optimisation": "optimisation",
@@ -47,25 +37,6 @@ SUGGESTED_BACKBONES = ("demo", "vit_base_patch16_224.augreg_in21k", "vit_small_p
                        "vit_tiny_patch16_224.augreg_in21k", "vit_base_patch16_224.mae",
                        "swin_base_patch4_window7_224.ms_in22k", "swin_tiny_patch4_window7_224.ms_in1k")
 
-
-@dataclass
-class MethodSpec:
-    """What a method trains: derived from the method name, never stored separately."""
-
-    visual: Literal["none", "shallow", "deep"]
-    kv: bool
-    prune: bool
-    train_backbone: bool
-
-
-METHOD_SPECS = {
-    "linear": MethodSpec("none", False, False, False),
-    "full": MethodSpec("none", False, False, True),
-    "vpt-shallow": MethodSpec("shallow", False, False, False),
-    "vpt-deep": MethodSpec("deep", False, False, False),
-    "e2vpt-noprune": MethodSpec("deep", True, False, False),
-    "e2vpt": MethodSpec("deep", True, True, False),
-}
 
 def setting(default: Any, help: str, *, group: str, label: str, ge: float | None = None, gt: float | None = None,
             le: float | None = None, lt: float | None = None, pattern: str | None = None, none_means: str | None = None,
@@ -110,10 +81,8 @@ class TrainConfig:
                             group="model", label="Backbone", basic=True, widget="select", pattern=r"\S+")
     pretrained: bool = setting(True, "load pretrained backbone weights", group="model",
                                label="Pretrained backbone", basic=True)
-    method: Method = setting("e2vpt", "which parameters are trained: linear (head), full (everything), "
-                             "vpt-shallow/vpt-deep (visual prompts), e2vpt-noprune (visual + key-value prompts), "
-                             "e2vpt (the same, then pruned)", group="model", label="Method", basic=True,
-                             widget="select")
+    method: Literal[METHODS] = setting("e2vpt", methods_help(), group="model", label="Method", basic=True,
+                                       widget="select", choice_labels=method_words())
     weights: str | None = setting(None, "local .safetensors backbone weights instead of the hub", group="model",
                                   label="Backbone weights (.safetensors under the data root)",
                                   none_means="the hub's or the shipped weights")
@@ -259,8 +228,9 @@ class TrainConfig:
                               "prompts; use e.g. --prompt-len 10", "prompt_len")
 
     @property
-    def spec(self) -> MethodSpec:
-        return METHOD_SPECS[self.method]
+    def spec(self) -> Method:
+        """The method's row in the registry (`e2vpt.methods`): what it trains and how."""
+        return method_named(self.method)
 
     @property
     def prompts_trained(self) -> tuple[int, int]:
@@ -271,7 +241,7 @@ class TrainConfig:
     def resolved_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        return (DEFAULT_SGD_LR if self.optimizer == "sgd" else DEFAULT_LR)[self.method]
+        return self.spec.sgd_lr if self.optimizer == "sgd" else self.spec.lr
 
     @property
     def resolved_retrain_epochs(self) -> int:
@@ -333,7 +303,7 @@ def flag(f: dataclasses.Field) -> str:
 def prompts_trained(method: str, prompt_len: int, kv_len: int) -> tuple[int, int]:
     """(visual prompt tokens, key-value prompts) per layer that `method` trains: a count the method
     does not read is 0 (a linear probe's `prompt_len` is only a setting)."""
-    spec = METHOD_SPECS[method]
+    spec = method_named(method)
     return (prompt_len if spec.visual != "none" else 0), (kv_len if spec.kv else 0)
 
 
@@ -341,7 +311,7 @@ def used_by(f: dataclasses.Field, method: str) -> bool:
     """Whether `method` reads this setting: pruning settings only matter to methods that prune,
     visual-prompt ones to methods with visual prompts, key-value ones to methods with key-value
     prompts (the form hides the others)."""
-    spec = METHOD_SPECS[method]
+    spec = method_named(method)
     if meta(f)["group"] == "pruning":
         return spec.prune
     if f.name in ("kv_len", "kv_shared"):
@@ -472,26 +442,6 @@ def settings_markdown() -> str:
         lines.append("")
     return "\n".join(lines)
 
-
-# --------------------------------------------------------------------------------------------------
-# Recipes: the three readings of the method (docs/RECIPES.md has each choice's source). A recipe sets
-# these fields at once; `TrainConfig.from_dict` (files, flags, the form, presets) lets a value given
-# explicitly win, and config.json records the resolved values.
-RECIPES = {
-    "studio": {},  # the defaults declared above
-    "paper": {"mask_scope": "shared", "kv_shared": False, "importance": "abs", "token_importance": "mask",
-              "rewind": "init", "pruned_tokens": "remove", "train_masks": False, "segments": 16,
-              "segment_layout": "interleaved", "segment_rank": "global", "prompt_dropout": 0.0,
-              "avg_pool": "patches"},
-    "official": {"mask_scope": "shared", "kv_shared": True, "importance": "signed", "token_importance": "mask",
-                 "rewind": "reinit", "pruned_tokens": "zero", "train_masks": True, "segments": 16,
-                 "segment_layout": "interleaved", "prompt_dropout": 0.1, "optimizer": "sgd", "weight_decay": 1e-4,
-                 "schedule_step": "epoch", "segment_rank": "per-token", "avg_pool": "tokens", "prune_count": "floor"},
-}
-
-# What a saved config.json that lacks a setting meant: the setting did not exist yet, and the run behaved
-# as this value (an `official` run saved before `prune_count` rounded its counts).
-SAVED_BEFORE_SETTING = {"prune_count": "round"}
 
 # --------------------------------------------------------------------------------------------------
 # Presets: whole settings for a purpose (the Train form's preset buttons; a notebook's starting point).

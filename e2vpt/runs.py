@@ -29,9 +29,10 @@ from safetensors.torch import load_file
 
 from .errors import RunDirError
 from .fileio import atomic_write_json, read_json, read_jsonl
+from . import run_schema as schema
+from .roots import (DATA_ROOT_ENV, RUNS_ROOT_ENV, data_folders, data_root, inside, root_or_default,  # noqa: F401
+                    runs_root, with_data_root)  # where runs and data live: part of the runs API
 
-RUNS_ROOT_ENV = "E2VPT_RUNS_ROOT"
-DATA_ROOT_ENV = "E2VPT_DATA_ROOT"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # a run's id is its folder's name under the runs root, or `<sweep>/<trial>` for a sweep's trial
 RUN_ID_PATTERN = re.compile(rf"{NAME_PATTERN.pattern}(/{NAME_PATTERN.pattern})?")
@@ -81,7 +82,8 @@ def _pid_alive(pid: int | None) -> bool:
         return True
 
 
-SUMMARY_NUMBERS = ("test_acc", "val_acc", "tuned_params", "tuned_pct", "backbone_params", "wall_s")
+# what every reader of a summary uses (older runs lack some of the keys added since)
+SUMMARY_NEEDS = ("method", "test_acc", "val_acc", "tuned_params", "tuned_pct", "backbone_params", "wall_s")
 
 
 def _read_object(path: Path) -> dict | None:
@@ -102,13 +104,17 @@ def _read_object(path: Path) -> dict | None:
     return value
 
 
+METRIC_LINES = {"epoch": (schema.EPOCH, ("kind", "round", "epoch")), "prune": (schema.PRUNE, ("kind", "round"))}
+
+
 def _is_metric(record) -> bool:
-    """A metrics.jsonl line that readers can use: an epoch or prune record with integer round (and epoch)."""
-    if not isinstance(record, dict) or not isinstance(record.get("round"), int):
+    """A metrics.jsonl line that readers can use: an epoch or prune record (`run_schema`) with its round
+    (and epoch), every key it has of its declared type."""
+    line = METRIC_LINES.get(record.get("kind")) if isinstance(record, dict) else None
+    try:
+        return line is not None and bool(line[0].check(record, "a metrics line", needs=line[1]))
+    except RunDirError:
         return False
-    if record.get("kind") == "epoch":
-        return isinstance(record.get("epoch"), int)
-    return record.get("kind") == "prune"
 
 
 class RunDir:
@@ -185,7 +191,7 @@ class RunDir:
 
     def mark(self) -> None:
         """Write the marker of a freshly created run folder."""
-        atomic_write_json(self.marker_file, {"format": 1, "created": _now()})
+        atomic_write_json(self.marker_file, schema.MARKER.make(format=1, created=_now()))
 
     # lifecycle
     def prepare_new(self) -> bool:
@@ -242,9 +248,9 @@ class RunDir:
         assert state in STATES, state
         previous = read_json(self.status_file, {})
         previous = previous if isinstance(previous, dict) else {}
-        status = {"state": state,
-                  "progress": previous.get("progress", 0.0) if progress is None else round(float(progress), 4),
-                  "message": message, "pid": os.getpid(), "updated": _now(), **extra}
+        values = {"state": state, "progress": previous.get("progress", 0.0) if progress is None
+                  else round(float(progress), 4), "message": message, "pid": os.getpid(), "updated": _now()}
+        status = schema.STATUS.make(**{**values, **extra})  # `extra` may name the process (`pid`) too
         atomic_write_json(self.status_file, status)
 
     def status(self) -> dict:
@@ -280,7 +286,8 @@ class RunDir:
     # records: each reader checks what it returns, and names the file when it cannot be used
     def config(self) -> dict:
         """The run's settings (a valid `TrainConfig` as a dict); `RunDirError` saying why otherwise."""
-        from .config import SAVED_BEFORE_SETTING, TrainConfig
+        from .config import TrainConfig
+        from .recipes import SAVED_BEFORE_SETTING
         from .errors import ConfigError
 
         config = _read_object(self.config_file)
@@ -301,20 +308,16 @@ class RunDir:
         """pruning.json (None before the first round ends); `RunDirError` if it is damaged."""
         record = _read_object(self.pruning_file)
         if record is not None:
-            rounds = record.get("rounds")
-            if not isinstance(rounds, list) or not all(isinstance(r, dict) and isinstance(r.get("round"), int)
-                                                       for r in rounds):
-                raise RunDirError(f"pruning.json of {self.id} is damaged: 'rounds' is not a list of round records")
+            where = f"pruning.json of {self.id}"
+            for entry in schema.PRUNING.check(record, where, needs=("rounds",))["rounds"]:
+                schema.ROUND.check(entry, f"a round of {where}", needs=("round",))
         return record
 
     def summary(self) -> dict | None:
         """summary.json (None until the run is done); `RunDirError` if it is damaged."""
         summary = _read_object(self.summary_file)
         if summary is not None:
-            for key in SUMMARY_NUMBERS:
-                value = summary.get(key)
-                if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                    raise RunDirError(f"summary.json of {self.id} is damaged: {key} is {value!r}, not a number")
+            schema.SUMMARY.check(summary, f"summary.json of {self.id}", needs=SUMMARY_NEEDS)
         return summary
 
     def _summary_or_none(self) -> dict | None:
@@ -339,56 +342,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------------
-# roots, ids and the listing (what the app, the CLI and notebooks all use)
-def runs_root() -> Path:
-    """The folder every run lives in (created on first use)."""
-    root = Path(os.environ.get(RUNS_ROOT_ENV) or "runs").expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def data_root() -> Path:
-    """The folder user datasets and weights files must live in (not created: it may not exist)."""
-    return Path(os.environ.get(DATA_ROOT_ENV) or "data").expanduser().resolve()
-
-
-def with_data_root(config):
-    """`config` with its data paths made absolute the way every entry point reads them, for the CLI
-    and notebooks (the app checks more strictly, see `launch.check_inputs`).
-
-    A relative `data_root` or `weights` is taken under `$E2VPT_DATA_ROOT` when that is set (else under
-    the current folder, as a shell user expects), and a torchvision dataset given no folder reads the
-    data root itself. The run records the absolute paths, so a resume works from any folder.
-    """
-    from .data import canonical_name, list_datasets
-
-    values = config.to_dict()
-    base = Path(os.environ[DATA_ROOT_ENV]).expanduser() if os.environ.get(DATA_ROOT_ENV) else Path.cwd()
-    for name in ("data_root", "weights"):
-        if values[name]:
-            path = Path(values[name]).expanduser()
-            values[name] = str((path if path.is_absolute() else base / path).resolve())
-    entry = {e["name"]: e for e in list_datasets()}.get(canonical_name(config.dataset))
-    if not values["data_root"] and entry["kind"] == "torchvision":
-        values["data_root"] = str(data_root())
-    return type(config).from_dict(values)
-
-
-def root_or_default(root: str | Path | None, default) -> Path:
-    return default() if root is None else Path(root).expanduser().resolve()
-
-
-def inside(path: str | Path, root: str | Path, what: str = "path") -> Path:
-    """`path` resolved (symlinks followed; relative paths are taken relative to `root`); raises
-    `RunDirError` if it leaves `root`."""
-    root = Path(root).resolve()
-    path = Path(path).expanduser()
-    resolved = (path if path.is_absolute() else root / path).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise RunDirError(f"{what} {str(path)!r} is outside {root}; only files under that folder can be used")
-    return resolved
-
-
+# ids and the listing (what the app, the CLI and notebooks all use; the roots are `roots.py`'s)
 def check_run_id(run_id: str) -> str:
     run_id = str(run_id or "").strip()
     if not RUN_ID_PATTERN.fullmatch(run_id) or run_id in (".", ".."):
@@ -482,21 +436,6 @@ def list_runs(root: str | Path | None = None, trials: bool = True) -> list[dict]
                     rows.append(dict(_row(trial), sweep=entry.name))
     rows.sort(key=lambda r: (str(r.get("created") or ""), r["id"]), reverse=True)
     return rows
-
-
-def data_folders(root: str | Path | None = None) -> list[str]:
-    """Sub-folders of the data root (names relative to it), two levels deep, for a picker."""
-    root = root_or_default(root, data_root)
-    if not root.is_dir():
-        return []
-    def folders(path: Path) -> list[Path]:  # links are skipped: they could point outside the root
-        return sorted(p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
-
-    found = []
-    for first in folders(root):
-        found.append(first.name)
-        found += [f"{first.name}/{second.name}" for second in folders(first)]
-    return found[:500]
 
 
 def new_run_id(config, root: str | Path | None = None) -> str:

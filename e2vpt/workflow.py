@@ -15,7 +15,8 @@ from typing import Callable
 from .config import TrainConfig
 from .errors import RunDirError
 from .runs import RunDir
-from .training.trainer import AfterTraining, Trainer
+from .training.after_training import AfterTraining
+from .training.trainer import Trainer
 from .training.trainer import train as train_loop
 
 

@@ -41,9 +41,11 @@ def write_fake_run(root, run_id: str, state: str = "done", method: str = "e2vpt"
                    layers: int = 3, prompt_len: int = 4, segments: int = 4, rounds: int = 2, epochs: int = 2,
                    pruning: bool = True, summary: bool = True, pid: int | None = None, test_acc: float = 0.8,
                    tuned_params: int = 1000):
-    """A run folder as the trainer leaves it; `pruning`/`summary` False leave those files out."""
+    """A run folder as the trainer leaves it, every record built from `e2vpt.run_schema` (so a fake run
+    has exactly the keys a trained one has); `pruning`/`summary` False leave those files out."""
     import numpy as np
 
+    from e2vpt import run_schema as schema
     from e2vpt.config import TrainConfig
 
     path = _Path(root) / run_id
@@ -51,25 +53,27 @@ def write_fake_run(root, run_id: str, state: str = "done", method: str = "e2vpt"
     config = TrainConfig(method=method, dataset=dataset, pretrained=False, prompt_len=prompt_len, kv_len=1,
                          segments=segments, prune_rounds=rounds, epochs=epochs, retrain_epochs=1).to_dict()
     config["extra"] = {"created": "2026-01-01T00:00:00"}
+    (path / "e2vpt-run.json").write_text(_json.dumps(schema.MARKER.make(format=1, created="2026-01-01T00:00:00")))
     (path / "config.json").write_text(_json.dumps(config))
     active = state in ("queued", "running")
-    (path / "status.json").write_text(_json.dumps({
-        "state": state, "progress": 0.4 if active else (1.0 if state == "done" else 0.5),
-        "message": {"done": f"test acc {test_acc:.3f}", "failed": "loss became nan at step 3; lower --lr",
-                    "running": "train round 0: epoch 2/2", "cancelled": "cancelled by the user"}.get(state, state),
-        "pid": pid if pid is not None else (_os.getpid() if active else 999_999), "updated": "2026-01-01T00:00:10"}))
+    (path / "status.json").write_text(_json.dumps(schema.STATUS.make(
+        state=state, progress=0.4 if active else (1.0 if state == "done" else 0.5),
+        message={"done": f"test acc {test_acc:.3f}", "failed": "loss became nan at step 3; lower --lr",
+                 "running": "train round 0: epoch 2/2", "cancelled": "cancelled by the user"}.get(state, state),
+        pid=pid if pid is not None else (_os.getpid() if active else 999_999), updated="2026-01-01T00:00:10")))
     rng = np.random.default_rng(0)
     lines, step = [], 0
     n_rounds = rounds if method == "e2vpt" else 0
     for r in range(n_rounds + 1):
         if r > 0:
-            lines.append({"kind": "prune", "round": r, "kept_tokens": 6, "kept_segments": 20, "tuned_params": 900,
-                          "score_s": 0.1, "scored_images": 64, "wall_s": 1.0 + step})
+            lines.append(schema.PRUNE.make(kind="prune", round=r, kept_tokens=6, kept_segments=20, tuned_params=900,
+                                           score_s=0.1, scored_images=64, wall_s=1.0 + step))
         for e in range(epochs if r == 0 else 1):
             step += 1
-            lines.append({"kind": "epoch", "phase": "train" if r == 0 else "retrain", "round": r, "epoch": e + 1,
-                          "train_loss": 2.0 / step, "train_acc": 0.3 + 0.1 * step, "val_loss": 2.2 / step,
-                          "val_acc": 0.25 + 0.1 * step, "lr": 0.01, "epoch_s": 1.0, "wall_s": float(step)})
+            lines.append(schema.EPOCH.make(kind="epoch", phase="train" if r == 0 else "retrain", round=r, epoch=e + 1,
+                                           train_loss=2.0 / step, train_acc=0.3 + 0.1 * step, val_loss=2.2 / step,
+                                           val_acc=0.25 + 0.1 * step, lr=0.01, epoch_s=1.0, val_s=0.2,
+                                           wall_s=float(step), tuned_params=tuned_params))
     (path / "metrics.jsonl").write_text("".join(_json.dumps(x) + "\n" for x in lines))
     if pruning:
         token = np.ones((layers, prompt_len))
@@ -87,27 +91,29 @@ def write_fake_run(root, run_id: str, state: str = "done", method: str = "e2vpt"
                 token.flat[order] = 0
                 seg = seg.copy()
                 seg[..., 0] = 0
-            records.append({
-                "round": r, "token_mask": token.tolist(), "segment_mask": seg.tolist(),
-                "token_importance": None if importance is None else
+            records.append(schema.ROUND.make(
+                round=r, token_mask=token.tolist(), segment_mask=seg.tolist(),
+                token_importance=None if importance is None else
                 [[None if np.isnan(v) else float(v) for v in row] for row in importance],
-                "segment_importance": None if seg_importance is None else
+                segment_importance=None if seg_importance is None else
                 [[[None if np.isnan(v) else float(v) for v in tok] for tok in row] for row in seg_importance],
-                "val_acc": 0.7 + 0.05 * r, "test_acc": 0.68 + 0.05 * r, "tuned_params": tuned_params - 100 * r,
-                "tuned_params_no_head": 500 - 100 * r, "tuned_pct": 0.5 - 0.1 * r, "kept_tokens": int(token.sum()),
-                "kept_segments": int((seg * token[..., None]).sum()), "train_s": 1.0, "score_s": 0.1 if r else 0.0,
-                "wall_s": 2.0 * (r + 1), "best_epoch": 1})
-        (path / "pruning.json").write_text(_json.dumps({
-            "method": method, "mask_scope": "layer", "segment_layout": "interleaved", "importance": "abs",
-            "rewind": "init", "num_layers": layers, "prompt_layers": layers, "prompt_len": prompt_len,
-            "segments": segments, "kv_len": 1, "backbone_params": 200_000, "selected_round": n_rounds,
-            "rounds": records}))
+                val_acc=0.7 + 0.05 * r, test_acc=0.68 + 0.05 * r, tuned_params=tuned_params - 100 * r,
+                tuned_params_no_head=500 - 100 * r, tuned_pct=0.5 - 0.1 * r, kept_tokens=int(token.sum()),
+                kept_segments=int((seg * token[..., None]).sum()), train_s=1.0, score_s=0.1 if r else 0.0,
+                wall_s=2.0 * (r + 1), best_epoch=1))
+        (path / "pruning.json").write_text(_json.dumps(schema.PRUNING.make(
+            method=method, mask_scope="layer", segment_layout="interleaved", importance="abs",
+            rewind="init", num_layers=layers, prompt_layers=layers, prompt_len=prompt_len,
+            segments=segments, kv_len=1, backbone_params=200_000, selected_round=n_rounds,
+            rounds=records)))
     if summary and state == "done":
-        (path / "summary.json").write_text(_json.dumps({
-            "method": method, "backbone": "demo", "dataset": dataset, "test_acc": test_acc, "val_acc": test_acc + 0.01,
-            "tuned_params": tuned_params, "tuned_params_no_head": 500, "backbone_params": 200_000,
-            "tuned_pct": 100 * tuned_params / 200_000, "tuned_pct_no_head": 0.25, "selected_round": n_rounds,
-            "rounds": n_rounds, "wall_s": 12.5, "device": "cpu"}))
+        (path / "summary.json").write_text(_json.dumps(schema.SUMMARY.make(
+            method=method, backbone="demo", dataset=dataset, test_acc=test_acc, val_acc=test_acc + 0.01,
+            tuned_params=tuned_params, tuned_params_no_head=500, backbone_params=200_000,
+            tuned_pct=100 * tuned_params / 200_000, tuned_pct_no_head=0.25, selected_round=n_rounds,
+            rounds=n_rounds, wall_s=12.5, train_s=10.0, score_s=0.2 * n_rounds, device="cpu", precision="fp32",
+            num_classes=10, data_source="a fake run (tests/conftest.py)", torch_threads=1,
+            produced_by={"e2vpt": "test"})))
     return path
 
 

@@ -6,7 +6,7 @@ import torch
 from e2vpt.models.backbones import create_backbone, data_config, resolve_global_pool
 from e2vpt.config import TrainConfig
 from e2vpt.errors import BackboneError, ConfigError
-from e2vpt.models.methods import build_model
+from e2vpt.models.prompted import build_model
 
 
 @pytest.mark.parametrize("name, pool", [("vit_base_patch16_224.mae", "avg"), ("vit_large_patch16_224.mae", "avg"),

@@ -124,3 +124,16 @@ def test_an_import_against_the_architecture_is_refused(tmp_path, module, line, b
     path.write_text(path.read_text() + f"\n\ndef _violation():\n    {line}\n")
     out = lint_imports(root)
     assert out.returncode != 0 and broken in out.stdout, out.stdout[-3000:]
+
+
+def test_every_module_of_e2vpt_has_a_layer_and_at_most_500_lines():
+    """A new module must say where it stands (pyproject.toml's layers); a module past 500 lines holds more
+    than one concept and is split."""
+    import pkgutil
+
+    contract = next(c for c in PYPROJECT["tool"]["importlinter"]["contracts"] if c.get("containers") == ["e2vpt"])
+    layered = {name.strip() for layer in contract["layers"] for name in re.split(r"[|:]", layer)}
+    top = {m.name for m in pkgutil.iter_modules([str(ROOT / "e2vpt")])} - {"__main__"}
+    assert top == layered, (sorted(top - layered), sorted(layered - top))
+    lines = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in (ROOT / "e2vpt").rglob("*.py")}
+    assert not {p: n for p, n in lines.items() if n > 500}

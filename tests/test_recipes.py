@@ -13,7 +13,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from e2vpt.cli import build_parser, config_from_args
 from e2vpt.config import PRESETS, RECIPES, TrainConfig, preset
-from e2vpt.models.methods import build_model
+from e2vpt.models.prompted import build_model
 from e2vpt.models.vit import PromptedViT
 from e2vpt.models.pruning import score_importance
 from e2vpt.models.swin import PromptedSwin
@@ -278,7 +278,7 @@ def test_the_token_mask_gradient_is_layernorms_epsilon_and_not_small_when_prompt
 
 
 def test_official_schedule_steps_per_epoch_and_trains_its_first_epoch_at_rate_zero():
-    from e2vpt.training.trainer import warmup_cosine
+    from e2vpt.training.schedule import warmup_cosine
 
     official = warmup_cosine(4, 2, first=0)
     assert [official(e) for e in range(4)] == pytest.approx([0.0, 0.5, 1.0, 0.5])

@@ -11,7 +11,7 @@ from timm.models.swin_transformer import SwinTransformer
 
 from e2vpt.config import TrainConfig
 from e2vpt.errors import BackboneError, ConfigError
-from e2vpt.models.methods import build_model
+from e2vpt.models.prompted import build_model
 from e2vpt.models.pruning import prune_segments, prune_tokens, rewind, score_importance
 from e2vpt.models.swin import PromptedSwin, prompted_swin_block
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pandas as pd
 import plotly.graph_objects as go
 
+from ..methods import METHODS
+
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd",
            "#e6550d", "#31a354", "#756bb1", "#636363")
 PRUNED_GREY = "#c9c9c9"
 SURVIVED = "#2ca02c"  # green: alive, never read as dead
 OUTLINE = "#111111"
-METHOD_ORDER = ("linear", "full", "vpt-shallow", "vpt-deep", "e2vpt-noprune", "e2vpt")
+METHOD_ORDER = METHODS  # the registry's order: fewest tuned parameters first, E2VPT last
 
 
 def color(i: int) -> str:

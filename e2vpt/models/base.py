@@ -268,6 +268,28 @@ class PromptTuned(nn.Module, ABC):
         token, segment = torch.stack(tokens).detach(), torch.stack(segments).detach()
         return (token.unsqueeze(0).repeat(batch, 1, 1), segment.unsqueeze(0).repeat(batch, 1, 1, 1))
 
+    # Where the visual prompts go (the method's `visual` in `e2vpt.methods`): read here and nowhere else.
+    @property
+    def prompt_sets(self) -> int:
+        """Sets of visual prompts the model holds: one per layer (deep), or one (shallow)."""
+        return self.num_layers if self.visual_mode == "deep" else 1
+
+    def prompts_entering(self, layer: int) -> int | None:
+        """The prompt set that enters the sequence at `layer`, or None: a deep set enters every layer
+        (replacing the last one's outputs), a shallow one the first layer only."""
+        if self.visual_mode == "deep":
+            return layer
+        return 0 if self.visual_mode == "shallow" and layer == 0 else None
+
+    def prompt_set_at(self, layer: int) -> int:
+        """The prompt set whose tokens (or their outputs) are in the sequence at `layer`."""
+        return layer if self.visual_mode == "deep" else 0
+
+    @property
+    def prompts_carried(self) -> bool:
+        """Whether a layer's prompt outputs flow on into the next layer (shallow) instead of being dropped (deep)."""
+        return self.visual_mode == "shallow"
+
     def _kv(self, layer: int):
         """Layer `layer`'s key and value prompts, (heads, l, head_dim) each, or (None, None)."""
         t = self.tuned

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from ..errors import ConfigError
 from .base import PromptTuned
 
 
@@ -229,3 +230,18 @@ def rewind(model: PromptTuned, initial_state: dict[str, torch.Tensor], how: str 
     else:
         model.reset_tuned(generator)
     model.set_masks(*masks)
+
+
+def refuse_useless_rounds(token_mask: torch.Tensor, config) -> None:
+    """Refuse pruning rounds that could remove nothing (a `ConfigError` naming the most that can):
+    each would only retrain an unchanged model. `config` is the run's `TrainConfig`."""
+    if not config.rounds:
+        return
+    useful = rounds_that_prune(token_mask, config.segments, config.prune_ratio, config.segment_ratio,
+                               config.mask_scope, config.rounds, config.segment_rank == "per-token", config.prune_count)
+    if useful < config.rounds:
+        layers, p = token_mask.shape
+        raise ConfigError(
+            f"prune_rounds (--prune-rounds) is {config.rounds}, but only {useful} round(s) can prune anything with "
+            f"{p} prompt token(s) in each of {layers} layer(s), prune_ratio {config.prune_ratio} and segment_ratio "
+            f"{config.segment_ratio}; use --prune-rounds {useful} or fewer, or raise the ratios", "prune_rounds")

@@ -136,7 +136,7 @@ class PromptedSwin(PromptTuned):
         prompt_len = self._store_options(prompt_len, visual, kv_len, kv_shared, segments, segment_layout,
                                          train_backbone, pruned_tokens)
 
-        prompt_layers = self.num_layers if visual == "deep" else 1
+        prompt_layers = self.prompt_sets
         self.tuned = nn.Module()
         self.tuned.visual = nn.ParameterList(
             [nn.Parameter(torch.empty(prompt_len, self.layer_dims[i])) for i in range(prompt_layers)]
@@ -193,18 +193,15 @@ class PromptedSwin(PromptTuned):
             x = stage.downsample(x)
             carried = None  # shallow prompts live in the first stage only: patch merging drops them
             for block in stage.blocks:
-                if self.visual_mode == "deep":
-                    prompts = self._layer_prompts(layer, batch, token_gate, segment_gate)
-                elif self.visual_mode == "shallow" and layer == 0:
-                    prompts = self._layer_prompts(0, batch, token_gate, segment_gate)
-                else:
-                    prompts = carried
+                entering = self.prompts_entering(layer)
+                prompts = (carried if entering is None
+                           else self._layer_prompts(entering, batch, token_gate, segment_gate))
                 key, value = self._kv(layer)
                 if prompts is None and key is None:
                     x = block(x)  # nothing to add: timm's own block, exactly the frozen computation
                 else:
                     x, prompt_out = prompted_swin_block(block, x, prompts, key, value)
-                    if self.visual_mode == "shallow" and prompts is not None:
+                    if self.prompts_carried and prompts is not None:
                         carried = prompts + block.drop_path1(prompt_out)
                         carried = carried + block.drop_path2(block.mlp(block.norm2(carried)))
                 layer += 1

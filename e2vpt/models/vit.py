@@ -129,7 +129,7 @@ class PromptedViT(PromptTuned):
         prompt_len = self._store_options(prompt_len, visual, kv_len, kv_shared, segments, segment_layout,
                                          train_backbone, pruned_tokens)
 
-        prompt_layers = self.num_layers if visual == "deep" else 1
+        prompt_layers = self.prompt_sets
         self.tuned = nn.Module()
         if prompt_len > 0:
             self.tuned.visual = nn.Parameter(torch.empty(prompt_layers, prompt_len, self.dim))
@@ -188,19 +188,18 @@ class PromptedViT(PromptTuned):
         batch, n_prefix = x.shape[0], self.num_prefix
         carried = 0  # prompt tokens currently in the sequence (shallow prompts are carried along)
         for i, block in enumerate(bb.blocks):
-            prompts = None
-            if self.visual_mode == "deep" or (self.visual_mode == "shallow" and i == 0):
-                prompts = self._layer_prompts(i if self.visual_mode == "deep" else 0, batch, token_gate, segment_gate)
+            entering = self.prompts_entering(i)
+            prompts = None if entering is None else self._layer_prompts(entering, batch, token_gate, segment_gate)
             if prompts is not None:
                 x = torch.cat([x[:, :n_prefix], prompts, x[:, n_prefix + carried:]], dim=1)
                 carried = prompts.shape[1]
             key, value = self._kv(i)
             if record_attention is not None:
-                prompt_layer = i if self.visual_mode == "deep" else 0
+                prompt_layer = self.prompt_set_at(i)
                 record_attention.append(self._attention_entry(block, x, key, carried, prompt_layer))
             x = prompted_block(block, x, key, value)
             last = i == len(bb.blocks) - 1
-            if self.visual_mode == "deep" and carried and not (last and self.pool_tokens):
+            if not self.prompts_carried and carried and not (last and self.pool_tokens):
                 x = torch.cat([x[:, :n_prefix], x[:, n_prefix + carried:]], dim=1)  # drop prompt outputs
                 carried = 0
         if self.pool_tokens:

@@ -28,7 +28,8 @@ import stat
 import time
 from pathlib import Path
 
-from ..config import NO_EFFECT_ON_RESULTS, SAVED_BEFORE_SETTING, TrainConfig
+from ..config import NO_EFFECT_ON_RESULTS, TrainConfig
+from ..recipes import SAVED_BEFORE_SETTING
 from ..errors import RunDirError
 from ..fileio import atomic_write_bytes, atomic_write_json
 from ..provenance import environment

@@ -21,6 +21,7 @@ import pandas as pd
 from scipy import stats
 
 from ..errors import RunDirError
+from ..methods import REGISTRY
 from .store import SweepDir
 
 
@@ -42,7 +43,7 @@ def config_label(method: str, values: dict) -> str:
 
 
 SEARCH_METHOD = "e2vpt-search"  # how the frontier names the pruning search's chosen levels
-E2VPT_METHODS = ("e2vpt", SEARCH_METHOD, "e2vpt-noprune")
+E2VPT_METHODS = (*[m.name for m in REGISTRY.values() if m.kv], SEARCH_METHOD)  # key-value prompts: E2VPT's
 POINT_COLUMNS = ["trial", "dataset", "method", "config", "seed", "round", "final", "val_acc", "test_acc",
                  "tuned_params", "tuned_pct"]
 

@@ -22,7 +22,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import METHOD_SPECS, METHODS, PRUNING_ONLY, TrainConfig, kind, meta, settings
+from ..config import PRUNING_ONLY, TrainConfig, kind, meta, settings
+from ..methods import METHODS, method_named
 from ..errors import ConfigError
 
 SCHEDULERS = ("fifo", "asha")
@@ -74,7 +75,7 @@ def check_method(name: str) -> str:
 def unused_settings(method: str) -> set[str]:
     """Settings `method` does not read: a sweep leaves them at their defaults for it (so a linear probe
     is not trained four times for four prompt lengths)."""
-    spec = METHOD_SPECS[method]
+    spec = method_named(method)
     unused = set()
     if spec.visual == "none":
         unused |= {"prompt_len", "prompt_dropout"}
@@ -202,7 +203,7 @@ class SweepSpec:
         self.token_levels = self._checked_levels(self.token_levels, "token_levels", "--token-levels")
         self.segment_levels = self._checked_levels(self.segment_levels, "segment_levels", "--segment-levels")
         if self.protocol == "e2vpt-search":
-            if not any(METHOD_SPECS[m].prune for m in self.methods):
+            if not any(method_named(m).prune for m in self.methods):
                 raise ConfigError("protocol e2vpt-search searches E2VPT's pruning levels; add e2vpt to the methods")
             if self.scheduler == "asha":
                 raise ConfigError("protocol e2vpt-search trains every pruning level to its end, as the official code "
@@ -391,7 +392,7 @@ class SweepSpec:
         Configurations that differ only in pruning settings share a scout; ids `p000-<method>-s<seed>`."""
         trials, seen = [], set()
         for method in self.methods:
-            if not METHOD_SPECS[method].prune:
+            if not method_named(method).prune:
                 continue
             for point in self.points(method):
                 phase0 = {k: v for k, v in point.items() if k not in PRUNING_ONLY}

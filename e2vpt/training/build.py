@@ -20,7 +20,7 @@ from ..models.backbones import create_backbone, data_config
 from ..config import TrainConfig
 from .distributed import DistContext
 from ..errors import RunDirError, UserError
-from ..models.methods import build_model
+from ..models.prompted import build_model
 from ..runs import RunDir, read_tensors
 
 

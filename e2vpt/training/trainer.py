@@ -6,21 +6,20 @@ with a checkpoint (model, optimiser, schedule, best-so-far) written atomically, 
 draw is seeded from (seed, phase, epoch), so `--resume` after a crash continues from the last
 completed epoch and reaches the same result as an uninterrupted run.
 
-This file is the loop and a run's life (start, resume, cancel, fail, finish). Building the model
-lives in `build.py`, shared with evaluation and analysis so a reloaded run is the trained one; the
-checkpoint files' layout lives in `checkpoints.py`.
+This file is the loop and a run's life (start, resume, cancel, fail, finish). Beside it: the model
+and data (`build.py`, shared with evaluation and analysis), seeds and optimiser (`schedule.py`), the
+records (`run_records.py`), checkpoints (`checkpoints.py`, `resume.py`), the pruning search's shared
+phase 0 (`phase0.py`) and what a finished run computes before it is done (`after_training.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import shutil
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,74 +27,23 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .build import autocast_for, build_model_and_splits, evaluate, resolve_device
-from .checkpoints import Checkpoint, read_checkpoints, remove_checkpoints, save_checkpoint
-from ..config import NO_EFFECT_ON_RESULTS, PRUNING_ONLY, TrainConfig
+from ..config import TrainConfig
 from ..data.pipeline import DeviceBatches, return_free_memory
-from .distributed import DistContext, global_batches, local_batches
-from ..errors import Cancelled, ConfigError, NumericsError, RunDirError, UserError
-from ..fileio import (append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, is_disk_full,
-                      read_jsonl)
-from ..provenance import environment
-from ..models.pruning import (Importance, min_segments_for, prune_segments, prune_tokens, rewind, rounds_that_prune,
+from ..errors import Cancelled, NumericsError, UserError
+from ..fileio import append_jsonl, atomic_save_safetensors, atomic_write_bytes, atomic_write_json, is_disk_full
+from ..models.pruning import (Importance, min_segments_for, prune_segments, prune_tokens, refuse_useless_rounds, rewind,
                               score_importance)
+from ..run_schema import EPOCH, PRUNE, SUMMARY
 from ..runs import RunDir, read_tensors
-
-
-def _seed_for(seed: int, *parts: int) -> int:
-    value = seed
-    for part in parts:
-        value = (value * 1_000_003 + part + 1) % (2**31 - 1)
-    return value
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int, first: int = 1):
-    """Multiplier for LambdaLR: linear warm-up then cosine decay to 0.
-
-    Step k of the warm-up trains at (k + first) / warmup_steps of the rate: `first=1` here (stepped per
-    batch), `first=0` in the official code (stepped per epoch, so its first epoch trains at rate 0)."""
-    def factor(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + first) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
-def phase0_mismatch(source: dict, config: TrainConfig) -> str | None:
-    """Why a run with `source` settings cannot stand in for `config`'s phase 0 (None when it can). The
-    source's settings are read as today's (a setting saved under an older name is the same setting)."""
-    source, wanted = TrainConfig.from_dict(source).to_dict(), config.to_dict()
-    differ = sorted(k for k in set(source) | set(wanted)
-                    if k not in PRUNING_ONLY + NO_EFFECT_ON_RESULTS + ("extra",) and source.get(k) != wanted.get(k))
-    return f"it differs in {', '.join(differ)}" if differ else None
-
-
-@dataclass
-class Phase:
-    index: int  # 0 = initial training, r = pruning round r
-    epochs: int
-
-    @property
-    def name(self) -> str:
-        return "train" if self.index == 0 else "retrain"
-
-
-@dataclass(frozen=True)
-class AfterTraining:
-    """One thing computed while the trained model is still in memory, at the end of a run.
-
-    `key`: the summary records its seconds as `<key>_s` (None when it failed); `what`: its name in a
-    message; `message`: the run's status while it runs; `wanted(trainer)`: whether this run needs it;
-    `run(trainer)`: the work (it reads the trainer's `run`, `model`, `splits`, `device` and `rounds`);
-    `fallback`: what the user is told happens instead when it fails."""
-
-    key: str
-    what: str
-    message: str
-    wanted: Callable[["Trainer"], bool]
-    run: Callable[["Trainer"], None]
-    fallback: str
+from .after_training import AfterTraining
+from .build import autocast_for, build_model_and_splits, evaluate, resolve_device
+from .checkpoints import Checkpoint, remove_checkpoints, save_checkpoint
+from .distributed import DistContext, global_batches, local_batches
+from .phase0 import read_phase0, shared_importance
+from .resume import open_to_resume, saved_initial_state, usable_checkpoint
+from .run_records import cancel_note, pruning_record, round_record, selected_round, truncate_metrics
+from .run_records import summary as run_summary
+from .schedule import Phase, make_optimizer, phases_of, seed_for
 
 
 class Trainer:
@@ -153,7 +101,7 @@ class Trainer:
             torch.use_deterministic_algorithms(True, warn_only=True)
         model, self.splits = build_model_and_splits(cfg, download=cfg.download, train_augment=cfg.train_augment)
         self.model = model.to(self.device)
-        self._check_rounds()
+        refuse_useless_rounds(self.model.tuned.token_mask.cpu(), cfg)
         self.initial_state = self.model.tuned_state()
         self.train_model = self.model
         if self.dist.enabled:
@@ -161,24 +109,9 @@ class Trainer:
 
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
-        self.phases = [Phase(0, cfg.epochs)] + [Phase(r, cfg.resolved_retrain_epochs) for r in range(1, cfg.rounds + 1)]
+        self.phases = phases_of(cfg)
         self.total_units = sum(p.epochs for p in self.phases) + cfg.rounds  # a scoring pass counts as one epoch
         self.backbone_params = self.model.backbone_param_count()
-
-    def _check_rounds(self) -> None:
-        """Refuse pruning rounds that could remove nothing: each would only retrain an unchanged model."""
-        cfg = self.config
-        if not cfg.rounds:
-            return
-        useful = rounds_that_prune(self.model.tuned.token_mask.cpu(), cfg.segments, cfg.prune_ratio,
-                                   cfg.segment_ratio, cfg.mask_scope, cfg.rounds, cfg.segment_rank == "per-token",
-                                   cfg.prune_count)
-        if useful < cfg.rounds:
-            layers, p = self.model.tuned.token_mask.shape
-            raise ConfigError(
-                f"prune_rounds (--prune-rounds) is {cfg.rounds}, but only {useful} round(s) can prune anything with "
-                f"{p} prompt token(s) in each of {layers} layer(s), prune_ratio {cfg.prune_ratio} and segment_ratio "
-                f"{cfg.segment_ratio}; use --prune-rounds {useful} or fewer, or raise the ratios", "prune_rounds")
 
     def _loader(self, split: str, shuffle: bool = False, seed: int = 0, training: bool = False) -> DeviceBatches:
         """This rank's share of the split, batch by batch (all of it in a single process), ready on the
@@ -194,23 +127,8 @@ class Trainer:
             batches = [b for b in batches if len(b) >= self.dist.world]
             self.global_sizes = [len(b) for b in batches]
         shards = [b for b in local_batches(batches, self.dist) if b]
-        return DeviceBatches(dataset, shards, self.device, seed=_seed_for(seed, self.dist.rank),
+        return DeviceBatches(dataset, shards, self.device, seed=seed_for(seed, self.dist.rank),
                              workers=self.config.workers)
-
-    def _make_optimizer(self, epochs: int):
-        cfg = self.config
-        params = [p for _, p in self.model.trainable_named_parameters()]
-        lr = cfg.resolved_lr
-        if cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(params, lr=lr * cfg.batch_size / 256, momentum=0.9, weight_decay=cfg.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-        if cfg.schedule_step == "epoch":  # the official WarmupCosineSchedule
-            schedule = warmup_cosine(epochs, int(round(cfg.warmup_epochs)), first=0)
-        else:
-            steps_per_epoch = math.ceil(len(self.splits.train) / cfg.batch_size)
-            schedule = warmup_cosine(epochs * steps_per_epoch, int(round(cfg.warmup_epochs * steps_per_epoch)))
-        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     # ----------------------------------------------------------------------------------------------
     # records
@@ -246,44 +164,10 @@ class Trainer:
     def _wall(self) -> float:
         return self.wall_offset + (time.monotonic() - self.started)
 
-    def _round_record(self, phase: Phase, importance, val_acc: float, test_acc: float, phase_s: float,
-                      score_s: float) -> dict:
-        m, t = self.model, self.model.tuned
-        tuned = m.tuned_param_count()
-        visual = t.visual is not None
-        return {
-            # plain lists: a snapshot, not a view of the live mask buffers that later rounds overwrite
-            "round": phase.index, "token_mask": t.token_mask.tolist() if visual else None,
-            "segment_mask": t.segment_mask.tolist() if visual else None,
-            "token_importance": importance.token.tolist() if importance is not None else None,
-            "segment_importance": importance.segment.tolist() if importance is not None else None,
-            "val_acc": val_acc, "test_acc": test_acc, "tuned_params": tuned,
-            "tuned_params_no_head": m.tuned_param_count(include_head=False),
-            "tuned_pct": 100.0 * tuned / self.backbone_params,
-            "kept_tokens": int(t.token_mask.sum().item()) if visual else 0,
-            "kept_segments": int((t.segment_mask * t.token_mask[..., None]).sum().item()) if visual else 0,
-            "train_s": round(phase_s, 3), "score_s": round(score_s, 3), "wall_s": round(self._wall(), 3),
-        }
-
     def _write_pruning(self) -> None:
-        if self.writer is None:
-            return
-        m, cfg = self.model, self.config
-        atomic_write_json(self.run.pruning_file, {
-            "method": cfg.method, "mask_scope": cfg.mask_scope, "segment_layout": cfg.segment_layout,
-            "importance": cfg.importance, "rewind": cfg.rewind, "num_layers": m.num_layers,
-            "prompt_layers": m.tuned.token_mask.shape[0], "prompt_len": m.prompt_len, "segments": m.segments,
-            "kv_len": m.kv_len, "backbone_params": self.backbone_params,
-            "selected_round": self._selected_round(), "rounds": self.rounds}, compact=True)
-
-    def _selected_round(self) -> int:
-        if not self.rounds:
-            return 0
-        candidates = [r for r in self.rounds if r["round"] > 0] or self.rounds
-        if self.config.select_round == "last" or not self.config.holds_out_val:
-            return candidates[-1]["round"]
-        best = max(r["val_acc"] for r in candidates)
-        return [r for r in candidates if r["val_acc"] >= best][-1]["round"]  # ties go to more pruning
+        if self.writer is not None:
+            atomic_write_json(self.run.pruning_file, pruning_record(self.model, self.config, self.backbone_params,
+                                                                    self.rounds), compact=True)
 
     # ----------------------------------------------------------------------------------------------
     # checkpoints
@@ -295,56 +179,15 @@ class Trainer:
                         pending=self.pending, optimizer=optimizer, scheduler=scheduler)
 
     def _restore_checkpoint(self) -> Checkpoint | None:
-        """Put the model and the records back where the newest usable checkpoint left them.
-
-        A checkpoint that cannot be read, or that does not fit this run (another model, a phase or
-        epoch this configuration does not have), is skipped for the previous one. None when none can
-        be used: the run then starts again from its first epoch (same seed, same result). Either way
-        `self.resume_note` says what was skipped, for the status and the log.
-        """
-        problems = []
-        for name, checkpoint, problem in read_checkpoints(self.run):
-            if checkpoint is not None:
-                problem = self._fits(checkpoint)
-            if problem is None:
-                self.model.load_tuned_state({k: v.to(self.device) for k, v in checkpoint.model_state.items()})
-                self.rounds = checkpoint.rounds
-                self.wall_offset = checkpoint.wall_s
-                self.units_done = checkpoint.units_done
-                self.resume_note = "; ".join(problems)
-                return checkpoint
-            if problem != "it does not exist":
-                problems.append(f"{name} skipped: {problem}")
-        self.resume_note = "; ".join(problems + ["no usable checkpoint, starting again from the first epoch"])
-        return None
-
-    def _saved_initial_state(self) -> dict | None:
-        """The prompts' initial values saved when the run started (what rewinding returns to), or None
-        when that file is missing or damaged: the model built from the same seed holds the same values."""
-        try:
-            state = read_tensors(self.run.init_file) if self.run.init_file.is_file() else None
-        except RunDirError:
-            return None
-        expected = self.initial_state
-        if state is None or set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
-            return None
-        return {k: v.to(self.device) for k, v in state.items()}
-
-    def _fits(self, checkpoint: Checkpoint) -> str | None:
-        """Why `checkpoint` cannot continue this run, or None when it can."""
-        if checkpoint.phase > len(self.phases) or len(checkpoint.rounds) != checkpoint.phase:
-            return f"it stands at phase {checkpoint.phase} with {len(checkpoint.rounds)} rounds recorded"
-        if checkpoint.phase < len(self.phases) and checkpoint.epochs_done > self.phases[checkpoint.phase].epochs:
-            return f"it has {checkpoint.epochs_done} epochs done of a {self.phases[checkpoint.phase].epochs}-epoch phase"
-        expected = self.model.tuned_state()
-        for state in (checkpoint.model_state, checkpoint.best.get("state") or expected):
-            if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in expected):
-                return "its tensors do not fit this run's model"
-        if checkpoint.mid_phase:
-            groups = checkpoint.optimizer_meta["param_groups"]
-            if len(groups) != 1 or len(groups[0].get("params", [])) != len(list(self.model.trainable_named_parameters())):
-                return "its optimiser state does not fit this run's model"
-        return None
+        """Put the model and the records back where the newest usable checkpoint left them (`resume`);
+        None when none can be used. `self.resume_note` says what was skipped, for the status and the log."""
+        checkpoint, self.resume_note = usable_checkpoint(self.run, self.model, self.phases)
+        if checkpoint is not None:
+            self.model.load_tuned_state({k: v.to(self.device) for k, v in checkpoint.model_state.items()})
+            self.rounds = checkpoint.rounds
+            self.wall_offset = checkpoint.wall_s
+            self.units_done = checkpoint.units_done
+        return checkpoint
 
     # ----------------------------------------------------------------------------------------------
     # the loop
@@ -357,9 +200,9 @@ class Trainer:
 
     def _train_epoch(self, phase: Phase, epoch: int, optimizer, scheduler) -> tuple[float, float]:
         cfg, model = self.config, self.model
-        torch.manual_seed(_seed_for(cfg.seed, phase.index, epoch))  # dropout draws
+        torch.manual_seed(seed_for(cfg.seed, phase.index, epoch))  # dropout draws
         self._epoch_started = time.monotonic()
-        loader = self._loader("train", shuffle=True, seed=_seed_for(cfg.seed, phase.index, epoch, 7), training=True)
+        loader = self._loader("train", shuffle=True, seed=seed_for(cfg.seed, phase.index, epoch, 7), training=True)
         model.train()
         loss_sum, correct, total = 0.0, 0, 0
         bar = tqdm(loader, desc=f"{phase.name} r{phase.index} e{epoch + 1}/{phase.epochs}", leave=False,
@@ -401,7 +244,7 @@ class Trainer:
         cfg, model = self.config, self.model
         self._status("running", f"round {phase.index}: scoring prompt importance", force=True)
         start = time.monotonic()
-        importance = self._shared_importance() if phase.index == 1 else None
+        importance = shared_importance(self.phase0_from, model) if phase.index == 1 else None
         if importance is None:
             importance = self._score()
         t = model.tuned
@@ -411,14 +254,14 @@ class Trainer:
                                       min_segments_for(cfg.segments), cfg.mask_scope,
                                       per_token=cfg.segment_rank == "per-token", count=cfg.prune_count)
         model.set_masks(token_mask, segment_mask)
-        generator = torch.Generator().manual_seed(_seed_for(cfg.seed, phase.index, 99))
+        generator = torch.Generator().manual_seed(seed_for(cfg.seed, phase.index, 99))
         rewind(model, self.initial_state, cfg.rewind, generator)
         score_s = time.monotonic() - start
         self.units_done += 1
-        self._log({"kind": "prune", "round": phase.index, "kept_tokens": int(token_mask.sum()),
-                   "kept_segments": int((segment_mask * token_mask[..., None]).sum()),
-                   "tuned_params": model.tuned_param_count(), "score_s": round(score_s, 3),
-                   "scored_images": importance.images, "wall_s": round(self._wall(), 3)})
+        self._log(PRUNE.make(kind="prune", round=phase.index, kept_tokens=int(token_mask.sum()),
+                             kept_segments=int((segment_mask * token_mask[..., None]).sum()),
+                             tuned_params=model.tuned_param_count(), score_s=round(score_s, 3),
+                             scored_images=importance.images, wall_s=round(self._wall(), 3)))
         return importance, score_s
 
     def _score(self) -> Importance:
@@ -426,22 +269,6 @@ class Trainer:
         return score_importance(self.model, self._loader("train"), self.device, cfg.importance, self.autocast,
                                 all_reduce=self.dist.all_reduce if self.dist.enabled else None,
                                 token_from=cfg.token_importance)
-
-    def _shared_importance(self) -> Importance | None:
-        """The scores the phase-0 run kept (`score_after`), when this run took its phase 0 and they fit;
-        None otherwise (the run then scores itself: same state, same data, same scores)."""
-        if not self.phase0_from:
-            return None
-        path = RunDir(self.phase0_from).search_importance_file
-        try:
-            saved = read_tensors(path) if path.is_file() else None
-        except RunDirError:
-            return None
-        t = self.model.tuned
-        if saved is None or saved.get("token") is None or saved["token"].shape != t.token_mask.shape \
-                or saved.get("segment") is None or saved["segment"].shape != t.segment_mask.shape:
-            return None
-        return Importance(token=saved["token"], segment=saved["segment"], images=int(saved["images"].item()))
 
     def _save_search_importance(self) -> None:
         """`score_after`: score the final state once, for every run that takes this run's phase 0."""
@@ -456,24 +283,10 @@ class Trainer:
             "images": torch.tensor(importance.images), "score_s": torch.tensor(self.search_score_s)})
 
     def _adopt_phase0(self) -> None:
-        """Stand where `phase0_from` stood after its phase 0: its initial values, its round-0 state, record
-        and epoch lines. What follows (pruning rounds) is this run's own, and so is its wall time."""
-        source = RunDir(self.phase0_from)
-        where = f"the phase 0 to start from, {source.path},"
-        try:
-            if source.summary() is None:
-                raise RunDirError(f"{where} has not finished")
-            problem = phase0_mismatch(source.config(), self.config)
-            if problem:
-                raise RunDirError(f"{where} cannot stand in for this run's phase 0: {problem}")
-            record = next(r for r in (source.pruning() or {}).get("rounds", []) if r["round"] == 0)
-            state, initial = read_tensors(source.round_file(0)), read_tensors(source.init_file)
-        except (StopIteration, OSError) as exc:
-            raise RunDirError(f"{where} has no readable round 0 ({exc})") from None
-        expected = self.model.tuned_state()
-        for name, tensors in (("its round 0", state), ("its initial values", initial)):
-            if set(tensors) != set(expected) or any(tensors[k].shape != expected[k].shape for k in expected):
-                raise RunDirError(f"{where} does not fit this run's model ({name} differ)")
+        """Stand where `phase0_from` stood after its phase 0 (`phase0.read_phase0`): its initial values,
+        round-0 state, record and epoch lines. What follows (pruning rounds) is this run's own, and so
+        is its wall time."""
+        record, state, initial, lines = read_phase0(self.phase0_from, self.config, self.model.tuned_state())
         self.initial_state = {k: v.to(self.device) for k, v in initial.items()}
         self.model.load_tuned_state({k: v.to(self.device) for k, v in state.items()})
         self.rounds = [record]
@@ -482,7 +295,6 @@ class Trainer:
         if self.writer is not None:
             atomic_save_safetensors(self.run.init_file, self.initial_state)
             atomic_save_safetensors(self.run.round_file(0), state)
-            lines = [r for r in source.metrics() if r.get("round", 0) == 0]
             atomic_write_bytes(self.run.metrics_file, "".join(json.dumps(r) + "\n" for r in lines).encode())
             self._write_pruning()
             self._save_checkpoint(1, 0, None, None, {})
@@ -497,7 +309,7 @@ class Trainer:
         if pruning_now:
             self.pending = self._prune(phase)  # scored at the mask values the first phase trained
         self.model.train_mask_values(phase.index == 0)  # trained masks learn in the first phase only
-        optimizer, scheduler = self._make_optimizer(phase.epochs)
+        optimizer, scheduler = make_optimizer(self.model, self.config, len(self.splits.train), phase.epochs)
         best: dict = {}
         if resume_state is not None:
             resume_state.restore_optimizer(optimizer, scheduler)
@@ -521,11 +333,11 @@ class Trainer:
                 best = {"val_acc": val_acc, "epoch": epoch + 1, "state": self.model.tuned_state()}
             # the line first, then the checkpoint: a crash between them resumes from the previous
             # checkpoint, which drops the line and trains the epoch again (the reverse would lose the line)
-            record = {"kind": "epoch", "phase": phase.name, "round": phase.index, "epoch": epoch + 1,
-                      "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-                      "lr": scheduler.get_last_lr()[0], "epoch_s": round(time.monotonic() - epoch_start, 3),
-                      "val_s": round(val_s, 3),
-                      "wall_s": round(self._wall(), 3), "tuned_params": self.model.tuned_param_count()}
+            record = EPOCH.make(kind="epoch", phase=phase.name, round=phase.index, epoch=epoch + 1,
+                                train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc,
+                                lr=scheduler.get_last_lr()[0], epoch_s=round(time.monotonic() - epoch_start, 3),
+                                val_s=round(val_s, 3), wall_s=round(self._wall(), 3),
+                                tuned_params=self.model.tuned_param_count())
             self._log(record)
             self._last_epoch_s = record["epoch_s"]
             self._save_checkpoint(phase.index, epoch + 1, optimizer, scheduler, best)
@@ -536,9 +348,9 @@ class Trainer:
         # the phase's result is its best-validation state (its last when val is trained on)
         self.model.load_tuned_state({k: v.to(self.device) for k, v in best["state"].items()})
         _, test_acc = evaluate(self.model, self._loader("test"), self.device, self.autocast, self.dist)
-        record = self._round_record(phase, importance, best["val_acc"], test_acc,
-                                    time.monotonic() - phase_start, score_s)
-        record["best_epoch"] = best["epoch"]
+        record = round_record(self.model, phase.index, importance, best["val_acc"], test_acc,
+                              time.monotonic() - phase_start, score_s, self._wall(), self.backbone_params,
+                              best["epoch"])
         self.rounds.append(record)
         self.pending = None
         self.round_states[phase.index] = self.model.tuned_state()
@@ -554,12 +366,7 @@ class Trainer:
         created = False
         if self.writer is not None:
             if resume:
-                if not self.run.exists():
-                    raise RunDirError(f"{self.run.path} holds no run to resume; start one with --run-dir")
-                if self.run.summary_file.is_file():
-                    raise RunDirError(f"{self.run.path} already finished; nothing to resume")
-                self.run.lock()
-                self.run.remove_temp_files()  # what a killed write left behind
+                open_to_resume(self.run)
             else:
                 created = self.run.prepare_new()
                 self.run.lock()
@@ -580,7 +387,7 @@ class Trainer:
                 raise
             start_phase, start_epoch, resume_state, checkpoint = 0, 0, None, None
             if self.run is not None:
-                saved_init = self._saved_initial_state() if resume else None
+                saved_init = saved_initial_state(self.run, self.initial_state, self.device) if resume else None
                 if saved_init is not None:
                     self.initial_state = saved_init
                 elif self.writer is not None:
@@ -607,7 +414,7 @@ class Trainer:
                 self._save_search_importance()
             return self._finish()
         except (Cancelled, KeyboardInterrupt) as exc:
-            exc.args = (self._cancel_note(),)  # what the CLI prints, as the status says it
+            exc.args = (cancel_note(self.run),)  # what the CLI prints, as the status says it
             self._status("cancelled", exc.args[0], force=True)
             raise
         except UserError as exc:  # NumericsError too
@@ -624,57 +431,29 @@ class Trainer:
             raise
 
     def _truncate_metrics(self, phase_index: int, epochs_done: int, pruned: bool) -> None:
-        """Drop metric lines written after the checkpoint we resume from, so nothing appears twice."""
-        if self.writer is None:
-            return
-        def keep(r: dict) -> bool:
-            rnd = r.get("round", 0)
-            if rnd != phase_index:
-                return rnd < phase_index
-            if r.get("kind") == "prune":
-                return pruned
-            return r.get("epoch", 0) <= epochs_done
-        records = [r for r in read_jsonl(self.run.metrics_file) if keep(r)]
-        atomic_write_bytes(self.run.metrics_file, "".join(json.dumps(r) + "\n" for r in records).encode())
-
-    def _data_cache_note(self) -> dict:
-        """Where image files were decoded to and what that cost this run (0 s: an earlier run's cache)."""
-        decoded = getattr(self.splits.train, "decoded", None)
-        if decoded is None:
-            return {}
-        return {"decoded_cache": decoded.where, "decoded_cache_build_s": round(decoded.build_s, 3)}
+        if self.writer is not None:
+            truncate_metrics(self.run, phase_index, epochs_done, pruned)
 
     def _finish(self) -> dict:
         cfg = self.config
-        selected = self._selected_round()
-        record = next(r for r in self.rounds if r["round"] == selected)
+        selected = selected_round(self.rounds, cfg)
         state = self.round_states.get(selected)
         if state is None and self.run is not None:  # a round finished before a resume
             state = read_tensors(self.run.round_file(selected))
         if state is not None:
             self.model.load_tuned_state({k: v.to(self.device) for k, v in state.items()})
-        summary = {
-            "method": cfg.method, "backbone": cfg.backbone, "dataset": cfg.dataset,
-            "test_acc": record["test_acc"], "val_acc": record["val_acc"], "tuned_params": record["tuned_params"],
-            "tuned_params_no_head": record["tuned_params_no_head"], "backbone_params": self.backbone_params,
-            "tuned_pct": record["tuned_pct"],
-            "tuned_pct_no_head": 100.0 * record["tuned_params_no_head"] / self.backbone_params,
-            "selected_round": selected, "rounds": len(self.rounds) - 1, "wall_s": round(self._wall(), 3),
-            "train_s": round(sum(r["train_s"] for r in self.rounds), 3),
-            "score_s": round(sum(r["score_s"] for r in self.rounds) + self.search_score_s, 3),
-            "device": str(self.device), "precision": "bf16" if self.autocast else "fp32",
-            "num_classes": self.splits.num_classes, "data_source": self.splits.source,
-            "torch_threads": torch.get_num_threads(), **self._data_cache_note(), "produced_by": environment(),
-        }
-        if self.phase0_from:  # its phase 0 was another run's: that run paid for it
-            summary.update(phase0_from=str(self.phase0_from), phase0_train_s=self.rounds[0]["train_s"])
+        summary = run_summary(cfg, self.rounds, selected, backbone_params=self.backbone_params, wall_s=self._wall(),
+                              search_score_s=self.search_score_s, device=self.device,
+                              precision="bf16" if self.autocast else "fp32", splits=self.splits,
+                              phase0_from=self.phase0_from)
         if self.writer is not None:
             atomic_save_safetensors(self.run.weights_file, self.model.tuned_state(),
                                     {"method": cfg.method, "backbone": cfg.backbone, "selected_round": selected})
             for step in self.after_training:
                 if step.wanted(self):
                     self._status("running", step.message, force=True)
-                    summary[f"{step.key}_s"] = self._run_after_training(step)
+                    summary[f"{step.key}_s"] = step.timed(self)
+            summary = SUMMARY.make(**summary)  # the end-of-run steps' keys checked too
             atomic_write_json(self.run.summary_file, summary)
             self.units_done = self.total_units
             self._status("done", f"test acc {summary['test_acc']:.3f} with {summary['tuned_pct']:.3f}% tuned",
@@ -682,26 +461,6 @@ class Trainer:
             remove_checkpoints(self.run)
         return summary
 
-    def _cancel_note(self) -> str:
-        """What a cancel kept: completed epochs (a checkpoint), or nothing when none had finished."""
-        kept = self.run is not None and (self.run.checkpoint_file.is_file() or self.run.checkpoint_prev_file.is_file())
-        if kept:
-            return "cancelled by the user; every completed epoch is kept, and Resume continues after the last one"
-        return ("cancelled before its first epoch finished, so nothing trained is kept; Resume starts it from the "
-                "beginning")
-
-    def _run_after_training(self, step: AfterTraining) -> float | None:
-        """Seconds `step` took, or None if it failed. Why a failure is only reported: the weights are
-        saved by then, and losing a finished run to an analysis problem would be worse than the page
-        computing (and showing the problem) on demand."""
-        started = time.monotonic()
-        try:
-            step.run(self)
-        except Exception as exc:  # any failure of a view: the run itself is done by now
-            tqdm.write(f"e2vpt: {step.what} was not precomputed ({type(exc).__name__}: {exc}); {step.fallback}",
-                       file=sys.stderr)
-            return None
-        return round(time.monotonic() - started, 3)
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,

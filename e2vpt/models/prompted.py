@@ -1,9 +1,8 @@
-"""One engine, six methods: which parameters each trains (see `config.METHOD_SPECS`).
+"""`build_model`: the prompted model that a method's row in the registry (`e2vpt.methods`) describes.
 
-linear: head only. full: everything. vpt-shallow / vpt-deep: visual prompts in the first / every
-layer + head. e2vpt-noprune: deep visual + key-value prompts + head. e2vpt: the same, then pruning
-and rewinding. All share the model class (`PromptedViT`, or `PromptedSwin` on a Swin backbone), data,
-loop and logging, so comparisons are fair.
+One engine for every method: the row says what is trained (visual prompts and where they go,
+key-value prompts, the backbone; the head always) and whether it prunes. All share the model class
+(`PromptedViT`, or `PromptedSwin` on a Swin backbone), data, loop and logging, so comparisons are fair.
 """
 
 from __future__ import annotations
