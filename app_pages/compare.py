@@ -7,7 +7,6 @@ from ui.current_run import runs
 from ui.errors import user_errors
 from ui.figures import show_chart
 
-
 st.title("Compare")
 st.markdown("Each point is a finished run: how accurate it is for how many parameters it tuned (log scale). "
             "Parameter-efficient methods sit on the left; the best ones are also high. Compare runs on the "

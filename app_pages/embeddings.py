@@ -7,12 +7,11 @@ import streamlit as st
 
 from e2vpt import charts, launch
 from e2vpt import runs as run_store
-from e2vpt.runs import RunDir
 from e2vpt.analysis.embeddings import compare_run_embeddings, run_embedding_report, run_label, split_images
+from e2vpt.runs import RunDir
 from ui.current_run import current_run, run_banner, run_splits, runs
 from ui.errors import user_errors
 from ui.figures import show_chart
-
 
 st.title("Embeddings")
 st.markdown("Each dot is one test image: the features the classifier reads (the final [CLS] token), mapped into "

@@ -8,12 +8,11 @@ from e2vpt.analysis.attention import prompt_attention
 from e2vpt.analysis.embeddings import split_images
 from e2vpt.analysis.pruning_views import importance_maps, score_criterion
 from e2vpt.config import prompts_trained
-from e2vpt.methods import METHODS
 from e2vpt.errors import RunDirError
+from e2vpt.methods import METHODS, method_named
 from ui.current_run import current_run, run_banner, run_splits
 from ui.errors import user_errors
 from ui.figures import show_chart
-
 
 st.title("Prompts")
 run = current_run()
@@ -46,7 +45,8 @@ with user_errors():
                                        "decided its pruning (computed on round r-1's model).")
     else:
         chosen = rounds[0]
-        planned = settings.get("prune_rounds") or 0 if settings.get("method") == "e2vpt" else 0
+        prunes = settings.get("method") in METHODS and method_named(settings["method"]).prune
+        planned = settings.get("prune_rounds") or 0 if prunes else 0
         if planned and run.summary() is None:
             st.caption(f"Round 0 (the trained, unpruned model) is all this run has finished so far; its {planned} "
                        "pruning round(s) appear here as each one ends. The map shows which prompts exist.")

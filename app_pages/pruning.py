@@ -8,7 +8,6 @@ from ui.current_run import current_run, run_banner
 from ui.errors import user_errors
 from ui.figures import show_chart
 
-
 st.title("Pruning")
 st.markdown("E2VPT prunes prompts in rounds and retrains after each. Here: how accuracy and the number of tuned "
             "parameters move from round to round, how many prompt tokens each layer keeps, and when each prompt "

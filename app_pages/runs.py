@@ -10,7 +10,6 @@ from ui.current_run import runs, set_current_run
 from ui.errors import user_errors
 from ui.run_panel import run_panel
 
-
 st.title("Runs")
 st.markdown("Every run under the runs folder, newest first. Select a row to open it on every page, tick two "
             "or more to compare them, or delete one you no longer need.")

@@ -17,7 +17,6 @@ from ui.figures import show_chart
 from ui.formats import elapsed
 from ui.run_panel import POLL_SECONDS
 
-
 st.title("Sweeps")
 st.markdown("E2VPT's claim is better accuracy than VPT with fewer tuned parameters. A sweep trains many "
             "settings, methods and seeds at once (on Ray Tune: this machine's cores, or a Ray cluster from the "

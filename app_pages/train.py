@@ -6,19 +6,19 @@ import streamlit as st
 
 from e2vpt import launch
 from e2vpt import runs as run_store
-from e2vpt.models.backbones import DEMO_WEIGHTS
-from e2vpt.config import (RECIPES, SUGGESTED_BACKBONES, TrainConfig, flag, in_form_words, meta, preset, settings,
-                          used_by)
+from e2vpt.config import SUGGESTED_BACKBONES, TrainConfig, flag, in_form_words
 from e2vpt.config import kind as setting_kind
+from e2vpt.config import meta, preset, settings, used_by
 from e2vpt.data import list_datasets
 from e2vpt.errors import ConfigError, UserError
+from e2vpt.models.backbones import DEMO_WEIGHTS
+from e2vpt.recipes import RECIPES
 from e2vpt.runs import ACTIVE_STATES
 from e2vpt.training.estimates import run_seconds
 from ui.current_run import current_run, set_current_run
 from ui.errors import user_errors
 from ui.formats import about
 from ui.run_panel import run_panel
-
 
 PRESET_LABELS = {"Demo (CPU)": "demo", "Paper: ViT-B/16 on a GPU": "paper",
                  "Official code: ViT-B/16 on a GPU": "official"}

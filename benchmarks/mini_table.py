@@ -1,7 +1,7 @@
 """The paper's table in miniature: every method x the built-in tasks on the demo backbone, offline.
 
 Protocol (fixed before the table ran; the test split never chooses anything):
-  - backbone `demo` (shipped weights), every method from the same engine (`e2vpt.training.trainer.train`,
+  - backbone `demo` (shipped weights), every method from the same engine (`e2vpt.train`,
     in this process), `TrainConfig` defaults except the epochs, rounds and lr named here (p, l,
     batch, optimiser, schedule: today's defaults, whose digest every row records);
   - the same epochs for every training phase: `--epochs` (default 3) for every method, and for

@@ -136,9 +136,9 @@ def build(spec: dict, device, backbone=None):
     """
     import torch
 
-    from e2vpt.models.backbones import create_backbone
     from e2vpt.config import TrainConfig
     from e2vpt.methods import method_named
+    from e2vpt.models.backbones import create_backbone
     from e2vpt.models.prompted import build_model
 
     name, size = BACKBONES[spec["backbone"]]

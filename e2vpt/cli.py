@@ -22,6 +22,7 @@ from .config import (GROUPS, TrainConfig, bounds_text, default_text, flag, kind,
                      settings_markdown)
 from .errors import Cancelled, RunDirError, UserError
 
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """One flag per `TrainConfig` setting, generated from its declaration (help, choices, bounds).
 

@@ -70,6 +70,7 @@ PRUNING_ONLY = ("prune_rounds", "prune_ratio", "segment_ratio", "retrain_epochs"
 # settings that change how fast a run goes or what it analyses afterwards, never the model it trains
 NO_EFFECT_ON_RESULTS = ("workers", "audit_pruning")
 
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one run. Each field's meaning, bounds and flag are in its `setting(...)`
@@ -91,7 +92,7 @@ class TrainConfig:
     global_pool: Literal["auto", "token", "avg"] = setting(
         "auto", "features the head reads: token ([CLS]), avg (mean of the patch tokens, prompts excluded) or auto "
         "(avg for MAE weights, timm's default otherwise)", group="model", label="Head reads")
-    recipe: Literal["studio", "paper", "official"] = setting(
+    recipe: Literal[tuple(RECIPES)] = setting(
         "studio", "which reading of E2VPT sets the method's choices (docs/RECIPES.md): studio (this project's), paper "
         "(the paper's text) or official (the official code); settings given explicitly override it",
         group="model", label="Recipe", basic=True,

@@ -142,8 +142,8 @@ def _bf16_is_emulated(config: TrainConfig) -> bool:
         return False
     import torch
 
-    from .training.build import resolve_device
     from .errors import UserError
+    from .training.build import resolve_device
 
     try:
         device = resolve_device(config.device)

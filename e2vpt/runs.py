@@ -27,9 +27,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from . import run_schema as schema
 from .errors import RunDirError
 from .fileio import atomic_write_json, read_json, read_jsonl
-from . import run_schema as schema
 from .roots import (DATA_ROOT_ENV, RUNS_ROOT_ENV, data_folders, data_root, inside, root_or_default,  # noqa: F401
                     runs_root, with_data_root)  # where runs and data live: part of the runs API
 
@@ -247,9 +247,9 @@ class RunDir:
     def write_status(self, state: str, progress: float | None = None, message: str = "", **extra) -> None:
         assert state in STATES, state
         previous = read_json(self.status_file, {})
-        previous = previous if isinstance(previous, dict) else {}
-        values = {"state": state, "progress": previous.get("progress", 0.0) if progress is None
-                  else round(float(progress), 4), "message": message, "pid": os.getpid(), "updated": _now()}
+        kept = previous.get("progress") if isinstance(previous, dict) else None  # a damaged file keeps nothing
+        kept = kept if isinstance(kept, (int, float)) and not isinstance(kept, bool) else 0.0
+        values = {"state": state, "progress": kept if progress is None else round(float(progress), 4), "message": message, "pid": os.getpid(), "updated": _now()}
         status = schema.STATUS.make(**{**values, **extra})  # `extra` may name the process (`pid`) too
         atomic_write_json(self.status_file, status)
 
@@ -287,8 +287,8 @@ class RunDir:
     def config(self) -> dict:
         """The run's settings (a valid `TrainConfig` as a dict); `RunDirError` saying why otherwise."""
         from .config import TrainConfig
-        from .recipes import SAVED_BEFORE_SETTING
         from .errors import ConfigError
+        from .recipes import SAVED_BEFORE_SETTING
 
         config = _read_object(self.config_file)
         if config is None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from .analysis.ablation import prompt_ablation
+from .analysis.embeddings import write_at_end_of_training
 from .config import TrainConfig
 from .errors import RunDirError
 from .runs import RunDir
@@ -20,29 +22,24 @@ from .training.trainer import Trainer
 from .training.trainer import train as train_loop
 
 
-def _write_embeddings(trainer: Trainer) -> None:
-    from .analysis.embeddings import write_at_end_of_training
-
-    write_at_end_of_training(trainer.run.path, trainer.model, trainer.splits, trainer.device)
+def _write_embeddings(trainer: Trainer) -> float:
+    return write_at_end_of_training(trainer.run.path, trainer.model, trainer.splits, trainer.device)
 
 
 def _write_audits(trainer: Trainer) -> None:
-    from .analysis.ablation import prompt_ablation
-
     for record in trainer.rounds[1:]:
         if record.get("token_importance") is not None:
             prompt_ablation(trainer.run.path, record["round"], device=str(trainer.device))
 
 
 EMBEDDINGS = AfterTraining(
-    key="embeddings", what="the embeddings", message="embedding the test images for the Embeddings page",
+    key="embeddings", message="embedding the test images for the Embeddings page",
     wanted=lambda trainer: True, run=_write_embeddings,
-    fallback="the Embeddings page will compute them when opened")
+    failed="the embeddings were not precomputed ({error}); the Embeddings page will compute them when opened")
 AUDIT = AfterTraining(
-    key="audit", what="the pruning audit",
-    message="measuring each pruning decision against removing the tokens for real",
+    key="audit", message="measuring each pruning decision against removing the tokens for real",
     wanted=lambda trainer: trainer.config.audit_pruning and len(trainer.rounds) > 1, run=_write_audits,
-    fallback="the Prompts page measures it on request")
+    failed="the pruning audit was not precomputed ({error}); the Prompts page measures it on request")
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,

@@ -47,6 +47,7 @@ def write_fake_run(root, run_id: str, state: str = "done", method: str = "e2vpt"
 
     from e2vpt import run_schema as schema
     from e2vpt.config import TrainConfig
+    from e2vpt.methods import method_named
 
     path = _Path(root) / run_id
     path.mkdir(parents=True)
@@ -63,7 +64,7 @@ def write_fake_run(root, run_id: str, state: str = "done", method: str = "e2vpt"
         pid=pid if pid is not None else (_os.getpid() if active else 999_999), updated="2026-01-01T00:00:10")))
     rng = np.random.default_rng(0)
     lines, step = [], 0
-    n_rounds = rounds if method == "e2vpt" else 0
+    n_rounds = rounds if method_named(method).prune else 0
     for r in range(n_rounds + 1):
         if r > 0:
             lines.append(schema.PRUNE.make(kind="prune", round=r, kept_tokens=6, kept_segments=20, tuned_params=900,

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from small_data import digits_folder
 from torch.utils.data import DataLoader
 
+from e2vpt import train
 from e2vpt.analysis.ablation import cached_ablation, prompt_ablation
-from e2vpt.training.build import evaluate, load_run_model
 from e2vpt.charts import ablation_frame, ablation_scatter
 from e2vpt.config import TrainConfig
 from e2vpt.errors import RunDirError
-from e2vpt import train
-from small_data import digits_folder
+from e2vpt.training.build import evaluate, load_run_model
 
 pytestmark = pytest.mark.slow
 

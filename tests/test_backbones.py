@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from e2vpt.models.backbones import create_backbone, data_config, resolve_global_pool
 from e2vpt.config import TrainConfig
 from e2vpt.errors import BackboneError, ConfigError
+from e2vpt.models.backbones import create_backbone, data_config, resolve_global_pool
 from e2vpt.models.prompted import build_model
 
 

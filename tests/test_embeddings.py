@@ -7,17 +7,16 @@ import numpy as np
 import pytest
 import streamlit as st
 import torch
+from small_data import digits_folder
+from test_app import open_page
 
 from e2vpt import charts
 from e2vpt import runs as run_store
+from e2vpt import train
 from e2vpt.analysis import embeddings
-from e2vpt.training.build import load_run_splits
 from e2vpt.config import TrainConfig
 from e2vpt.runs import RunDir
-from e2vpt import train
-
-from small_data import digits_folder
-from test_app import open_page
+from e2vpt.training.build import load_run_splits
 
 SMALL = dict(backbone="demo", pretrained=True, dataset="imagefolder", data_root=str(digits_folder()), epochs=1,
              retrain_epochs=1, prune_rounds=1, prompt_len=4, kv_len=2, batch_size=64, seed=0)

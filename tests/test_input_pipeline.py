@@ -25,8 +25,8 @@ from e2vpt.data import decoded, load_splits
 from e2vpt.data.common import eval_transform
 from e2vpt.data.images import load_image
 from e2vpt.data.pipeline import RATIO, SCALE, DeviceBatches, random_resized_crops
-from e2vpt.training.distributed import global_batches
 from e2vpt.errors import DataError
+from e2vpt.training.distributed import global_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -215,10 +215,11 @@ def test_images_too_big_for_memory_are_memory_mapped(tmp_path, cache, monkeypatc
 
 @pytest.mark.slow
 def test_a_run_learns_the_same_weights_whatever_the_number_of_loading_processes(tmp_path, cache):
+    from small_data import digits_folder
+
+    from e2vpt import train
     from e2vpt.config import TrainConfig
     from e2vpt.runs import RunDir
-    from e2vpt import train
-    from small_data import digits_folder
 
     weights, accs, builds = [], [], []
     for workers in ("0", "2"):

@@ -4,15 +4,14 @@ another finished run ends exactly where the same configuration trained from scra
 import pytest
 import torch
 from safetensors.torch import load_file
+from small_data import digits_folder
 
+from e2vpt import train
 from e2vpt.config import TrainConfig
 from e2vpt.errors import RunDirError
 from e2vpt.fileio import read_jsonl
 from e2vpt.runs import RunDir
-from e2vpt import train
 from e2vpt.training.trainer import Trainer
-
-from small_data import digits_folder
 
 BASE = dict(backbone="demo", pretrained=True, method="e2vpt", dataset="imagefolder", data_root=str(digits_folder()),
             epochs=1, retrain_epochs=1, prompt_len=4, kv_len=2, batch_size=64, seed=0)

@@ -6,15 +6,14 @@ import json
 import pytest
 import torch
 from scipy import stats
+from small_data import digits_folder
 from torch.utils.data import DataLoader, Subset
 
-from e2vpt.training.build import autocast_for, build_model_and_splits, evaluate, evaluate_run
+from e2vpt import train
 from e2vpt.config import TrainConfig
 from e2vpt.models.pruning import score_importance
 from e2vpt.runs import RunDir
-from e2vpt import train
-
-from small_data import digits_folder
+from e2vpt.training.build import autocast_for, build_model_and_splits, evaluate, evaluate_run
 
 SMALL = dict(backbone="demo", pretrained=True, method="e2vpt", dataset="imagefolder", data_root=str(digits_folder()),
              epochs=1, retrain_epochs=1, prune_rounds=1, prompt_len=4, kv_len=2, batch_size=64, seed=0)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from e2vpt.models.backbones import DEMO_WEIGHTS, build_demo_vit, create_backbone
-from e2vpt.demo_backbone.pretrain import lr_at, pretrain
 from e2vpt.demo_backbone.glyphs import GlyphBank, GlyphBatches, candidate_characters, find_fonts
+from e2vpt.demo_backbone.pretrain import lr_at, pretrain
+from e2vpt.models.backbones import DEMO_WEIGHTS, build_demo_vit, create_backbone
 
 MODEL_CARD = DEMO_WEIGHTS.parent / "MODEL_CARD.md"
 DIGITS = set("0123456789")

@@ -9,13 +9,13 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from e2vpt.config import TrainConfig
-from e2vpt.methods import METHODS
 from e2vpt.errors import BackboneError, ConfigError
-from e2vpt.models.prompted import build_model
+from e2vpt.methods import METHODS
 from e2vpt.models.base import PromptTuned, segment_of_channel
-from e2vpt.models.vit import PromptedViT
+from e2vpt.models.prompted import build_model
 from e2vpt.models.pruning import prune_segments, prune_tokens, rewind, score_importance
 from e2vpt.models.swin import PromptedSwin
+from e2vpt.models.vit import PromptedViT
 
 DIM, DEPTH, HEADS, CLASSES = 32, 2, 4, 5
 

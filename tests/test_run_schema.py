@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from e2vpt import TrainConfig, RunDir, train
+from e2vpt import RunDir, TrainConfig
 from e2vpt import run_schema as schema
+from e2vpt import train
 from e2vpt.errors import RunDirError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,3 +109,16 @@ def test_the_docs_table_is_the_declaration():
     block = re.search(r"<!-- generated: run records -->\n(.*?)<!-- end: run records -->", text, re.S)
     assert block and block.group(1) == schema.markdown(), \
         "docs/ARCHITECTURE.md's run records are stale: paste e2vpt.run_schema.markdown() between the markers"
+
+
+def test_a_run_from_before_the_marker_is_still_a_run(tmp_path, fake_run):
+    """Runs written before `e2vpt-run.json` existed: their config.json marks them, so they are listed,
+    opened, and never trained over."""
+    from e2vpt.runs import list_runs
+
+    path = fake_run(tmp_path, "old")
+    (path / "e2vpt-run.json").unlink()
+    run = RunDir(path)
+    assert run.is_run_folder() and [(r["id"], r["state"]) for r in list_runs(tmp_path)] == [("old", "done")]
+    with pytest.raises(RunDirError, match="already holds a finished run"):
+        run.prepare_new()

@@ -259,9 +259,9 @@ def test_too_many_segments_for_the_narrowest_stage_is_a_clear_error():
 def test_a_swin_run_trains_prunes_records_and_reloads(tmp_path, monkeypatch):
     """The whole engine (trainer, pruning record, saved weights, reload, analysis) on a Swin backbone."""
     import e2vpt.training.build as build_module
+    from e2vpt import train
     from e2vpt.analysis.pruning_views import importance_maps, pruning_trajectory
     from e2vpt.training.build import evaluate_run
-    from e2vpt import train
 
     monkeypatch.setattr(build_module, "create_backbone", lambda *args, **kwargs: tiny_swin())
     config = TrainConfig(method="e2vpt", backbone="tiny-swin", pretrained=False, dataset="digits", epochs=1,

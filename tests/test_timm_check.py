@@ -12,9 +12,9 @@ from timm.models.swin_transformer import SwinTransformer, SwinTransformerBlock, 
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
 from e2vpt.errors import BackboneError
-from e2vpt.models.vit import PromptedViT
 from e2vpt.models.swin import PromptedSwin
 from e2vpt.models.timm_check import TESTED_TIMM, check_timm
+from e2vpt.models.vit import PromptedViT
 
 REQUIREMENTS = Path(__file__).parent.parent / "requirements.txt"
 

@@ -64,8 +64,8 @@ def prompt_ablation(run_dir: str | Path, decision_round: int = 1, device: str = 
     """
     from scipy.stats import spearmanr
 
-    from ..training.build import autocast_for, evaluate, load_run_model, resolve_device
     from ..data.pipeline import DeviceBatches
+    from ..training.build import autocast_for, evaluate, load_run_model, resolve_device
     from ..training.distributed import global_batches
     from .pruning_views import load_pruning
 

@@ -1,4 +1,5 @@
-"""The pruning criterion against reality (`e2vpt.analysis.ablation`): scores against measured drops (the Prompts page)."""
+"""The pruning criterion against reality (`e2vpt.analysis.ablation`): scores against measured drops (the Prompts
+page)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from .common import empty_figure, layout
+
+# what `e2vpt.charts` offers from here
+__all__ = ["ablation_frame", "ablation_scatter"]
 
 
 def ablation_frame(result: dict) -> pd.DataFrame:

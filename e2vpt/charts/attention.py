@@ -12,6 +12,9 @@ from .common import empty_figure, layout
 
 FATE_MARKS = {"pruned next": "x", "pruned earlier": "line-ew"}
 
+# what `e2vpt.charts` offers from here
+__all__ = ["FATE_MARKS", "attention_over_image", "attention_prompt_map"]
+
 
 def attention_prompt_map(result: dict, title: str | None = None) -> go.Figure:
     """How much of its attention [CLS] gives each visual prompt token (left: layers x tokens) and

@@ -15,6 +15,10 @@ SURVIVED = "#2ca02c"  # green: alive, never read as dead
 OUTLINE = "#111111"
 METHOD_ORDER = METHODS  # the registry's order: fewest tuned parameters first, E2VPT last
 
+# what `e2vpt.charts` offers from here
+__all__ = ["METHOD_ORDER", "OUTLINE", "PALETTE", "PRUNED_GREY", "SURVIVED", "color", "empty_figure", "figure_html",
+           "frame_csv", "layout"]
+
 
 def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]

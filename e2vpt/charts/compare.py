@@ -10,6 +10,9 @@ import plotly.graph_objects as go
 
 from .common import METHOD_ORDER, color, empty_figure, layout
 
+# what `e2vpt.charts` offers from here
+__all__ = ["RUN_COLUMNS", "accuracy_vs_params", "log_ticks", "runs_frame", "runs_table", "zoomed_range"]
+
 
 def runs_frame(rows: Sequence[dict]) -> pd.DataFrame:
     """Finished runs (rows of `list_runs`) with accuracy and tuned parameters."""

@@ -11,6 +11,9 @@ from plotly.subplots import make_subplots
 
 from .common import color, empty_figure, layout
 
+# what `e2vpt.charts` offers from here
+__all__ = ["REWIND_WORDS", "metrics_frame", "prune_frame", "training_curves"]
+
 
 def metrics_frame(records: Sequence[dict]) -> pd.DataFrame:
     """Epoch records of metrics.jsonl as a table with a running `step` (1, 2, ... across phases)."""

@@ -8,6 +8,10 @@ import plotly.graph_objects as go
 
 from .common import color, empty_figure, layout
 
+# what `e2vpt.charts` offers from here
+__all__ = ["CENTROID_KIND", "METRIC_NAMES", "NO_VALUE", "VIEWS", "comparison_frame", "embedding_caption",
+           "embedding_frame", "embedding_scatter", "metrics_frame_from_report"]
+
 
 def _class_names(report: dict) -> dict:
     names = report.get("class_names")

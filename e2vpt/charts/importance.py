@@ -10,6 +10,9 @@ import plotly.graph_objects as go
 
 from .common import OUTLINE, PRUNED_GREY, empty_figure, layout
 
+# what `e2vpt.charts` offers from here
+__all__ = ["PRUNED_NOW", "cut_off", "importance_frame", "importance_heatmap", "segment_frame", "segment_heatmap"]
+
 
 def _array(value: Any, ndim: int) -> np.ndarray | None:
     if value is None:

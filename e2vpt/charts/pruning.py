@@ -1,4 +1,5 @@
-"""The pruning trajectory: accuracy and tuned parameters per round, tokens kept per layer, prompt lifetimes (the Pruning page)."""
+"""The pruning trajectory: accuracy and tuned parameters per round, tokens kept per layer, prompt lifetimes (the
+Pruning page)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from plotly.colors import sample_colorscale
 from plotly.subplots import make_subplots
 
 from .common import SURVIVED, color, empty_figure, layout
+
+# what `e2vpt.charts` offers from here
+__all__ = ["layer_fraction_figure", "lifetime_figure", "trajectory_figure"]
 
 
 def trajectory_figure(rounds: pd.DataFrame, title: str = "Accuracy and tuned parameters per round",

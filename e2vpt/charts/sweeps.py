@@ -12,6 +12,9 @@ import plotly.graph_objects as go
 from .common import METHOD_ORDER, color, empty_figure, layout
 from .compare import log_ticks, zoomed_range
 
+# what `e2vpt.charts` offers from here
+__all__ = ["frontier_chart", "parallel_coordinates", "percent_ticks"]
+
 
 def _methods_in(frame: pd.DataFrame) -> list[str]:
     return [m for m in METHOD_ORDER if m in set(frame["method"])] + sorted(set(frame["method"].dropna()) - set(METHOD_ORDER))

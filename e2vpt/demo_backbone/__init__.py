@@ -36,8 +36,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
     args.out = args.out or str(DEMO_WEIGHTS)
     info = pretrain(out=args.out, steps=args.steps, schedule_steps=args.schedule_steps, minutes=args.minutes,
                     seed=args.seed, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                    warmup=args.warmup, shape_weight=args.shape_weight, threads=args.threads, save_every_minutes=args.save_every_minutes,
-                    log_path=args.log)
+                    warmup=args.warmup, shape_weight=args.shape_weight, threads=args.threads,
+                    save_every_minutes=args.save_every_minutes, log_path=args.log)
     print(f"wrote {args.out}: {info['steps_done']} steps ({info['stopped_by']}), {info['wall_s']:.0f} s, "
           f"train acc {info['train_acc_ema']:.3f}; reproduce with: {info['reproduce']}")
     return 0

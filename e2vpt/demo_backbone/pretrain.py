@@ -1,8 +1,8 @@
 """`python -m e2vpt pretrain`: how the shipped demo backbone (`e2vpt/assets/demo_vit.safetensors`) was made.
 
 Why it exists: prompt tuning only means something on a *pretrained* backbone, and the demo must work
-offline. The backbone (`backbones.build_demo_vit()`) is trained from scratch, on this machine's CPU,
-to classify augmented font glyphs (`pretrain_data`), data disjoint from every built-in task.
+offline. The backbone (`models.backbones.build_demo_vit()`) is trained from scratch, on this machine's CPU,
+to classify augmented font glyphs (`glyphs.py`), data disjoint from every built-in task.
 
 Reproducibility: the weights are a function of (seed, steps, schedule, threads). Each step's batch is
 regenerated from (seed, step); the learning-rate schedule depends only on `--schedule-steps`, never on
@@ -75,7 +75,7 @@ def pretrain(out: str | Path = DEMO_WEIGHTS, steps: int = 3000, schedule_steps: 
         seed: model init and data seed.
         threads: torch intra-op threads (results are bit-reproducible for a fixed thread count).
         log_path: optional JSON-lines log of loss/accuracy/lr every 25 steps.
-        fonts: font files to render (default: every installed face `pretrain_data.find_fonts()` picks);
+        fonts: font files to render (default: every installed face `glyphs.find_fonts()` picks);
             tests pass a few to stay fast.
 
     Returns:

@@ -29,8 +29,6 @@ def segment_of_channel(dim: int, segments: int, layout: str) -> torch.Tensor:
     return channels * segments // dim
 
 
-
-
 class PromptTuned(nn.Module, ABC):
     """What every prompted backbone shares: the `tuned.` parameters, their saving and loading, the
     frozen backbone's eval mode, masks and the channels they cover, the prompts a layer reads and the

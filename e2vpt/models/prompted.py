@@ -11,8 +11,8 @@ from timm.models.swin_transformer import SwinTransformer
 
 from ..config import TrainConfig
 from .base import PromptTuned
-from .vit import PromptedViT
 from .swin import PromptedSwin
+from .vit import PromptedViT
 
 
 def build_model(config: TrainConfig, backbone, num_classes: int) -> PromptTuned:

@@ -13,7 +13,7 @@ prompts follow the stages:
 
 As for ViTs, nothing in timm is patched: we call the block's own norms, qkv, projection, MLP and
 relative-position table, and only re-state the window attention and the block's attention branch
-(`timm_compat.check_timm` verifies at construction that the installed timm still fits them). A
+(`timm_check.check_timm` verifies at construction that the installed timm still fits them). A
 block with no live prompt and no key-value prompt runs timm's own `block(x)`, so with every visual
 prompt pruned (and no key-value prompts) the model is exactly the frozen backbone. Masks, pruning,
 rewinding and saving are shared with `PromptedViT` through `PromptTuned`; the masks keep their
@@ -228,7 +228,6 @@ SWIN_CALLS = (
     ("swin_transformer", "window_partition", (ANY, ANY), {}),
     ("swin_transformer", "window_reverse", (ANY, ANY, ANY, ANY), {}),
 )
-
 
 
 def _check_timm_swin() -> None:

@@ -4,7 +4,7 @@ Why no module surgery: timm's `Block.forward` is two residual lines and `Attenti
 We call timm's own sub-modules (patch embedding, norms, qkv, proj, mlp) and only re-state those two
 forwards, so the backbone's state dict and weights stay exactly timm's and nothing is forked or
 patched. Every trainable tensor lives under `self.tuned` (one name prefix: `tuned.`), so "save what
-was tuned" is one filter. Constructing a model first runs `timm_compat.check_timm`, which refuses, with
+was tuned" is one filter. Constructing a model first runs `timm_check.check_timm`, which refuses, with
 one clear message, a timm whose `Attention`/`Block` no longer have or compute what is re-stated here.
 
 Sequence at layer i (docs/E2VPT-SPEC.md section 1):  [prefix tokens ; P_i (kept tokens only) ; patches]

@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 from ..config import NO_EFFECT_ON_RESULTS, TrainConfig
-from ..recipes import SAVED_BEFORE_SETTING
 from ..errors import RunDirError
 from ..fileio import atomic_write_bytes, atomic_write_json
 from ..provenance import environment
+from ..recipes import SAVED_BEFORE_SETTING
 from ..runs import MARKER, NAME_PATTERN
 from .store import SWEEP_ID, SweepDir
 

@@ -24,7 +24,6 @@ from ..errors import RunDirError
 from ..methods import REGISTRY
 from .store import SweepDir
 
-
 SHORT_NAMES = {"prompt_len": "p", "kv_len": "l", "lr": "lr", "weight_decay": "wd", "prune_ratio": "prune",
                "segment_ratio": "seg"}
 NOT_A_SETTING = ("dataset",)  # one frontier per dataset: the dataset is not part of a configuration's label
@@ -44,6 +43,13 @@ def config_label(method: str, values: dict) -> str:
 
 SEARCH_METHOD = "e2vpt-search"  # how the frontier names the pruning search's chosen levels
 E2VPT_METHODS = (*[m.name for m in REGISTRY.values() if m.kv], SEARCH_METHOD)  # key-value prompts: E2VPT's
+
+
+def prunes(method: str) -> bool:
+    """Whether `method` (a registry row, or a name from an older sweep) prunes: its rounds are points."""
+    return method in REGISTRY and REGISTRY[method].prune
+
+
 POINT_COLUMNS = ["trial", "dataset", "method", "config", "seed", "round", "final", "val_acc", "test_acc",
                  "tuned_params", "tuned_pct"]
 
@@ -81,7 +87,7 @@ def points(sweep: SweepDir, every_round: bool = True) -> pd.DataFrame:
                 "config": config_label(method, values), "seed": row["seed"]}
         rows.append({**base, "round": row["selected_round"], "final": True, "val_acc": row["val_acc"],
                      "test_acc": row["test_acc"], "tuned_params": row["tuned_params"], "tuned_pct": row["tuned_pct"]})
-        if every_round and method == "e2vpt":
+        if every_round and prunes(method):
             pruning = sweep.trial_run(row["trial"]).pruning() or {}
             rows += [{**base, "round": r["round"], "final": False, "val_acc": r.get("val_acc"),
                       "test_acc": r["test_acc"], "tuned_params": r["tuned_params"], "tuned_pct": r.get("tuned_pct")}
@@ -116,7 +122,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
         finals = part[part["final"].astype(bool)]
         if not finals.empty:
             kept = sorted(int(r) for r in finals["round"].dropna())
-            pruned = method == "e2vpt" and bool(kept)
+            pruned = prunes(method) and bool(kept)
             label = f"{config}, kept round{'s' if len(set(kept)) > 1 else ''} " \
                     f"{'/'.join(str(r) for r in sorted(set(kept)))}" if pruned else config
             rows.append({"dataset": dataset, "method": method, "config": config,
@@ -201,7 +207,7 @@ def verdicts(table: pd.DataFrame) -> dict[str, str]:
         others = [r for r in best.itertuples() if r.method not in E2VPT_METHODS]
         reference = next((r for r in others if r.method == "vpt-deep"), None) or \
             max(others, key=lambda r: (r.val_acc if not math.isnan(r.val_acc) else -math.inf), default=None)
-        ours = [r for r in best.itertuples() if r.method in ("e2vpt", SEARCH_METHOD)]
+        ours = [r for r in best.itertuples() if prunes(r.method) or r.method == SEARCH_METHOD]
         if reference is not None and ours:
             text += " " + "; ".join(_comparison(r, reference) for r in ours) + "."
         elif not many:
@@ -257,7 +263,7 @@ def _search_note(rows: list[dict]) -> str:
     picks = "; ".join(f"{r['phase0_from']}: {r['trial'].removeprefix(r['phase0_from'] + '-')} (val "
                       f"{100 * r['val_acc']:.1f} %, test {100 * r['test_acc']:.1f} %, {r['tuned_params']:,} parameters)"
                       for r in chosen)
-    iterative = [r for r in rows if r["stage"] == "grid" and r["method"] == "e2vpt" and r["status"] == "done"]
+    iterative = [r for r in rows if r["stage"] == "grid" and prunes(r["method"]) and r["status"] == "done"]
     budget = (f" The iterative rounds (e2vpt) cost {seconds(iterative) / len(iterative):.0f} s per trial, against "
               f"{(seconds(scouts) + seconds(done)) / max(len(scouts), 1):.0f} s per search." if iterative else "")
     return (text + f". Chosen on validation accuracy (ties to more pruning; t = tokens pruned %, g = segments "

@@ -281,10 +281,12 @@ def _lost_worker(exc: BaseException) -> Exception | None:
 
 
 def _expected_cost(config: TrainConfig, trial) -> float:
-    """A trial's relative cost for ordering: its epochs (a scoring pass counts as one), halved for a linear
-    probe, which never backpropagates through the backbone. A pruning level trains its round alone."""
+    """A trial's relative cost for ordering: its epochs (a scoring pass counts as one), halved for a method
+    that trains the head alone (a linear probe), which never backpropagates through the backbone. A pruning
+    level trains its round alone."""
     epochs = (0 if trial.phase0_from else config.epochs) + config.rounds * (config.resolved_retrain_epochs + 1)
-    return epochs * (0.5 if config.method == "linear" else 1.0)
+    head_only = config.spec.visual == "none" and not config.spec.kv and not config.spec.train_backbone
+    return epochs * (0.5 if head_only else 1.0)
 
 
 class _RaySession:

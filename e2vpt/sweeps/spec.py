@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import PRUNING_ONLY, TrainConfig, kind, meta, settings
-from ..methods import METHODS, method_named
 from ..errors import ConfigError
+from ..methods import METHODS, method_named
 
 SCHEDULERS = ("fifo", "asha")
 # none: every trial is reported as it is; vpt: VPT's protocol (Jia et al. 2022, section 4.1): the grid is a
@@ -83,7 +83,7 @@ def unused_settings(method: str) -> set[str]:
         unused |= {"kv_len", "kv_shared"}
     if not spec.prune:
         unused |= {f.name for f in settings() if meta(f)["group"] == "pruning"}
-    if method != "e2vpt":
+    if not spec.prune:
         unused.add("retrain_epochs")
     return unused
 

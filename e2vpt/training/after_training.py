@@ -19,17 +19,16 @@ from tqdm.auto import tqdm
 class AfterTraining:
     """One thing computed while the trained model is still in memory, at the end of a run.
 
-    `key`: the summary records its seconds as `<key>_s` (None when it failed); `what`: its name in a
-    message; `message`: the run's status while it runs; `wanted(trainer)`: whether this run needs it;
-    `run(trainer)`: the work (it reads the trainer's `run`, `model`, `splits`, `device` and `rounds`);
-    `fallback`: what the user is told happens instead when it fails."""
+    `key`: the summary records its seconds as `<key>_s` (None when it failed); `message`: the run's status
+    while it runs; `wanted(trainer)`: whether this run needs it; `run(trainer)`: the work (it reads the
+    trainer's `run`, `model`, `splits`, `device` and `rounds`), returning the seconds it measured itself
+    or None to be timed whole; `failed`: what the user is told when it fails, and what happens instead."""
 
     key: str
-    what: str
     message: str
     wanted: Callable[[Any], bool]  # given the `Trainer`
-    run: Callable[[Any], None]
-    fallback: str
+    run: Callable[[Any], float | None]
+    failed: str
 
     def timed(self, trainer) -> float | None:
         """Run the step on `trainer`: seconds it took, or None if it failed. Why a failure is only
@@ -37,9 +36,8 @@ class AfterTraining:
         would be worse than the page computing (and showing the problem) on demand."""
         started = time.monotonic()
         try:
-            self.run(trainer)
+            seconds = self.run(trainer)
         except Exception as exc:  # any failure of a view: the run itself is done by now
-            tqdm.write(f"e2vpt: {self.what} was not precomputed ({type(exc).__name__}: {exc}); {self.fallback}",
-                       file=sys.stderr)
+            tqdm.write(f"e2vpt: {self.failed.format(error=f'{type(exc).__name__}: {exc}')}", file=sys.stderr)
             return None
-        return round(time.monotonic() - started, 3)
+        return round(time.monotonic() - started if seconds is None else seconds, 3)

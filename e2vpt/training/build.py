@@ -16,12 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..models.backbones import create_backbone, data_config
 from ..config import TrainConfig
-from .distributed import DistContext
 from ..errors import RunDirError, UserError
+from ..models.backbones import create_backbone, data_config
 from ..models.prompted import build_model
 from ..runs import RunDir, read_tensors
+from .distributed import DistContext
 
 
 def resolve_device(name: str) -> torch.device:

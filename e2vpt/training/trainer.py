@@ -41,8 +41,9 @@ from .checkpoints import Checkpoint, remove_checkpoints, save_checkpoint
 from .distributed import DistContext, global_batches, local_batches
 from .phase0 import read_phase0, shared_importance
 from .resume import open_to_resume, saved_initial_state, usable_checkpoint
-from .run_records import cancel_note, pruning_record, round_record, selected_round, truncate_metrics
+from .run_records import cancel_note, pruning_record, round_record, selected_round
 from .run_records import summary as run_summary
+from .run_records import truncate_metrics
 from .schedule import Phase, make_optimizer, phases_of, seed_for
 
 
@@ -460,7 +461,6 @@ class Trainer:
                          force=True)
             remove_checkpoints(self.run)
         return summary
-
 
 
 def train(config: TrainConfig, run_dir: str | Path | None = None, resume: bool = False, quiet: bool = False,
