@@ -9,11 +9,10 @@ checked by import-linter), so this module, above both, hands them to the loop as
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Callable
 
-from .analysis.ablation import prompt_ablation
-from .analysis.embeddings import write_at_end_of_training
 from .config import TrainConfig
 from .errors import RunDirError
 from .runs import RunDir
@@ -22,14 +21,22 @@ from .training.trainer import Trainer
 from .training.trainer import train as train_loop
 
 
+# Each step imports its analysis when it runs (the CLI and a plain `import e2vpt` stay light) and returns
+# the seconds of its own work, so the summary's `embeddings_s` and `audit_s` do not count the import.
 def _write_embeddings(trainer: Trainer) -> float:
+    from .analysis.embeddings import write_at_end_of_training
+
     return write_at_end_of_training(trainer.run.path, trainer.model, trainer.splits, trainer.device)
 
 
-def _write_audits(trainer: Trainer) -> None:
+def _write_audits(trainer: Trainer) -> float:
+    from .analysis.ablation import prompt_ablation
+
+    started = time.monotonic()
     for record in trainer.rounds[1:]:
         if record.get("token_importance") is not None:
             prompt_ablation(trainer.run.path, record["round"], device=str(trainer.device))
+    return time.monotonic() - started
 
 
 EMBEDDINGS = AfterTraining(
