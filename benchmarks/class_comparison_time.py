@@ -37,7 +37,8 @@ FIELDS = ["time", "trials", "cpus", "wall_s", "trials_s", "least_s", *[f"{m}_{k}
 
 
 def _minutes(seconds: float) -> str:
-    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+    whole, rest = divmod(round(seconds), 60)
+    return f"{whole} min" if rest == 0 else f"{whole} min {rest} s"
 
 
 def render(rows: list[dict]) -> str:
