@@ -68,18 +68,15 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def verdicts(rows: list[dict], done: int, total: int) -> str | None:
+    """Each dataset's verdict, once every trial has finished."""
+    return None if done < total else "\n".join(dict.fromkeys(r["verdict"] for r in rows))
+
+
 def main(argv: list[str] | None = None) -> int:
     # the prepared sweep trains at the defaults: stale when they change
-    result = evidence_table_main(__doc__, "class_comparison", SOURCE, table, render, defaults_used=True, argv=argv)
-    if result is None:
-        return 2
-    rows, done, total = result
-    if done < total:
-        print(f"class comparison: not yet ({done} of {total} trials finished)")
-        return 1
-    for verdict in dict.fromkeys(r["verdict"] for r in rows):
-        print(verdict)
-    return 0
+    return evidence_table_main(__doc__, "class_comparison", SOURCE, table, render, verdicts, "class comparison",
+                               defaults_used=True, argv=argv)
 
 
 if __name__ == "__main__":

@@ -259,16 +259,17 @@ def start_afresh_unless_current(path: Path) -> None:
         path.unlink()
 
 
-def evidence_table_main(doc: str, name: str, source: Path, table, render, defaults_used: bool,
-                        argv: list[str] | None = None) -> tuple[list[dict], int, int] | None:
+def evidence_table_main(doc: str, name: str, source: Path, table, render, conclude, label: str,
+                        defaults_used: bool, argv: list[str] | None = None) -> int:
     """The command line the scripts that compute a table from a sweep share (defaults_choice,
-    defaults_report, class_comparison): `SCRIPT [EVIDENCE_OR_SWEEP] [--out CSV]`.
+    defaults_report, class_comparison): `SCRIPT [EVIDENCE_OR_SWEEP] [--out CSV]`, and its exit status.
 
     `table(sweep)` gives (rows, trials done, trials in all). Each row gets this computation's provenance,
     the evidence file's path and sha256 and the commits its trials were trained at; the published
     result file (`results/NAME.csv`) and README block `NAME` are written only from the published source
-    `source`; another source prints its table, and writes a CSV only where `--out` says. Returns
-    (rows, done, total), or None when the source cannot be read (one line said why)."""
+    `source`; another source prints its table, and writes a CSV only where `--out` says. Then
+    `conclude(rows, done, total)` gives the closing lines, or None while the sweep cannot answer yet.
+    Returns 0, 1 (`LABEL: not yet (...)`) or 2 when the source cannot be read (one line said why)."""
     import argparse
 
     from e2vpt.errors import RunDirError
@@ -289,7 +290,7 @@ def evidence_table_main(doc: str, name: str, source: Path, table, render, defaul
             trained = (evidence.opened_from(sweep) or {}).get("trained_at")
     except RunDirError as exc:
         print(f"{name}: {exc}")
-        return None
+        return 2
     stamp["trained_at"] = " ".join(trained or [])
     rows = [{**r, **stamp} for r in rows]
     out = Path(args.out) if args.out else RESULTS / f"{name}.csv" if published else None
@@ -301,7 +302,12 @@ def evidence_table_main(doc: str, name: str, source: Path, table, render, defaul
     print(render(rows), end="")
     if published and args.out is None and done == total:
         write_readme_block(name.replace("_", "-"), render(rows))
-    return rows, done, total
+    conclusion = conclude(rows, done, total)
+    if conclusion is None:
+        print(f"{label}: not yet ({done} of {total} trials finished)")
+        return 1
+    print(conclusion)
+    return 0
 
 
 def evidence_footer(script: str, row: dict) -> str:

@@ -107,20 +107,20 @@ def render(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    # every setting it compares is named in its spec: the table does not depend on today's defaults
-    result = evidence_table_main(__doc__, "defaults_choice", SOURCE, table, render, defaults_used=False, argv=argv)
-    if result is None:
-        return 2
-    rows, done, total = result
+def choice(rows: list[dict], done: int, total: int) -> str | None:
+    """The chosen settings and their mean validation accuracy, once every configuration is complete."""
     chosen = choose(rows)
     if chosen is None:
-        print(f"defaults: not yet ({done} of {total} trials finished)")
-        return 1
+        return None
     before = next((r for r in rows if _is(r, BEFORE_SEARCH)), None)
-    print(f"defaults: {' '.join(f'{k}={chosen[k]}' for k in SWEPT)} (mean val {100 * float(chosen['mean_val']):.2f} %"
-          + (f"; the defaults before the search {100 * float(before['mean_val']):.2f} %)" if before else ")"))
-    return 0
+    return (f"defaults: {' '.join(f'{k}={chosen[k]}' for k in SWEPT)} (mean val {100 * float(chosen['mean_val']):.2f} %"
+            + (f"; the defaults before the search {100 * float(before['mean_val']):.2f} %)" if before else ")"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    # every setting it compares is named in its spec: the table does not depend on today's defaults
+    return evidence_table_main(__doc__, "defaults_choice", SOURCE, table, render, choice, "defaults",
+                               defaults_used=False, argv=argv)
 
 
 if __name__ == "__main__":

@@ -137,3 +137,16 @@ def test_every_module_of_e2vpt_has_a_layer_and_at_most_500_lines():
     assert top == layered, (sorted(top - layered), sorted(layered - top))
     lines = {str(p.relative_to(ROOT)): len(p.read_text().splitlines()) for p in (ROOT / "e2vpt").rglob("*.py")}
     assert not {p: n for p, n in lines.items() if n > 500}
+
+
+def test_what_editors_see_of_the_public_api_is_what_it_loads():
+    """`e2vpt/__init__.py` names each export twice (the lazy table, and the imports type checkers read):
+    the two must agree, name for name and module for module."""
+    import ast
+
+    import e2vpt
+
+    tree = ast.parse((ROOT / "e2vpt" / "__init__.py").read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    seen = {alias.name: "e2vpt." + node.module for node in block.body for alias in node.names}
+    assert seen == e2vpt._EXPORTS
