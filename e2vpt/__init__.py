@@ -26,6 +26,10 @@ _EXPORTS = {
     "RunDir": "e2vpt.runs", "list_runs": "e2vpt.runs",
     "load_run_model": "e2vpt.training.build", "load_run_splits": "e2vpt.training.build",
     "evaluate_run": "e2vpt.training.build",
+    # a trained run used outside the studio
+    "export_adapter": "e2vpt.deploy.adapter", "load_adapter": "e2vpt.deploy.adapter",
+    "open_predictor": "e2vpt.deploy.predict", "find_images": "e2vpt.deploy.predict",
+    "predict_files": "e2vpt.deploy.predict",
     # pruning, as a run does it
     "score_importance": "e2vpt.models.pruning", "rewind": "e2vpt.models.pruning",
     # what the app's pages show, as functions of a run folder
@@ -61,6 +65,8 @@ if TYPE_CHECKING:  # what editors and type checkers see; at run time the names l
     from .analysis.hyperbolic import to_poincare
     from .analysis.pruning_views import importance_maps, pruning_trajectory
     from .config import TrainConfig, preset
+    from .deploy.adapter import export_adapter, load_adapter
+    from .deploy.predict import find_images, open_predictor, predict_files
     from .errors import BackboneError, ConfigError, DataError, RunDirError, UserError
     from .models.pruning import rewind, score_importance
     from .runs import RunDir, list_runs

@@ -3,6 +3,8 @@
 train    train one method into a run directory (or --resume one)
 eval     re-evaluate a saved run
 runs     list the runs under a folder
+predict  class probabilities of image files, from a run (any finished round) or an adapter
+export   a run's round as an adapter folder (peft's layout; --format onnx adds model.onnx)
 sweep    train many settings, methods and seeds on Ray Tune into one sweep folder;
          sweep export SWEEP / sweep open FILE: a finished sweep as one evidence file, and back
 settings print every training setting (docs/SETTINGS.md)
@@ -21,6 +23,7 @@ from pathlib import Path
 from .config import (GROUPS, TrainConfig, bounds_text, default_text, flag, kind, load_config_file, meta, settings,
                      settings_markdown)
 from .errors import Cancelled, RunDirError, UserError
+from .roots import run_argument
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,16 +71,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     values = load_config_file(args.config) if args.config else {}
     values.update(given_settings(args))
     return TrainConfig.from_dict(values)
-
-
-def run_argument(value: str) -> Path:
-    """A run named on the command line: a folder path, or the id of a run under the runs root."""
-    from .runs import runs_root
-
-    path = Path(value).expanduser()
-    if not path.exists() and len(path.parts) == 1 and (runs_root() / value).is_dir():
-        return runs_root() / value
-    return path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -292,6 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("settings", help="print every training setting as a markdown table (docs/SETTINGS.md)")
     p.set_defaults(func=lambda args: print(settings_markdown()))
+    from .deploy.commands import add_export_arguments, add_predict_arguments, cmd_export, cmd_predict
+
+    p = sub.add_parser("predict", help="class probabilities of image files, from a run or an adapter")
+    add_predict_arguments(p)
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("export", help="a run's round as an adapter folder to share (and, --format onnx, to deploy)")
+    add_export_arguments(p)
+    p.set_defaults(func=cmd_export)
     from .demo_backbone import add_pretrain_arguments, run_pretrain
 
     p = sub.add_parser("pretrain", help="pretrain the shipped demo backbone")

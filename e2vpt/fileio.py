@@ -8,6 +8,7 @@ one whole line per write; a torn last line (a crash mid-append) is skipped on re
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
@@ -78,6 +79,17 @@ def atomic_save_safetensors(path: str | Path, tensors: dict[str, torch.Tensor], 
     data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
                 metadata={k: str(v) for k, v in (metadata or {}).items()})
     atomic_write_bytes(path, data, previous)
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: one digest of a state dict,
+    however it was saved (a checkpoint's check on read, an adapter's record of its backbone)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def is_disk_full(exc: BaseException) -> bool:

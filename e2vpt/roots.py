@@ -25,6 +25,14 @@ def runs_root() -> Path:
     return root
 
 
+def run_argument(value: str) -> Path:
+    """A run named on the command line: a folder path, or the id of a run under the runs root."""
+    path = Path(value).expanduser()
+    if not path.exists() and len(path.parts) == 1 and (runs_root() / value).is_dir():
+        return runs_root() / value
+    return path
+
+
 def data_root() -> Path:
     """The folder user datasets and weights files must live in (not created: it may not exist)."""
     return Path(os.environ.get(DATA_ROOT_ENV) or "data").expanduser().resolve()

@@ -84,6 +84,8 @@ class PromptTuned(nn.Module, ABC):
 
     def train(self, mode: bool = True) -> "PromptTuned":
         """Backbone dropout/drop-path stay off (eval mode) whatever the phase, as docs/E2VPT-SPEC.md section 3 says."""
+        if mode and getattr(self, "fixed_prompts", None) is not None:
+            raise RuntimeError("this model's prompts were fixed for inference (fix_prompts); it cannot train")
         super().train(mode)
         self.backbone.eval()
         return self
@@ -240,6 +242,10 @@ class PromptTuned(nn.Module, ABC):
         t = self.tuned
         if t.visual is None:
             return None
+        fixed = getattr(self, "fixed_prompts", None)
+        if fixed is not None and token_gate is None and segment_gate is None:
+            prompts = getattr(fixed, f"set_{layer}")
+            return None if prompts is None else prompts.unsqueeze(0).expand(batch, -1, -1)
         kept = self.tokens_in_sequence(layer)
         if kept.numel() == 0:
             return None
@@ -258,6 +264,34 @@ class PromptTuned(nn.Module, ABC):
         if segment_gate is not None:
             prompts = prompts * segment_gate[:, layer][:, kept][:, :, channel_segment]
         return self.prompt_dropout(prompts)
+
+    @torch.no_grad()
+    def fix_prompts(self) -> "PromptTuned":
+        """Compute once, as buffers, the prompts each layer reads at inference; returns the model.
+
+        For a model that will only predict (ONNX export, inference timing): the forward then holds no
+        step whose shape depends on the masks' values (which tokens survive), so `torch.export` sees
+        a static graph, and no step reads the masks back from the device. Call it after the last
+        change to the prompts or masks. The model is left in eval mode and cannot train again (`train()`
+        refuses), so the fixed copy can never go stale."""
+        self.eval()
+        fixed = nn.Module()
+        for layer in range(self.prompt_sets if self.tuned.visual is not None else 0):
+            prompts = self._layer_prompts(layer, 1, None, None)
+            fixed.register_buffer(f"set_{layer}", None if prompts is None else prompts[0].clone(), persistent=False)
+        self.fixed_prompts = fixed
+        return self
+
+    def visual_prompt_masks(self) -> dict[str, torch.Tensor]:
+        """{name in `tuned_state`: bool mask of the same shape}, True where a visual-prompt value survives
+        pruning: what a compact copy of the prompts keeps (`e2vpt.deploy.adapter`)."""
+        visual = self.tuned.visual
+        if visual is None:
+            return {}
+        masks = [self.channel_mask(layer).bool() for layer in range(len(visual))]
+        if isinstance(visual, nn.Parameter):
+            return {"tuned.visual": torch.stack(masks)}
+        return {f"tuned.visual.{layer}": mask for layer, mask in enumerate(masks)}
 
     def gate_values(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image gates holding the current mask values, (B, prompt layers, p) and (B, prompt layers, p, R):

@@ -15,7 +15,6 @@ this module knows that layout: the trainer hands it plain values and gets a `Che
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open
 
-from ..fileio import atomic_save_safetensors, json_safe
+from ..fileio import atomic_save_safetensors, json_safe, tensors_sha256
 from ..models.pruning import Importance
 from ..runs import RunDir
 
@@ -104,16 +103,6 @@ class Checkpoint:
 FORMAT = "e2vpt-checkpoint/2"
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def save_checkpoint(run: RunDir, *, phase: int, epochs_done: int, model_state: dict, best: dict, rounds: list,
                     wall_s: float, units_done: int, pending=None, optimizer=None, scheduler=None) -> None:
     """Write the checkpoint (one file, atomically; the one it replaces becomes the previous one).
@@ -131,7 +120,7 @@ def save_checkpoint(run: RunDir, *, phase: int, epochs_done: int, model_state: d
         tensors.update(opt_tensors)
         meta["scheduler"] = scheduler.state_dict()
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    metadata = {"format": FORMAT, "state": json.dumps(json_safe(meta)), "sha256": _digest(tensors)}
+    metadata = {"format": FORMAT, "state": json.dumps(json_safe(meta)), "sha256": tensors_sha256(tensors)}
     atomic_save_safetensors(run.checkpoint_file, tensors, metadata, previous=run.checkpoint_prev_file)
     run.checkpoint_meta_file.unlink(missing_ok=True)  # the two-file layout of older versions
 
@@ -177,7 +166,7 @@ def _read_one(path: Path, legacy_meta: Path | None = None) -> Checkpoint:
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"it cannot be read ({exc})") from None
     if metadata.get("format") == FORMAT:
-        if _digest(tensors) != metadata.get("sha256"):
+        if tensors_sha256(tensors) != metadata.get("sha256"):
             raise CheckpointError("its tensors do not match their digest (the file was altered or damaged)")
         try:
             meta = json.loads(metadata.get("state", ""))
