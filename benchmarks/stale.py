@@ -32,6 +32,7 @@ BLOCKS = {"ablation": ("ablation_demo", "ablation_demo.csv"),
           "sweep_overhead": ("sweep_overhead", "sweep_overhead.csv"),
           "input_pipeline": ("input_pipeline", "input_pipeline.csv"),
           "precision": ("precision", "precision.csv"),
+          "inference": ("inference", "inference.csv"),
           "sweeps_page": ("sweeps_page", "sweeps_page.csv"),
           "embeddings_open": ("embeddings_open", "embeddings_open.csv"),
           "embeddings_compare": ("embeddings_open", "embeddings_compare.csv")}

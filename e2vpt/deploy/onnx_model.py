@@ -11,6 +11,7 @@ import contextlib
 import copy
 import io
 import os
+import re
 import tempfile
 import warnings
 from pathlib import Path
@@ -27,21 +28,22 @@ TOLERANCE = 1e-4  # the largest |logit difference| between PyTorch and onnxrunti
 MAX_BATCH = 4096
 
 
-def export_onnx(model: PromptTuned, rule: ImageRule, path: str | Path) -> int:
-    """Write `model` as ONNX at `path` (whole or not at all) and return its size in bytes.
+def export_onnx(model: torch.nn.Module, rule: ImageRule, path: str | Path, threads: int | None = None) -> int:
+    """Write `model` (a prompted model, or any image classifier such as a bare backbone) as ONNX at
+    `path`, whole or not at all, and return its size in bytes.
 
     The file is kept only when onnxruntime, run on a batch of 3, gives PyTorch's logits within
     `TOLERANCE`; otherwise `UserError` says by how much they differ.
     """
-    import onnxruntime
-
     from ..models.swin import PromptedSwin
 
     if isinstance(model, PromptedSwin):  # measured: onnxscript 0.7.2 cannot translate its 5-D attention
         raise UserError("ONNX export supports ViT backbones; on Swin, torch.onnx cannot translate the windowed "
                         "attention with its per-window mask (5-D scaled_dot_product_attention); export the adapter")
     path = Path(path)
-    model = copy.deepcopy(model).cpu().fix_prompts()
+    model = copy.deepcopy(model).cpu().eval()
+    if isinstance(model, PromptTuned):
+        model.fix_prompts()
     example = torch.randn(2, 3, rule.size, rule.size, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -51,12 +53,11 @@ def export_onnx(model: PromptTuned, rule: ImageRule, path: str | Path) -> int:
             warnings.simplefilter("ignore")  # the exporter's notes on its own internals
             try:
                 torch.onnx.export(model, (example,), tmp, dynamo=True, input_names=["images"],
-                                  output_names=["logits"], dynamic_shapes={"images": {0: batch}}, external_data=False)
+                                  output_names=["logits"], dynamic_shapes=({0: batch},), external_data=False)
             except Exception as exc:  # the exporter raises its own many kinds, with pages of context
-                first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-                raise UserError(f"torch.onnx could not export this model: {first[:300]}") from None
+                raise UserError(f"torch.onnx could not export this model: {_summary(exc)}") from None
         check = torch.randn(3, 3, rule.size, rule.size, generator=torch.Generator().manual_seed(1))
-        session = onnxruntime.InferenceSession(tmp, providers=["CPUExecutionProvider"])
+        session = onnx_session(tmp, threads)
         theirs = session.run(None, {"images": check.numpy()})[0]
         with torch.no_grad():
             ours = model(check).numpy()
@@ -68,3 +69,20 @@ def export_onnx(model: PromptTuned, rule: ImageRule, path: str | Path) -> int:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path.stat().st_size
+
+
+def _summary(exc: Exception) -> str:
+    """The line of the exporter's long message that names the cause (its "Exception summary")."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    cause = next((line for line in lines if line.startswith("<class")), None)
+    return (cause or next((line for line in lines if line), type(exc).__name__))[:300]
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session of `path`, with `threads` intra-op threads (default: onnxruntime's)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
