@@ -8,7 +8,8 @@ builds the frozen backbone, linear, full, VPT-deep and E2VPT before pruning and 
 default rounds. Masks are drawn as the default schedule prunes (the counts per round exact, the
 positions random: the cost depends on how many tokens remain, not on which). Every model runs with its
 prompts fixed (`fix_prompts`: a static graph, as exported), in one process, the variants alternating
-in every repeat so that a slow moment of the machine hits them all alike.
+in every repeat so that a slow moment of the machine hits them all alike (onnxruntime without its memory
+arena, so that every session can stay open: with arenas, ViT-B's eleven sessions passed 24 GB).
 
 "Expected x" is the sums: the model's multiply-adds over the frozen backbone's (patch embedding,
 every layer's projections and MLP at its sequence length, attention over its keys including key-value
@@ -136,7 +137,7 @@ def measure(name: str, repeats: int, threads: int, tmp: Path, engines: tuple[str
         if "onnx" in engines:
             path = tmp / f"{name}-{prompt_len}-{label.replace(' ', '_')}.onnx"
             export_onnx(model, ImageRule(size, (0.5,) * 3, (0.5,) * 3, "bicubic", "rgb"), path, threads)
-            session = onnx_session(path, threads)
+            session = onnx_session(path, threads, arena=False)  # many sessions at once: no arenas kept
             runners[(label, prompt_len, "onnxruntime")] = lambda x, s=session: s.run(None, {"images": x.numpy()})
     calls1, calls64 = CALLS[name]
     samples = {key: {"b1": [], "b64": []} for key in runners}

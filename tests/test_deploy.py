@@ -77,7 +77,7 @@ def test_predict_gives_the_runs_own_predictions_on_its_test_images(run, test_ima
     for i, row in enumerate(rows):
         assert [t["index"] for t in row["top"]] == probs[i].topk(3).indices.tolist()
         assert row["top"][0]["probability"] == pytest.approx(probs[i].max().item(), abs=1e-6)
-        assert row["top"][0]["class"] in out.splitlines()[i]
+        assert out.splitlines()[i].split()[1] == row["top"][0]["class"]  # the table's first class column
     assert f"{TEST_IMAGES} image(s) predicted by run demo, round" in err
 
 
@@ -123,12 +123,40 @@ def test_a_round_that_does_not_exist_and_an_unfinished_run_are_one_line(run, tes
     assert code == 0 and "test00.png" in out
 
 
-def test_an_image_too_large_is_refused_from_its_header(tmp_path):
+def test_an_image_too_large_is_refused_from_its_header(tmp_path, monkeypatch):
     side = int(MAX_PIXELS ** 0.5) + 10
     Image.new("L", (side, side)).save(tmp_path / "huge.png")
     rule = ImageRule(32, (0.5,) * 3, (0.5,) * 3, "bicubic", "rgb")
+    decoded = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(self))
     with pytest.raises(UserError, match="more than the 50,000,000 read here"):
         read_image(str(tmp_path / "huge.png"), rule)
+    assert not decoded  # refused from the header: the pixels were never decoded
+
+
+def test_bad_options_are_refused_before_anything_is_loaded(run, test_images, capsys, tmp_path):
+    for argv, says in ((["--batch-size", 0], "--batch-size must be 1 to"), (["--top-k", 0], "--top-k must be 1"),
+                       (["--out", tmp_path / "p.txt"], "give a .csv or a .json file"),
+                       (["--out", tmp_path / "no" / "p.csv"], "does not exist"),
+                       (["--backbone", "demo"], "--backbone and --weights are for adapters")):
+        code, out, err = cli(capsys, "predict", run, test_images, *argv)
+        assert code == 2 and says in err and not out and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_finished_run_names_its_classes_from_its_summary(run, test_images, capsys, tmp_path):
+    """Its dataset is not read: the names come from summary.json (here rewritten to show it)."""
+    copy_dir = tmp_path / "named"
+    copy_dir.mkdir()
+    for path in run.iterdir():
+        if path.is_file():
+            (copy_dir / path.name).write_bytes(path.read_bytes())
+    summary = json.loads((copy_dir / "summary.json").read_text())
+    assert summary["class_names"] == [str(i) for i in range(10)]
+    summary["class_names"] = list("abcdefghij")
+    (copy_dir / "summary.json").write_text(json.dumps(summary))
+    code, out, err = cli(capsys, "predict", copy_dir, test_images / "test00.png", "--top-k", 10)
+    assert code == 0, err
+    assert sorted(out.split()[1::2]) == list("abcdefghij")
 
 
 def test_file_datasets_preprocess_as_their_decoded_images(tmp_path):
@@ -209,6 +237,16 @@ def test_a_damaged_or_mismatched_adapter_is_one_line(run, tmp_path, capsys):
     (a / "adapter_model.safetensors").write_bytes((tmp_path / "B" / "adapter_model.safetensors").read_bytes())
     with pytest.raises(AdapterError, match="do not belong together"):
         e2vpt.load_adapter(a)
+    good = json.loads((tmp_path / "B" / "adapter_config.json").read_text())
+    for broken, says in (({k: v for k, v in good.items() if k != "token_mask"}, "incomplete or damaged"),
+                         ({**good, "token_mask": [[0.5] * len(good["token_mask"][0])] * len(good["token_mask"])},
+                          "not 0/1 token and segment masks"),
+                         ({**good, "token_mask": "all"}, "not lists of 0/1 values"),
+                         ({**good, "base_model": {**good["base_model"], "params": "many", "sha256": "0"}},
+                          "a backbone of 1,804,608 parameters")):
+        (a / "adapter_config.json").write_text(json.dumps(broken))
+        with pytest.raises(UserError, match=says):
+            e2vpt.load_adapter(a)
     (a / "adapter_config.json").write_bytes(b'{"format": \xff}')
     with pytest.raises(AdapterError, match="is not valid JSON"):
         e2vpt.load_adapter(a)
@@ -219,17 +257,35 @@ def test_a_damaged_or_mismatched_adapter_is_one_line(run, tmp_path, capsys):
         e2vpt.load_adapter(tmp_path / "nowhere")
 
 
-def test_export_never_overwrites_a_folder_of_other_things(run, tmp_path, capsys):
+def test_export_never_overwrites_a_folder_of_other_things(run, tmp_path, capsys, monkeypatch):
     other = tmp_path / "photos"
     other.mkdir()
     (other / "holiday.jpg").write_bytes(b"precious")
     code, _, err = cli(capsys, "export", run, "--out", other)
     assert code == 2 and "is not an adapter folder" in err
     assert sorted(os.listdir(other)) == ["holiday.jpg"] and (other / "holiday.jpg").read_bytes() == b"precious"
-    assert [p.name for p in tmp_path.iterdir()] == ["photos"]  # no temporary folder left beside it
+    lora = tmp_path / "lora"  # another library's adapter: same file name, not ours
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    assert cli(capsys, "export", run, "--out", lora)[0] == 2 and (lora / "adapter_config.json").is_file()
+    monkeypatch.chdir(tmp_path / "photos")
+    for here in (".", ".."):
+        code, _, err = cli(capsys, "export", run, "--out", here)
+        assert code == 2 and "the current folder or one above it" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lora", "photos"]  # nothing written beside them
+
     assert cli(capsys, "export", run, "--out", tmp_path / "A")[0] == 0
     assert cli(capsys, "export", run, "--out", tmp_path / "A", "--round", 0)[0] == 0  # an adapter is replaced
     assert json.loads((tmp_path / "A" / "adapter_config.json").read_text())["run"]["round"] == 0
+
+    def failing(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("e2vpt.deploy.onnx_model.export_onnx", failing)
+    code, _, err = cli(capsys, "export", run, "--out", tmp_path / "A", "--format", "onnx")
+    assert code == 2 and "No space left on device" in err
+    assert json.loads((tmp_path / "A" / "adapter_config.json").read_text())["run"]["round"] == 0  # kept whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A", "lora", "photos"]  # no half-built folder left
 
 
 def random_pruning(model, generator):
@@ -241,11 +297,12 @@ def random_pruning(model, generator):
 
 
 @pytest.mark.parametrize("family", ["vit", "swin"])
-@pytest.mark.parametrize("method,options", [
-    ("linear", {}), ("full", {}), ("vpt-shallow", {}), ("vpt-deep", {}), ("e2vpt", {}),
-    ("e2vpt", {"pruned_tokens": "zero", "train_masks": True, "kv_shared": True}),
+@pytest.mark.parametrize("method,options,pruned", [
+    ("linear", {}, False), ("full", {}, False), ("vpt-shallow", {}, False), ("vpt-deep", {}, False),
+    ("e2vpt", {}, True), ("e2vpt", {"pruned_tokens": "zero", "train_masks": True, "kv_shared": True}, True),
+    ("e2vpt", {"train_masks": True}, False),  # round 0 of the official recipe: trained mask values stored
 ])
-def test_every_method_and_family_round_trips_through_an_adapter(family, method, options, tmp_path):
+def test_every_method_and_family_round_trips_through_an_adapter(family, method, options, pruned, tmp_path):
     base = tiny_vit() if family == "vit" else tiny_swin()
     settings = TrainConfig(method=method, prompt_len=4, kv_len=2, segments=4, **options)
     model = build_model(settings, copy.deepcopy(base), 3)
@@ -253,7 +310,7 @@ def test_every_method_and_family_round_trips_through_an_adapter(family, method, 
     with torch.no_grad():
         for _, p in model.trainable_named_parameters():
             p.add_(torch.randn(p.shape, generator=generator))
-    if settings.spec.prune:
+    if pruned:
         random_pruning(model, generator)
         model.train_mask_values(False)
     size = 8 if family == "vit" else 32
@@ -263,11 +320,61 @@ def test_every_method_and_family_round_trips_through_an_adapter(family, method, 
                       data_source="made here", backbone_sha256=tensors_sha256(base.state_dict()),
                       device=torch.device("cpu"))
     write_adapter(trained, tmp_path / "A")
+    stored = load_file(str(tmp_path / "A" / "adapter_model.safetensors"))
+    assert not [name for name in stored if name.startswith("tuned.visual") and not name.endswith(".kept")]
+    assert sum(t.numel() for name, t in stored.items() if name.endswith(".kept")) == model.kept_prompt_entries()
+    assert ("tuned.token_mask_value" in stored) == (options.get("train_masks", False) and not pruned)
     loaded = e2vpt.load_adapter(tmp_path / "A", backbone=copy.deepcopy(base))
     x = torch.randn(4, 3, size, size, generator=generator)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
     assert loaded.tuned_param_count() == model.tuned_param_count()
+
+
+def adapter_of(settings, base, folder, classes=3):
+    """An adapter of a model built on `base` with `settings`, its tuned values drawn at random."""
+    model = build_model(settings, copy.deepcopy(base), classes)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for _, p in model.trainable_named_parameters():
+            p.add_(torch.randn(p.shape, generator=generator))
+    trained = Trained(model=model.eval(), config=settings, class_names=[str(i) for i in range(classes)],
+                      rule=ImageRule(32, (0.5,) * 3, (0.5,) * 3, "bilinear", "gray"), round=0,
+                      record={"val_acc": 0.5, "test_acc": 0.4}, run_id="r", rounds=1, summary=None,
+                      data_source="made here", backbone_sha256=tensors_sha256(base.state_dict()),
+                      device=torch.device("cpu"))
+    write_adapter(trained, folder)
+    return model
+
+
+def test_a_backbone_named_is_rebuilt_as_the_run_built_it(tmp_path):
+    """By name: a local weights file must be given again (its path is not carried); a random-init backbone
+    (--no-pretrained) is drawn again from the run's seed."""
+    from safetensors.torch import save_file
+
+    from e2vpt.models.backbones import create_backbone
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    own = create_backbone("demo", pretrained=False)
+    save_file(own.state_dict(), str(tmp_path / "mine.safetensors"))
+    settings = TrainConfig(method="e2vpt", backbone="demo", weights=str(tmp_path / "mine.safetensors"))
+    model = adapter_of(settings, own, tmp_path / "W")
+    config = json.loads((tmp_path / "W" / "adapter_config.json").read_text())
+    assert config["settings"]["weights"] is None and config["base_model"]["weights_file"] == "mine.safetensors"
+    with pytest.raises(BackboneError, match="with the weights file mine.safetensors; pass that file"):
+        e2vpt.load_adapter(tmp_path / "W")
+    with torch.no_grad():
+        assert torch.equal(e2vpt.load_adapter(tmp_path / "W", weights=tmp_path / "mine.safetensors")(x), model(x))
+
+    settings = TrainConfig(method="vpt-deep", backbone="demo", pretrained=False, seed=7)
+    torch.manual_seed(7)
+    drawn = create_backbone("demo", pretrained=False)
+    model = adapter_of(settings, drawn, tmp_path / "R")
+    state = torch.random.get_rng_state()
+    loaded = e2vpt.load_adapter(tmp_path / "R")
+    assert torch.equal(torch.random.get_rng_state(), state)  # loading leaves the caller's random numbers alone
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
 
 
 # --------------------------------------------------------------------------------------------------

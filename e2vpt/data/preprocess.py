@@ -17,13 +17,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from e2vpt.data.builtin import BUILTIN_DESCRIPTIONS
 from e2vpt.data.common import resize_to_uint8
+from e2vpt.data.decoded import decode_square
 from e2vpt.data.images import image_problem
 from e2vpt.data.pipeline import normalise
 from e2vpt.errors import DataError
 
 GRAY_DATASETS = ("digits", "fashion-mnist")  # built in as one channel, replicated to three
-BUILTIN_RESIZE = ("digits", "fashion-mnist", "dsprites-loc", "dsprites-ori", "clevr-count")
+BUILTIN_DATASETS = tuple(BUILTIN_DESCRIPTIONS)  # resized bilinearly from their small native size
 MAX_PIXELS = 50_000_000  # an image's width x height, read from its header before it is decoded
 MAX_SIZE = 4096  # the largest square side a rule may ask for
 
@@ -60,18 +62,18 @@ class ImageRule:
 def image_rule(dataset: str, size: int, mean, std) -> ImageRule:
     """The rule of a run on `dataset` (a canonical name) with its backbone's size and normalisation."""
     return ImageRule(size=int(size), mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
-                     resize="bilinear" if dataset in BUILTIN_RESIZE else "bicubic",
+                     resize="bilinear" if dataset in BUILTIN_DATASETS else "bicubic",
                      channels="gray" if dataset in GRAY_DATASETS else "rgb")
 
 
 def square_pixels(image: Image.Image, rule: ImageRule) -> torch.Tensor:
     """A PIL image as uint8 `(1|3, size, size)`, resized the way the run's dataset resized its own."""
+    if rule.resize == "bicubic" and rule.channels == "rgb":  # the decoded cache's own resize
+        return torch.from_numpy(decode_square(image, rule.size, read=lambda same: same)).permute(2, 0, 1).contiguous()
     image = image.convert("L" if rule.channels == "gray" else "RGB")
     if rule.resize == "bicubic":
-        if image.size != (rule.size, rule.size):
-            image = image.resize((rule.size, rule.size), Image.BICUBIC)
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8))
-        return pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1).contiguous()
+        image = image.resize((rule.size, rule.size), Image.BICUBIC) if image.size != (rule.size,) * 2 else image
+        return torch.from_numpy(np.array(image, dtype=np.uint8)).unsqueeze(0)
     pixels = torch.from_numpy(np.array(image, dtype=np.float32) / 255.0)
     pixels = pixels.unsqueeze(0) if pixels.ndim == 2 else pixels.permute(2, 0, 1)
     return resize_to_uint8(pixels.unsqueeze(0), rule.size)[0]

@@ -1,6 +1,7 @@
-"""A trained run as an adapter that anyone with the same backbone can load: peft's layout, E2VPT's pruning.
+"""A trained run as an adapter that anyone with the same backbone can load: peft-style files, E2VPT's pruning.
 
-`export_adapter(run, out)` writes a folder in the ecosystem's convention (peft's `save_pretrained`):
+`export_adapter(run, out)` writes a folder with the file names of the ecosystem's convention (peft's
+`save_pretrained`; it is loaded by `load_adapter`, not by peft, which knows no E2VPT):
 - `adapter_config.json`: what to build and what to check. The backbone's name and the sha256 of its
   weights, the run's settings (method, recipe, prompt lengths...), the pruning masks and the prompt
   shapes after pruning, the class names, the preprocessing, the accuracies and the project version;
@@ -39,6 +40,7 @@ from .trained import Trained, open_trained
 
 FORMAT = "e2vpt-adapter/1"
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "adapter_config.json", "adapter_model.safetensors", "README.md"
+OWN_FILES = (CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, "model.onnx")  # what an adapter folder may hold
 MAX_CONFIG_BYTES = 32 * 2**20  # masks of ViT-L with 200 tokens x 16 segments are under 1 MiB of JSON
 MAX_WEIGHTS_BYTES = 8 * 2**30  # a `full` adapter carries a whole backbone (ViT-H: 2.5 GB)
 MAX_CLASSES = 100_000
@@ -79,7 +81,8 @@ def adapter_config(trained: Trained) -> dict:
     """adapter_config.json of `trained` (see the module's docstring)."""
     config, model, record = trained.config, trained.model, trained.record
     produced = (trained.summary or {}).get("produced_by", {})
-    settings = {**config.to_dict(), "data_root": None, "extra": {}}  # a local folder means nothing elsewhere
+    # local paths mean nothing elsewhere: the weights file is recorded by name (base_model) and by digest
+    settings = {**config.to_dict(), "data_root": None, "weights": None, "extra": {}}
     return {
         "format": FORMAT,
         "e2vpt_version": __version__,
@@ -125,15 +128,29 @@ def export_adapter(run_dir: str | Path, out: str | Path, round_index: int | None
     """Write the adapter of a run's round (default: the round it reports) into the folder `out`.
 
     Returns {"folder", "config", "bytes", "unpruned_bytes", "onnx_bytes"} (see `write_adapter`)."""
-    out = Path(out).expanduser()
-    _check_out(out)  # before the run is loaded: a wrong --out costs nothing
+    out = _check_out(out)  # before the run is loaded: a wrong --out costs nothing
     return write_adapter(open_trained(run_dir, round_index, device="cpu"), out, onnx)
 
 
-def _check_out(out: Path) -> None:
-    if out.is_symlink() or (out.exists() and (not out.is_dir() or
-                                              (any(out.iterdir()) and not (out / CONFIG_FILE).is_file()))):
-        raise AdapterError(f"{out} exists and is not an adapter folder; give --out a new or empty folder")
+def _check_out(out: str | Path) -> Path:
+    """`out` resolved, or `AdapterError`: it may be new, an empty folder, or an adapter this project wrote
+    holding only its own files (replaced), never the current folder, one above it, or anything else."""
+    out = Path(out).expanduser().resolve()
+    here = Path.cwd().resolve()
+    if out == here or out in here.parents:
+        raise AdapterError(f"--out {out} is the current folder or one above it; give a new folder for the adapter")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise AdapterError(f"{out} exists and is not a folder; give --out a new or empty folder")
+    if out.is_dir() and any(out.iterdir()):
+        names = {p.name for p in out.iterdir()}
+        try:
+            ours = json.loads((out / CONFIG_FILE).read_text()).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours or not names <= set(OWN_FILES):
+            raise AdapterError(f"{out} exists and is not an adapter folder written by e2vpt (with nothing else in "
+                               "it); give --out a new or empty folder")
+    return out
 
 
 def write_adapter(trained: Trained, out: str | Path, onnx: bool = False) -> dict:
@@ -146,11 +163,13 @@ def write_adapter(trained: Trained, out: str | Path, onnx: bool = False) -> dict
     """
     from .card import model_card
 
-    out = Path(out).expanduser()
-    _check_out(out)
+    out = _check_out(out)
     config = adapter_config(trained)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        build = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise AdapterError(f"cannot write beside {out}: {exc.strerror or exc}") from None
     try:
         weights = save(compact_state(trained.model), metadata={"format": FORMAT})
         atomic_write_bytes(build / WEIGHTS_FILE, weights)
@@ -164,9 +183,16 @@ def write_adapter(trained: Trained, out: str | Path, onnx: bool = False) -> dict
         atomic_write_json(build / CONFIG_FILE, config)
         atomic_write_bytes(build / CARD_FILE, model_card(config).encode())
         _shareable(build)
-        if out.exists():
-            shutil.rmtree(out)
+        old = None
+        if out.exists():  # the adapter it replaces moves aside first: a crash leaves one of the two whole
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            os.replace(out, old / out.name)
         os.replace(build, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        shutil.rmtree(build, ignore_errors=True)
+        raise AdapterError(f"cannot write the adapter {out}: {exc.strerror or exc}") from None
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
@@ -198,11 +224,26 @@ def read_adapter_config(folder: str | Path) -> dict:
               and isinstance(config["settings"], dict))
         config["rule"] = ImageRule.from_dict(config["preprocessing"])
         config["train_config"] = TrainConfig.from_dict(config["settings"])
+        config["masks"] = _masks(config["token_mask"], config["segment_mask"])
     except (KeyError, TypeError, UserError) as exc:
         raise AdapterError(f"{path} is incomplete or damaged ({str(exc)[:200]}); export the adapter again") from None
     if not ok:
         raise AdapterError(f"{path} is incomplete or damaged (class names or base model); export the adapter again")
     return config
+
+
+def _masks(token, segment) -> tuple[torch.Tensor, torch.Tensor]:
+    """The recorded masks as tensors: 0/1 values, (layers, p) and (layers, p, R); `AdapterError` otherwise
+    (other values would silently change the model)."""
+    try:
+        token, segment = torch.tensor(token, dtype=torch.float32), torch.tensor(segment, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise AdapterError("the masks recorded are not lists of 0/1 values") from None
+    if (token.ndim != 2 or segment.ndim != 3 or segment.shape[:2] != token.shape
+            or not bool(((token == 0) | (token == 1)).all()) or not bool(((segment == 0) | (segment == 1)).all())):
+        raise AdapterError(f"the masks recorded ({tuple(token.shape)}, {tuple(segment.shape)}) are not 0/1 token and "
+                           "segment masks of one prompt layout")
+    return token, segment
 
 
 def _base_backbone(config: dict, settings: TrainConfig, backbone, weights) -> nn.Module:
@@ -212,9 +253,10 @@ def _base_backbone(config: dict, settings: TrainConfig, backbone, weights) -> nn
     if backbone is not None and not isinstance(backbone, str):
         raise AdapterError(f"backbone must be a timm model or its name, not {type(backbone).__name__}")
     name = backbone or config["base_model"]["name"]
-    if weights is None and settings.weights and name == settings.backbone:
-        raise BackboneError(f"this adapter was trained on {settings.backbone} with the weights file "
-                            f"{config['base_model']['weights_file']}; pass that file as weights=...")
+    weights_file = config["base_model"].get("weights_file")
+    if weights is None and weights_file and name == settings.backbone:
+        raise BackboneError(f"this adapter was trained on {settings.backbone} with the weights file {weights_file}; "
+                            "pass that file (weights=..., or --weights)")
     torch.manual_seed(settings.seed)  # a random-init backbone (--no-pretrained) is drawn from the run's seed
     return create_backbone(name, pretrained=settings.pretrained, weights=weights, img_size=settings.img_size,
                            global_pool=settings.global_pool)
@@ -249,14 +291,20 @@ def load_adapter(folder: str | Path, backbone: str | nn.Module | None = None, we
     config = read_adapter_config(folder)
     settings: TrainConfig = config.pop("train_config")
     rule = config.pop("rule")
-    with torch.random.fork_rng(devices=[]):  # building draws initial values; the caller's RNG stays as it was
+    masks = config.pop("masks")
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):  # building draws initial values; the caller's RNG stays as it was
         base = _base_backbone(config, settings, backbone, weights)
         digest = tensors_sha256(base.state_dict())
         if digest != config["base_model"]["sha256"]:
             count = sum(p.numel() for p in base.parameters())
             expected = config["base_model"].get("params")
-            what = f"{count:,} parameters where the adapter's has {expected:,}" if count != expected else \
-                "the same shapes but other weights"
+            if type(expected) is not int:
+                what = f"a backbone of {count:,} parameters"
+            elif count != expected:
+                what = f"{count:,} parameters where the adapter's has {expected:,}"
+            else:
+                what = "the same shapes but other weights"
             raise BackboneError(f"this backbone is not the one the adapter was trained on ({what}; sha256 "
                                 f"{digest[:12]} where {config['base_model']['name']}'s is "
                                 f"{config['base_model']['sha256'][:12]})")
@@ -264,12 +312,12 @@ def load_adapter(folder: str | Path, backbone: str | nn.Module | None = None, we
             model = build_model(settings, base, len(config["dataset"]["class_names"]))
         except ConfigError as exc:
             raise AdapterError(f"{folder / CONFIG_FILE}: {exc}") from None
-    _load_tensors(model, folder, config)
+    _load_tensors(model, folder, masks)
     model.adapter_config = {**config, "preprocessing": rule.to_dict()}
     return model.to(torch.device(device)).eval()
 
 
-def _load_tensors(model: PromptTuned, folder: Path, config: dict) -> None:
+def _load_tensors(model: PromptTuned, folder: Path, recorded: tuple[torch.Tensor, torch.Tensor]) -> None:
     """Install the masks and the stored tensors, refusing a file that does not match its config."""
     path = folder / WEIGHTS_FILE
     if not path.is_file():
@@ -278,10 +326,9 @@ def _load_tensors(model: PromptTuned, folder: Path, config: dict) -> None:
         raise AdapterError(f"{path} is {path.stat().st_size:,} bytes, more than an adapter can be")
     try:
         stored = load_file(str(path))
-        token_mask = torch.tensor(config["token_mask"], dtype=torch.float32)
-        segment_mask = torch.tensor(config["segment_mask"], dtype=torch.float32)
-    except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        raise AdapterError(f"{path} or its masks cannot be read ({str(exc)[:200]}); export the adapter again") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterError(f"{path} cannot be read ({str(exc)[:200]}); export the adapter again") from None
+    token_mask, segment_mask = recorded
     t = model.tuned
     if token_mask.shape != t.token_mask.shape or segment_mask.shape != t.segment_mask.shape:
         raise AdapterError(f"the masks in {CONFIG_FILE} are {tuple(token_mask.shape)} and "

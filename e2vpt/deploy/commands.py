@@ -41,8 +41,9 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Exit 0 when every image was predicted, 1 when some were skipped (each named on stderr)."""
     from .adapter import CONFIG_FILE
-    from .predict import find_images, open_predictor, predict_files, table, write_predictions
+    from .predict import check_request, find_images, open_predictor, predict_files, table, write_predictions
 
+    check_request(args.top_k, args.batch_size, args.out)
     paths, problems = find_images(args.images)
     for what, why in problems:
         print(f"skipped {what}: {why}", file=sys.stderr)

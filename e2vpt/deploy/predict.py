@@ -18,13 +18,14 @@ from typing import Callable, Iterable
 
 import torch
 
+from ..data.folders import IMG_EXTENSIONS
 from ..data.preprocess import ImageRule, read_image
 from ..errors import DataError, UserError
 from ..fileio import atomic_write_bytes
 from ..training.build import autocast_for, resolve_device
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MAX_IMAGES = 100_000  # images one command predicts; more is refused before any is read
+MAX_ENTRIES = 1_000_000  # files and folders looked at while searching folders and patterns
 MAX_BATCH = 4096
 
 
@@ -65,6 +66,9 @@ def open_predictor(source: str | Path, round_index: int | None = None, device: s
         config = model.adapter_config
         return Predictor(model, ImageRule.from_dict(config["preprocessing"]), config["dataset"]["class_names"], dev,
                          config["settings"].get("precision", "fp32"), f"adapter {source}")
+    if backbone is not None or weights is not None:
+        raise UserError(f"{source} is a run: it is predicted with the backbone it trained on; --backbone and "
+                        "--weights are for adapters")
     from .trained import open_trained
 
     trained = open_trained(source, round_index, device=str(dev))
@@ -73,10 +77,15 @@ def open_predictor(source: str | Path, round_index: int | None = None, device: s
 
 
 def find_images(specs: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """(image files, [(what, why not)]) for files, folders (searched recursively) and glob patterns.
+    """(image files, [(what, why not)]) for files, folders (searched recursively, hidden ones skipped) and
+    glob patterns. Bounded as it goes: more than `MAX_IMAGES` images, or more than `MAX_ENTRIES` entries
+    looked at, is a `UserError` before any image is read."""
+    found, problems, seen, looked = [], [], set(), [0]
 
-    Stops with a `UserError` as soon as more than `MAX_IMAGES` are found, before reading any."""
-    found, problems, seen = [], [], set()
+    def count_entry() -> None:
+        looked[0] += 1
+        if looked[0] > MAX_ENTRIES:
+            raise UserError(f"more than {MAX_ENTRIES:,} files and folders searched; name the images more precisely")
 
     def add(path: str) -> None:
         if path not in seen:
@@ -90,24 +99,46 @@ def find_images(specs: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]
         if path.is_dir():
             count = len(found)
             for folder, dirs, files in os.walk(path):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(files):
-                    if name.lower().endswith(IMAGE_SUFFIXES):
+                    count_entry()
+                    if name.lower().endswith(IMG_EXTENSIONS) and not name.startswith("."):
                         add(os.path.join(folder, name))
             if len(found) == count:
-                problems.append((spec, "a folder with no image files (" + ", ".join(IMAGE_SUFFIXES[:4]) + ", ...)"))
+                problems.append((spec, f"a folder with no image files ({', '.join(IMG_EXTENSIONS[:4])}, ...)"))
         elif path.exists():
             add(str(path))
         elif glob.has_magic(spec):
-            matches = sorted(glob.iglob(os.path.expanduser(spec), recursive=True))
-            files = [m for m in matches if os.path.isfile(m)]
-            for match in files:
+            matched = []
+            for match in glob.iglob(os.path.expanduser(spec), recursive=True):  # lazily: bounded as it goes
+                count_entry()
+                if os.path.isfile(match):
+                    matched.append(match)
+                    if len(matched) > MAX_IMAGES:
+                        raise UserError(f"more than {MAX_IMAGES:,} images given; predict them in several commands")
+            for match in sorted(matched):
                 add(match)
-            if not files:
+            if not matched:
                 problems.append((spec, "no file matches this pattern"))
         else:
             problems.append((spec, "no such file or folder"))
     return found, problems
+
+
+def check_request(top_k: int, batch_size: int, out: str | Path | None) -> None:
+    """Refuse impossible options before anything is loaded or read."""
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise UserError(f"--batch-size must be 1 to {MAX_BATCH}, got {batch_size}")
+    if top_k < 1:
+        raise UserError(f"--top-k must be 1 or more, got {top_k}")
+    if out is not None:
+        out = Path(out).expanduser()
+        if out.suffix.lower() not in (".csv", ".json"):
+            raise UserError(f"--out {out}: give a .csv or a .json file")
+        if out.is_dir():
+            raise UserError(f"--out {out} is a folder; give a .csv or a .json file")
+        if not out.parent.is_dir():
+            raise UserError(f"--out {out}: the folder {out.parent} does not exist")
 
 
 def predict_files(predictor: Predictor, paths: list[str], top_k: int = 5, batch_size: int = 64,
@@ -116,10 +147,7 @@ def predict_files(predictor: Predictor, paths: list[str], top_k: int = 5, batch_
 
     A row: {"image", "top": [{"class", "index", "probability"}, ...] best first}. `progress(done, total)`
     is called after each batch."""
-    if not 1 <= batch_size <= MAX_BATCH:
-        raise UserError(f"--batch-size must be 1 to {MAX_BATCH}, got {batch_size}")
-    if top_k < 1:
-        raise UserError(f"--top-k must be 1 or more, got {top_k}")
+    check_request(top_k, batch_size, None)
     top_k = min(top_k, len(predictor.class_names))
     rows, skipped = [], []
     for start in range(0, len(paths), batch_size):
@@ -157,9 +185,10 @@ def table(rows: list[dict]) -> str:
 def write_predictions(rows: list[dict], out: str | Path) -> Path:
     """The rows as CSV (`image, rank, class, index, probability`, one line per class) or JSON, by `out`'s suffix."""
     out = Path(out).expanduser()
+    check_request(1, 1, out)
     if out.suffix.lower() == ".json":
         data = json.dumps(rows, indent=1).encode()
-    elif out.suffix.lower() == ".csv":
+    else:
         text = io.StringIO()
         writer = csv.writer(text)
         writer.writerow(["image", "rank", "class", "index", "probability"])
@@ -167,9 +196,8 @@ def write_predictions(rows: list[dict], out: str | Path) -> Path:
             for rank, top in enumerate(row["top"], 1):
                 writer.writerow([row["image"], rank, top["class"], top["index"], f"{top['probability']:.6f}"])
         data = text.getvalue().encode()
-    else:
-        raise UserError(f"--out {out}: give a .csv or a .json file")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a .csv or a .json file")
-    atomic_write_bytes(out, data)
+    try:
+        atomic_write_bytes(out, data)
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from None
     return out

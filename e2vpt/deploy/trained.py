@@ -1,6 +1,7 @@
 """A trained model ready to use: a run's model at one of its rounds, with what a user of it needs.
 
-Why one place: `predict` and `export` both pick a round the same way (the round the run reports, or
+Why one place (and not `training.build.load_run_model`, which returns the run's data with it): `predict`
+and `export` both pick a round the same way (the round the run reports, or
 any finished round by its number), both refuse the same bad requests in one line (a run that has not
 finished, a round that does not exist) and both need the class names and the run's preprocessing.
 """
@@ -20,7 +21,7 @@ from ..fileio import tensors_sha256
 from ..models.backbones import data_config
 from ..models.base import PromptTuned
 from ..runs import RunDir, read_tensors
-from ..training.build import autocast_for, build_model_and_splits, resolve_device
+from ..training.build import build_model_and_splits, build_run_model, resolve_device
 
 
 @dataclass
@@ -40,11 +41,6 @@ class Trained:
     data_source: str
     backbone_sha256: str
     device: torch.device
-
-    @property
-    def autocast(self):
-        """The precision the run trained with, as `evaluate_run` uses it (None: fp32)."""
-        return autocast_for(self.device, self.config.precision)
 
 
 def pick_round(run: RunDir, round_index: int | None) -> tuple[int, dict, Path]:
@@ -74,20 +70,29 @@ def pick_round(run: RunDir, round_index: int | None) -> tuple[int, dict, Path]:
 
 
 def open_trained(run_dir: str | Path, round_index: int | None = None, device: str = "cpu") -> Trained:
-    """A run's model at `round_index` (default: the round it reports), on `device`, in eval mode."""
+    """A run's model at `round_index` (default: the round it reports), on `device`, in eval mode.
+
+    A finished run names its classes in its summary, so its dataset is not read; a round of a run still
+    training (or one written before summaries named classes) reads them from its dataset."""
     run = RunDir(run_dir)
     if not run.exists():
         raise RunDirError(f"{run.path} is not a run folder (no config.json)")
     config = TrainConfig.from_dict(run.config())
     round_index, record, weights = pick_round(run, round_index)
     state = read_tensors(weights)
-    model, splits = build_model_and_splits(config, download=False)
+    summary = run.summary()
+    if summary and summary.get("class_names") and len(summary["class_names"]) == summary["num_classes"]:
+        class_names, source = list(summary["class_names"]), summary["data_source"]
+        model = build_run_model(config, len(class_names))
+    else:
+        model, splits = build_model_and_splits(config, download=False)
+        class_names, source = list(splits.class_names), splits.source
     digest = tensors_sha256(model.backbone.state_dict())  # before a `full` run's weights replace it
     model.load_tuned_state(state)
     dc = data_config(model.backbone)
     rule = image_rule(canonical_name(config.dataset), dc["input_size"][-1], dc["mean"], dc["std"])
     dev = resolve_device(device)
     rounds = len((run.pruning() or {"rounds": []})["rounds"])
-    return Trained(model=model.to(dev).eval(), config=config, class_names=list(splits.class_names), rule=rule,
-                   round=round_index, record=record, run_id=run.id, rounds=rounds, summary=run.summary(),
-                   data_source=splits.source, backbone_sha256=digest, device=dev)
+    return Trained(model=model.to(dev).eval(), config=config, class_names=class_names, rule=rule, round=round_index,
+                   record=record, run_id=run.id, rounds=rounds, summary=summary, data_source=source,
+                   backbone_sha256=digest, device=dev)

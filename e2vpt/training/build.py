@@ -60,15 +60,28 @@ def build_model_and_splits(config: TrainConfig, download: bool = False, train_au
     """
     from ..data import load_splits
 
-    torch.manual_seed(config.seed)  # a random-init backbone is drawn from the run's seed
-    backbone = create_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights,
-                               img_size=config.img_size, global_pool=config.global_pool)
+    backbone = _run_backbone(config)
     dc = data_config(backbone)
     splits = load_splits(config.dataset, root=config.data_root, img_size=dc["input_size"][-1], mean=dc["mean"],
                          std=dc["std"], seed=0, download=download, train_augment=train_augment,
                          train_on_val=config.train_on == "train+val")
     torch.manual_seed(config.seed)  # and so are the prompts and the head, whatever the data loading drew
     return build_model(config, backbone, splits.num_classes), splits
+
+
+def _run_backbone(config: TrainConfig):
+    """The frozen backbone as the run built it (a random-init one is drawn from the run's seed)."""
+    torch.manual_seed(config.seed)
+    return create_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights,
+                           img_size=config.img_size, global_pool=config.global_pool)
+
+
+def build_run_model(config: TrainConfig, num_classes: int):
+    """The prompted model alone, without its data: for a trained run whose classes are known (its saved
+    tensors replace every value drawn here), so using it never needs its dataset."""
+    backbone = _run_backbone(config)
+    torch.manual_seed(config.seed)
+    return build_model(config, backbone, num_classes)
 
 
 def load_run_model(run_dir: str | Path, device: str = "cpu", round_index: int | None = None):

@@ -80,7 +80,8 @@ def summary(config: TrainConfig, rounds: list[dict], selected: int, *, backbone_
         selected_round=selected, rounds=len(rounds) - 1, wall_s=round(wall_s, 3),
         train_s=round(sum(r["train_s"] for r in rounds), 3),
         score_s=round(sum(r["score_s"] for r in rounds) + search_score_s, 3),
-        device=str(device), precision=precision, num_classes=splits.num_classes, data_source=splits.source,
+        device=str(device), precision=precision, num_classes=splits.num_classes,
+        class_names=[str(name) for name in splits.class_names], data_source=splits.source,
         torch_threads=torch.get_num_threads(), **data_cache_note(splits), produced_by=environment(), **phase0)
 
 
