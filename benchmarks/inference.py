@@ -183,9 +183,36 @@ def render(rows: list[dict]) -> str:
                   f"| {float(r['expected_x']):.2f} | {float(r['latency_ms']):.1f} | {float(r['latency_x']):.2f} | "
                   f"{float(r['images_per_s']):.1f} | {float(r['batch64_x']):.2f} |" for r in part]
         lines.append("")
+    lines += [conclusion(rows), ""]
     if any(r["busy"] for r in rows):
         lines.append("WARNING: the machine was busy during a measurement; timings not comparable.")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def conclusion(rows: list[dict]) -> str:
+    """What the table shows, in numbers taken from it: the noise floor, and what pruning buys at each p."""
+    parts = []
+    for backbone in dict.fromkeys(r["backbone"] for r in rows):
+        for engine in dict.fromkeys(r["engine"] for r in rows):
+            part = [r for r in rows if r["backbone"] == backbone and r["engine"] == engine]
+            # linear and full run the frozen graph plus a 768x10 head: their spread around 1 is the noise
+            floor = max(abs(float(r["batch64_x"]) - 1) for r in part if r["variant"] in ("linear", "full"))
+            gains = []
+            for p in sorted({r["prompt_len"] for r in part if r["prompt_len"]}, key=int):
+                rounds = sorted((r for r in part if r["prompt_len"] == p and r["variant"].startswith("e2vpt")),
+                                key=lambda r: r["variant"])
+                first, last = rounds[0], rounds[-1]
+                measured = float(first["batch64_x"]) - float(last["batch64_x"])
+                promised = float(first["expected_x"]) - float(last["expected_x"])
+                gains.append(f"p = {p}: {float(first['batch64_x']):.2f}x -> {float(last['batch64_x']):.2f}x, "
+                             f"{100 * measured:+.0f} points of the frozen time where the sums promise "
+                             f"{100 * promised:+.0f} ({float(first['expected_x']):.2f}x -> "
+                             f"{float(last['expected_x']):.2f}x)")
+            parts.append(f"{backbone}, {engine}: noise floor +/-{100 * floor:.0f} %; E2VPT unpruned -> last round, "
+                         "batch 64: " + "; ".join(gains))
+    return ("**What it shows.** Linear and full fine-tuning run the frozen graph plus a small head, so how far "
+            "they land from 1.00x is what this machine's noise does to one number (the noise floor). "
+            + ". ".join(parts) + ".")
 
 
 def headline(rows: list[dict]) -> str:
