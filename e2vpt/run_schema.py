@@ -178,7 +178,7 @@ SUMMARY = Record("summary.json", "written last: a run with a whole summary is do
     Key("device", TEXT, "where it trained"),
     Key("precision", TEXT, "`bf16` or `fp32`"),
     Key("num_classes", WHOLE, "classes of the dataset"),
-    Key("class_names", LIST, "their names, label order (what `predict` and `export` name)", always=False),
+    Key("class_names", LIST, "their names, in label order (runs written before this key read them from the data)"),
     Key("data_source", TEXT, "where the images came from (a sentence)"),
     Key("torch_threads", WHOLE, "CPU threads torch used"),
     Key("decoded_cache", TEXT, "image files: the decoded cache they were read from", always=False),

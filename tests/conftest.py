@@ -113,7 +113,8 @@ def write_fake_run(root, run_id: str, state: str = "done", method: str = "e2vpt"
             tuned_params=tuned_params, tuned_params_no_head=500, backbone_params=200_000,
             tuned_pct=100 * tuned_params / 200_000, tuned_pct_no_head=0.25, selected_round=n_rounds,
             rounds=n_rounds, wall_s=12.5, train_s=10.0, score_s=0.2 * n_rounds, device="cpu", precision="fp32",
-            num_classes=10, data_source="a fake run (tests/conftest.py)", torch_threads=1,
+            num_classes=10, class_names=[str(i) for i in range(10)], data_source="a fake run (tests/conftest.py)",
+            torch_threads=1,
             produced_by={"e2vpt": "test"})))
     return path
 

@@ -600,9 +600,9 @@ def refit_with_a_missing_tensor(path: Path) -> None:
         metadata = f.metadata()
     tensors = load_file(str(path))
     tensors.pop(next(k for k in tensors if k.startswith("model.")))
-    from e2vpt.training.checkpoints import _digest
+    from e2vpt.fileio import tensors_sha256
 
-    metadata["sha256"] = _digest(tensors)
+    metadata["sha256"] = tensors_sha256(tensors)
     save_file(tensors, str(path), metadata=metadata)
 
 
